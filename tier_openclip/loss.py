@@ -1,0 +1,119 @@
+"""TIER as an open_clip loss: contrastive loss + λ_text·H(token→patch) + λ_image·H(patch→token).
+
+``TierLoss`` is called like open_clip's ``ClipLoss`` — ``loss(**model_out, output_dict=True)`` —
+on a model whose forward also returns ``image_tokens``, ``text_tokens`` and ``text_mask``
+(``tier_openclip.features.enable_token_outputs``). The returned dict holds loss terms only,
+because open_clip's training loop sums every value; raw entropies go to ``metrics_hook``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+from torch import Tensor, nn
+
+from tier_openclip.entropy import Impl, token_patch_entropy
+from tier_openclip.openclip_adapter import ContrastiveArgs, make_contrastive_loss
+
+TokenMask = Literal["valid", "all"]
+TOKEN_MASKS: tuple[str, ...] = ("valid", "all")
+MetricsHook = Callable[[dict[str, Tensor]], None]
+
+
+class TokenTerms(nn.Module):
+    """Interface of extra per-pair token losses (see tier_openclip.local_uniformity)."""
+
+    def forward(
+        self, text_tokens: Tensor, image_tokens: Tensor, text_mask: Tensor | None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # (weighted loss terms, raw metrics)
+        raise NotImplementedError
+
+
+class TierLoss(nn.Module):
+    """Contrastive loss (open_clip's ClipLoss or SigLipLoss) plus TIER's entropy penalty.
+
+    Args:
+        lambda_text: weight of the mean token→patch entropy.
+        lambda_image: weight of the mean patch→token entropy.
+        scale: similarity scale inside the entropies (the paper: 1, raw cosine similarity).
+        impl: entropy implementation, 'auto' | 'torch' | 'triton'.
+        token_mask: 'valid' ignores padding tokens; 'all' uses every position (the authors' code).
+        extra_terms: more token losses added to the same dict (e.g. local alignment/uniformity).
+        siglip: use open_clip's SigLipLoss as the contrastive part.
+        local_loss, gather_with_grad, cache_labels, rank, world_size, use_horovod, dist_impl:
+            passed to open_clip's contrastive loss, as in ``ClipLoss``.
+    """
+
+    def __init__(
+        self,
+        lambda_text: float = 0.1,
+        lambda_image: float = 0.1,
+        scale: float = 1.0,
+        impl: Impl = "auto",
+        token_mask: TokenMask = "valid",
+        extra_terms: TokenTerms | None = None,
+        siglip: bool = False,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        use_horovod: bool = False,
+        dist_impl: str | None = None,
+        include_tier: bool = True,
+    ):
+        super().__init__()
+        if token_mask not in TOKEN_MASKS:
+            raise ValueError(f"token_mask must be one of {TOKEN_MASKS}, got {token_mask!r}")
+        self.lambda_text = lambda_text
+        self.lambda_image = lambda_image
+        self.scale = scale
+        self.impl = impl
+        self.token_mask = token_mask
+        self.include_tier = include_tier
+        self.extra_terms = extra_terms
+        self.contrastive = make_contrastive_loss(
+            siglip,
+            ContrastiveArgs(local_loss, gather_with_grad, cache_labels, rank, world_size, use_horovod, dist_impl),
+        )
+        self.metrics_hook: MetricsHook | None = None
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        logit_bias: Tensor | None = None,
+        image_tokens: Tensor | None = None,
+        text_tokens: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        output_dict: bool = False,
+    ) -> dict[str, Tensor] | Tensor:
+        if image_tokens is None or text_tokens is None:
+            raise ValueError(
+                "TierLoss needs image_tokens and text_tokens from the model; switch them on with "
+                "tier_openclip.enable_token_outputs(model) (the plugin does this for --loss tier)"
+            )
+        if logit_bias is None:
+            losses = dict(self.contrastive(image_features, text_features, logit_scale, output_dict=True))
+        else:
+            losses = dict(self.contrastive(image_features, text_features, logit_scale, logit_bias, output_dict=True))
+
+        # TIER only compares each image with its own report, and both are on this rank:
+        # unlike the contrastive part, it needs no gather across ranks.
+        mask = text_mask if self.token_mask == "valid" else None
+        metrics: dict[str, Tensor] = {}
+        if self.include_tier:
+            h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, self.scale, self.impl)
+            losses["tier_text_loss"] = self.lambda_text * h_text.mean()
+            losses["tier_image_loss"] = self.lambda_image * h_image.mean()
+            metrics["tier_text_entropy"] = h_text.detach().mean()
+            metrics["tier_image_entropy"] = h_image.detach().mean()
+        if self.extra_terms is not None:
+            extra_losses, extra_metrics = self.extra_terms(text_tokens, image_tokens, mask)
+            losses.update(extra_losses)
+            metrics.update(extra_metrics)
+
+        if self.metrics_hook is not None:
+            self.metrics_hook(metrics)
+        return losses if output_dict else sum(losses.values())

@@ -1,0 +1,255 @@
+"""Adds ``--loss tier`` (and ``--loss local-uniformity``) to open_clip's own training loop.
+
+Wrap, don't fork: before ``open_clip_train/main.py`` runs, ``activate`` replaces three functions
+it imports by name — ``parse_args`` (our flags), ``open_clip.create_loss`` (our losses) and
+``train_one_epoch`` (token outputs on the model, entropy logging, zero-shot chest X-ray eval) —
+each delegating to the original. With ``--loss clip`` (the default) every wrapper is a
+pass-through, so a run is stock open_clip.
+
+``activate`` is called by the start-up hook (tier_openclip/_startup.py) when ``open_clip_train``
+is imported, or explicitly by ``python -m tier_openclip.train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import logging
+from typing import Any, Callable
+
+from tier_openclip import openclip_adapter as adapter
+from tier_openclip.entropy import IMPLS
+from tier_openclip.loss import TOKEN_MASKS
+
+LOSSES = ("clip", "tier", "local-uniformity")
+logger = logging.getLogger("tier_openclip")
+_state: dict[str, Any] = {"active": False, "error": None}
+
+
+def build_plugin_parser() -> argparse.ArgumentParser:
+    """The flags tier-openclip adds to open_clip_train.main (shown by --help)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = parser.add_argument_group("tier-openclip")
+    group.add_argument("--loss", choices=LOSSES, default="clip",
+                       help="Training loss: open_clip's own (clip, or SigLIP with --siglip), "
+                            "TIER (tier), or local alignment + uniformity (local-uniformity). Default: clip.")
+    group.add_argument("--tier-lambda-text", type=float, default=0.1,
+                       help="Weight of the mean token→patch entropy (default: 0.1).")
+    group.add_argument("--tier-lambda-image", type=float, default=0.1,
+                       help="Weight of the mean patch→token entropy (default: 0.1).")
+    group.add_argument("--tier-scale", type=float, default=1.0,
+                       help="Scale of the cosine similarities inside the entropies (default: 1, as in the paper).")
+    group.add_argument("--tier-impl", choices=IMPLS, default="auto",
+                       help="Entropy implementation: auto (Triton on CUDA, else torch), torch or triton.")
+    group.add_argument("--tier-token-mask", choices=TOKEN_MASKS, default="valid",
+                       help="valid: ignore padding tokens; all: every position, as the authors' code does.")
+    group.add_argument("--lu-align-weight", type=float, default=None,
+                       help="Weight of the local alignment term (default: 1 with --loss local-uniformity, "
+                            "0 with --loss tier).")
+    group.add_argument("--lu-uniform-weight", type=float, default=None,
+                       help="Weight of the within-sample uniformity prior (default: 1 with --loss "
+                            "local-uniformity, 0 with --loss tier).")
+    group.add_argument("--lu-temperature", type=float, default=0.1,
+                       help="Softmax temperature of the local alignment's cross-modal attention (default: 0.1).")
+    group.add_argument("--lu-t", type=float, default=2.0,
+                       help="t of the Gaussian-potential uniformity, log mean exp(-t·|zi-zj|²) (default: 2).")
+    group.add_argument("--tier-zeroshot-chexpert", metavar="DIR", default=None,
+                       help="CheXpert set from `tier-openclip prep chexpert`: zero-shot AUC every --zeroshot-frequency epochs.")
+    group.add_argument("--tier-zeroshot-padchest", metavar="DIR", default=None,
+                       help="PadChest set from `tier-openclip prep padchest`: zero-shot AUC every --zeroshot-frequency epochs.")
+    return parser
+
+
+def _uses_plugin_flags(argv: list[str]) -> bool:
+    flags = {opt for action in build_plugin_parser()._actions for opt in action.option_strings}
+    return any(arg.split("=", 1)[0] in flags for arg in argv)
+
+
+def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Callable:
+    @functools.wraps(original)
+    def parse_args(args: list[str]) -> argparse.Namespace:
+        args = list(args)
+        ours = build_plugin_parser()
+        if "-h" in args or "--help" in args:
+            ours.print_help()
+            print()
+        plugin_args, rest = ours.parse_known_args(args)
+        parsed = original(rest)
+        for name, value in vars(plugin_args).items():
+            setattr(parsed, name, value)
+        _resolve_local_uniformity_defaults(parsed)
+        return parsed
+
+    parse_args.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
+    return parse_args
+
+
+def _resolve_local_uniformity_defaults(args: argparse.Namespace) -> None:
+    on_by_default = 1.0 if args.loss == "local-uniformity" else 0.0
+    for name in ("lu_align_weight", "lu_uniform_weight"):
+        if getattr(args, name) is None:
+            setattr(args, name, on_by_default)
+
+
+def build_loss(args: argparse.Namespace):
+    """The TierLoss that ``--loss tier`` / ``--loss local-uniformity`` and their flags describe."""
+    import torch
+
+    from tier_openclip.entropy import resolve_impl
+    from tier_openclip.local_uniformity import LocalUniformityTerms
+    from tier_openclip.loss import TierLoss
+
+    unsupported = adapter.is_coca_or_distill(args)
+    if unsupported:
+        raise SystemExit(f"tier-openclip: --loss {args.loss} does not support {unsupported}; use --loss clip.")
+    if args.tier_impl != "auto":
+        try:
+            resolve_impl(args.tier_impl, torch.empty(0, device=args.device))
+        except RuntimeError as exc:
+            raise SystemExit(f"tier-openclip: --tier-impl {args.tier_impl}: {exc}") from None
+    extra = None
+    if args.lu_align_weight or args.lu_uniform_weight:
+        extra = LocalUniformityTerms(
+            align_weight=args.lu_align_weight,
+            uniform_weight=args.lu_uniform_weight,
+            temperature=args.lu_temperature,
+            t=args.lu_t,
+        )
+    dist = adapter.contrastive_args_from(args)
+    return TierLoss(
+        lambda_text=args.tier_lambda_text,
+        lambda_image=args.tier_lambda_image,
+        scale=args.tier_scale,
+        impl=args.tier_impl,
+        token_mask=args.tier_token_mask,
+        extra_terms=extra,
+        include_tier=args.loss == "tier",
+        siglip=args.siglip,
+        local_loss=dist.local_loss,
+        gather_with_grad=dist.gather_with_grad,
+        cache_labels=dist.cache_labels,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        use_horovod=dist.use_horovod,
+        dist_impl=dist.dist_impl,
+    )
+
+
+def wrap_create_loss(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def create_loss(args: argparse.Namespace):
+        if getattr(args, "loss", "clip") == "clip":
+            return original(args)
+        return build_loss(args)
+
+    create_loss.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
+    return create_loss
+
+
+class TrainMetricsLogger:
+    """Logs the raw entropies (and other token metrics) every --log-every-n-steps, like open_clip."""
+
+    def __init__(self, args: argparse.Namespace, tb_writer: Any, epoch: int, num_batches: int):
+        self.args = args
+        self.tb_writer = tb_writer
+        self.steps_per_epoch = num_batches // args.accum_freq
+        self.first_step = self.steps_per_epoch * epoch
+        self.calls = 0
+
+    def __call__(self, metrics: dict) -> None:
+        # With --accum-freq k the loss runs k times per optimizer step (once per micro-batch).
+        self.calls += 1
+        if self.args.rank != 0 or self.calls % self.args.accum_freq:
+            return
+        step_in_epoch = self.calls // self.args.accum_freq - 1
+        last = step_in_epoch + 1 == self.steps_per_epoch
+        if step_in_epoch % self.args.log_every_n_steps and not last:
+            return
+        values = {name: float(value) for name, value in metrics.items()}
+        step = self.first_step + step_in_epoch
+        logging.info("tier-openclip step %d: %s", step, " ".join(f"{k}: {v:.4f}" for k, v in values.items()))
+        if self.tb_writer is not None:
+            for name, value in values.items():
+                self.tb_writer.add_scalar(f"train/{name}", value, step)
+        if getattr(self.args, "wandb", False):
+            import wandb
+
+            wandb.log({f"train/{k}": v for k, v in values.items()}, step=step)
+
+
+def wrap_train_one_epoch(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
+        from tier_openclip.features import enable_token_outputs
+        from tier_openclip.loss import TierLoss
+
+        if isinstance(loss, TierLoss):
+            enable_token_outputs(model)
+            loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
+        result = original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
+        if getattr(args, "tier_zeroshot_chexpert", None) or getattr(args, "tier_zeroshot_padchest", None):
+            from tier_openclip.evaluate import zeroshot_during_training
+
+            zeroshot_during_training(model, epoch + 1, args, tb_writer)
+        return result
+
+    train_one_epoch.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
+    return train_one_epoch
+
+
+def _refuse_plugin_flags(params_module: Any, error: Exception) -> None:
+    """open_clip unrecognised: stock runs go on, runs with our flags stop with one clear message."""
+    original = params_module.parse_args
+
+    @functools.wraps(original)
+    def parse_args(args):
+        if _uses_plugin_flags(list(args)):
+            raise SystemExit(f"tier-openclip: {error}")
+        return original(args)
+
+    params_module.parse_args = parse_args
+
+
+def register_model_configs() -> None:
+    """Make tier_openclip/model_configs visible to open_clip.list_models() and create_model()."""
+    from importlib.resources import files
+
+    adapter.symbol("add_model_config")(str(files("tier_openclip") / "model_configs"))
+
+
+def activate(strict: bool = False) -> bool:
+    """Install the wrappers (idempotent). Returns False if open_clip is not one the plugin knows.
+
+    strict: raise OpenClipIncompatible instead of leaving stock runs alone.
+    """
+    if _state["active"]:
+        return True
+    try:
+        modules = adapter.check_open_clip_train()
+    except adapter.OpenClipIncompatible as exc:
+        _state["error"] = exc
+        if strict:
+            raise
+        try:
+            params = importlib.import_module("open_clip_train.params")
+        except ImportError:
+            return False
+        if hasattr(params, "parse_args"):
+            _refuse_plugin_flags(params, exc)
+        return False
+    if _state["active"]:  # the import above ran the start-up hook, which activated the plugin
+        return True
+    import open_clip
+
+    params, train = modules["open_clip_train.params"], modules["open_clip_train.train"]
+    params.parse_args = wrap_parse_args(params.parse_args)
+    open_clip.create_loss = wrap_create_loss(open_clip.create_loss)
+    train.train_one_epoch = wrap_train_one_epoch(train.train_one_epoch)
+    register_model_configs()
+    _state["active"] = True
+    return True
+
+
+def is_active() -> bool:
+    return _state["active"]

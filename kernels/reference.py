@@ -6,7 +6,7 @@ For pair n with text tokens T_n (T×D), image patches P_n (P×D) and S_n = scale
     h_image[n] = mean over patches p      of  H(softmax_t S_n[t, p]), t over valid tokens only
 
 with H(softmax(s)) = logsumexp(s) − Σ softmax(s)·s. A pair with no valid token gives 0 and a
-zero gradient. Everything is computed in float32 whatever the input dtype or autocast state.
+zero gradient. Everything is computed in (at least) float32 whatever the input dtype or autocast state.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def token_patch_entropy_reference(
     text_mask: Tensor | None = None,
     scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Per-pair mean entropies (h_text, h_image), each of shape (N,), in float32.
+    """Per-pair mean entropies (h_text, h_image), each of shape (N,), float32 (float64 for float64 inputs).
 
     text_tokens: (N, T, D); image_tokens: (N, P, D); text_mask: (N, T) bool, True = valid token
     (None: every token is valid).
@@ -45,8 +45,10 @@ def token_patch_entropy_reference(
     if text_mask is None:
         text_mask = torch.ones(num_pairs, num_tokens, dtype=torch.bool, device=text_tokens.device)
     text_mask = text_mask.bool()
+    # At least float32 whatever the inputs or autocast say (float64 stays float64, for gradcheck).
+    dtype = torch.promote_types(torch.promote_types(text_tokens.dtype, image_tokens.dtype), torch.float32)
     with torch.autocast(text_tokens.device.type, enabled=False):
-        scores = scale * torch.einsum("ntd,npd->ntp", text_tokens.float(), image_tokens.float())
+        scores = scale * torch.einsum("ntd,npd->ntp", text_tokens.to(dtype), image_tokens.to(dtype))
 
     has_token = text_mask.any(dim=1)  # (N,)
     # A pair without valid tokens is computed as if all were valid (finite, no NaN) and then zeroed.

@@ -1,4 +1,5 @@
-"""Start-up hook, run from tier_openclip_plugin.pth in every interpreter of the environment.
+"""Start-up hook: installed as the top-level module _tier_openclip_startup, imported by
+tier_openclip_plugin.pth in every interpreter of the environment.
 
 It must stay cheap: it only puts a finder on sys.meta_path. torch, open_clip and the plugin
 load when the program itself imports ``open_clip`` (register the medical model configs) or

@@ -32,7 +32,8 @@ def tower_models(tmp_path_factory, tiny_bert_dir):
         name = register_config(config_dir, f"test-{kind}", config)
         torch.manual_seed(0)
         model = open_clip.create_model(name, output_dict=True).eval()
-        models[kind] = (model, open_clip.get_tokenizer(name), model.visual.image_size)
+        size = model.visual.image_size
+        models[kind] = (model, open_clip.get_tokenizer(name), (size, size) if isinstance(size, int) else tuple(size))
     return models
 
 

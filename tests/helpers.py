@@ -72,12 +72,15 @@ def register_config(directory: Path, name: str, config: dict) -> str:
 
 def make_tiny_bert(directory: Path) -> Path:
     """A 1-layer BERT and its WordPiece tokenizer, saved the way the Hub serves them."""
+    from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(REPORT_WORDS))]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    word_pieces = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
+    tokenizer = BertTokenizerFast(tokenizer_object=word_pieces._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     tokenizer.save_pretrained(directory)
     import torch
 

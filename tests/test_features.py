@@ -48,6 +48,7 @@ def test_hf_text_mask_is_the_attention_mask(tower_models):
     mask = token_features(model, None, texts)["text_mask"]
     assert torch.equal(mask, texts != 0)
     assert mask[:, 0].all()  # [CLS] counts as a token
+    assert (texts[mask] != 1).all()  # no [UNK]: the tokenizer knows the report words
 
 
 def test_vit_patch_token_is_the_projected_patch(tower_models):

@@ -90,7 +90,7 @@ def check_open_clip() -> None:
         )
     if version.split(".")[0] != str(SUPPORTED_MAJOR):
         raise OpenClipIncompatible(
-            f"tier-openclip supports open_clip {SUPPORTED_MAJOR}.x; found {version}. "
+            f"found open_clip {version}, but tier-openclip supports open_clip {SUPPORTED_MAJOR}.x. "
             f"Install a supported version with: {INSTALL_HINT}"
         )
     for name in SYMBOLS:

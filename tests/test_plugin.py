@@ -1,0 +1,170 @@
+"""The plugin's wiring into open_clip_train: flags, loss dispatch, start-up hook, version checks."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import types
+
+import pytest
+
+from tier_openclip import openclip_adapter as adapter
+from tier_openclip import plugin
+
+
+@pytest.fixture(scope="module")
+def params():
+    plugin.activate(strict=True)
+    import open_clip_train.params
+
+    return open_clip_train.params
+
+
+def test_activation_wraps_each_function_once(params):
+    import open_clip
+    import open_clip_train.train
+
+    assert plugin.activate() is True  # idempotent
+    for function in (params.parse_args, open_clip.create_loss, open_clip_train.train.train_one_epoch):
+        original = function.__tier_openclip_wrapped__
+        assert not hasattr(original, "__tier_openclip_wrapped__")
+
+
+def test_plugin_flags_parse_next_to_open_clips(params):
+    args = params.parse_args([
+        "--model", "TIER-tiny", "--loss", "tier", "--tier-lambda-text", "0.5", "--tier-token-mask", "all",
+        "--loss-dist-impl", "gather", "--siglip", "--lr", "1e-4",
+    ])
+    assert (args.loss, args.tier_lambda_text, args.tier_lambda_image, args.tier_token_mask) == ("tier", 0.5, 0.1, "all")
+    assert (args.loss_dist_impl, args.siglip, args.lr, args.model) == ("gather", True, 1e-4, "TIER-tiny")
+    assert (args.lu_align_weight, args.lu_uniform_weight) == (0.0, 0.0)
+    lu = params.parse_args(["--loss=local-uniformity", "--lu-uniform-weight", "0.5"])
+    assert (lu.loss, lu.lu_align_weight, lu.lu_uniform_weight) == ("local-uniformity", 1.0, 0.5)
+    stock = params.parse_args([])
+    assert stock.loss == "clip"
+
+
+def test_bad_plugin_flag_values_are_rejected_by_argparse(params, capsys):
+    with pytest.raises(SystemExit):
+        params.parse_args(["--loss", "entropy"])
+    assert "invalid choice: 'entropy'" in capsys.readouterr().err
+
+
+def test_help_lists_the_plugin_flags(params, capsys):
+    with pytest.raises(SystemExit):
+        params.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--tier-lambda-text" in out and "--train-data" in out
+
+
+def _args(params, *extra):
+    args = params.parse_args(["--model", "TIER-tiny", *extra])
+    args.distill, args.rank, args.world_size, args.horovod, args.device = False, 0, 1, False, "cpu"
+    return args
+
+
+def test_create_loss_dispatch(params):
+    import open_clip
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    from tier_openclip.local_uniformity import LocalUniformityTerms
+    from tier_openclip.loss import TierLoss
+
+    assert type(open_clip.create_loss(_args(params))) is ClipLoss
+    assert type(open_clip.create_loss(_args(params, "--loss", "clip", "--siglip"))) is SigLipLoss
+    tier = open_clip.create_loss(_args(params, "--loss", "tier", "--tier-lambda-image", "0.3"))
+    assert isinstance(tier, TierLoss) and isinstance(tier.contrastive, ClipLoss)
+    assert (tier.lambda_text, tier.lambda_image, tier.include_tier, tier.extra_terms) == (0.1, 0.3, True, None)
+    assert isinstance(open_clip.create_loss(_args(params, "--loss", "tier", "--siglip")).contrastive, SigLipLoss)
+    lu = open_clip.create_loss(_args(params, "--loss", "local-uniformity"))
+    assert not lu.include_tier and isinstance(lu.extra_terms, LocalUniformityTerms)
+    both = open_clip.create_loss(_args(params, "--loss", "tier", "--lu-uniform-weight", "0.2"))
+    assert both.include_tier and both.extra_terms.uniform_weight == 0.2 and both.extra_terms.align_weight == 0
+
+
+def test_unsupported_combinations_say_what_to_do(params, monkeypatch):
+    import open_clip
+
+    coca = _args(params, "--loss", "tier")
+    coca.model = "coca_ViT-B-32"
+    with pytest.raises(SystemExit, match="does not support CoCa models; use --loss clip"):
+        open_clip.create_loss(coca)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit, match="--tier-impl triton: .*CUDA"):
+        open_clip.create_loss(_args(params, "--loss", "tier", "--tier-impl", "triton"))
+
+
+def test_open_clip_4_is_refused_with_one_clear_message(monkeypatch):
+    import open_clip
+
+    monkeypatch.setattr(open_clip, "__version__", "4.0.0")
+    monkeypatch.delattr(open_clip, "create_loss")
+    monkeypatch.setattr(open_clip, "create_task", object(), raising=False)
+    with pytest.raises(adapter.OpenClipIncompatible, match="replaces create_loss with create_task"):
+        adapter.check_open_clip()
+    monkeypatch.undo()
+    monkeypatch.setattr(open_clip, "__version__", "2.24.0")
+    with pytest.raises(adapter.OpenClipIncompatible, match=r"found open_clip 2\.24\.0, but tier-openclip supports open_clip 3\.x"):
+        adapter.check_open_clip()
+
+
+def test_refusal_passes_stock_runs_and_stops_plugin_runs():
+    calls = []
+    fake_params = types.SimpleNamespace(parse_args=lambda argv: calls.append(argv) or argparse.Namespace())
+    plugin._refuse_plugin_flags(fake_params, adapter.OpenClipIncompatible("open_clip 4.0 is not supported"))
+    fake_params.parse_args(["--model", "RN50", "--loss-dist-impl", "gather"])
+    assert calls == [["--model", "RN50", "--loss-dist-impl", "gather"]]
+    with pytest.raises(SystemExit, match="tier-openclip: open_clip 4.0 is not supported"):
+        fake_params.parse_args(["--loss=tier"])
+
+
+def run_python(code: str, tmp_path, **env):
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=300,
+    )
+
+
+def test_startup_hook_is_installed_and_lazy(tmp_path):
+    result = run_python(
+        "import sys\n"
+        "assert any(type(f).__name__ == '_PluginFinder' for f in sys.meta_path), 'start-up hook missing'\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'open_clip_train', 'tier_openclip'))\n"
+        "print(heavy)\n",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_startup_hook_activates_on_open_clip_train_import(tmp_path):
+    result = run_python(
+        "import open_clip, open_clip_train.params as p\n"
+        "print('TIER-tiny' in open_clip.list_models(), hasattr(p.parse_args, '__tier_openclip_wrapped__'))\n",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
+    disabled = run_python(
+        "import open_clip, open_clip_train.params as p\n"
+        "print('TIER-tiny' in open_clip.list_models(), hasattr(p.parse_args, '__tier_openclip_wrapped__'))\n",
+        tmp_path, TIER_OPENCLIP_DISABLE="1",
+    )
+    assert disabled.stdout.split() == ["False", "False"]
+
+
+def test_main_on_an_unrecognised_open_clip_stops_with_one_message(tmp_path):
+    result = run_python(
+        "import open_clip\n"
+        "open_clip.__version__ = '4.1.0'\n"
+        "import runpy, sys\n"
+        "sys.argv = ['main', '--loss', 'tier', '--model', 'RN50']\n"
+        "runpy.run_module('open_clip_train.main', run_name='__main__')\n",
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "tier-openclip: found open_clip 4.1.0, but tier-openclip supports open_clip 3.x" in result.stderr
+    assert "Traceback" not in result.stderr

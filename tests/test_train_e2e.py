@@ -1,0 +1,146 @@
+"""`python -m open_clip_train.main --loss tier` end to end, on CPU, in the environment under test.
+
+CI runs these in the fresh virtual environment it makes, with the project installed non-editable
+as the README says; the first test checks that this is so. Each run trains a tiny model for a few
+steps on WebDataset tars the test writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import tower_configs, write_shards
+
+pytestmark = pytest.mark.slow
+LOSS_LINE = re.compile(r"Train Epoch: (\d+) .*? Loss: ([0-9.]+)")
+
+
+def model_dir(tmp_path: Path, kind: str, bert_dir: Path | None = None) -> str:
+    """A `local-dir:` model (open_clip_config.json, no weights), usable with or without the plugin."""
+    directory = tmp_path / f"model-{kind}"
+    directory.mkdir()
+    if bert_dir is not None:  # open_clip reads a local-dir model's HF tokenizer from that folder
+        for tokenizer_file in bert_dir.glob("*"):
+            if "tokenizer" in tokenizer_file.name or tokenizer_file.name in ("vocab.txt", "special_tokens_map.json"):
+                shutil.copy(tokenizer_file, directory)
+    config = {"model_cfg": tower_configs(bert_dir)[kind], "preprocess_cfg": {}}
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
+    return f"local-dir:{directory}"
+
+
+def train(tmp_path: Path, model: str, shards: str, *extra: str, name: str = "run", env: dict | None = None,
+          module: str = "open_clip_train.main", dataset_type: str = "webdataset") -> Path:
+    command = [
+        sys.executable, "-m", module, "--model", model, "--train-data", shards, "--dataset-type", dataset_type,
+        "--train-num-samples", "32", "--batch-size", "8", "--epochs", "1", "--workers", "1", "--lr", "1e-3",
+        "--warmup", "1", "--seed", "0", "--log-every-n-steps", "1", f"--logs={tmp_path / 'logs'}", "--name", name,
+        "--report-to", "tensorboard", *extra,
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = tmp_path / "logs" / name
+    assert "Traceback" not in (run_dir / "out.log").read_text()
+    return run_dir
+
+
+def losses(run_dir: Path) -> list[str]:
+    return LOSS_LINE.findall((run_dir / "out.log").read_text())
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_shards(tmp_path / "shards", num_shards=2, per_shard=16, size=32)
+
+
+def test_the_project_under_test_is_a_non_editable_install(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", "import tier_openclip, tier_openclip.kernels, tier_openclip.data_prep; "
+                               "print(tier_openclip.__file__); print(tier_openclip.kernels.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )
+    package_file, kernels_file = result.stdout.split()
+    assert "site-packages" in package_file and "site-packages" in kernels_file
+    if os.environ.get("CI"):
+        from importlib.metadata import distribution
+
+        direct_url = distribution("tier-openclip").read_text("direct_url.json") or "{}"
+        assert not json.loads(direct_url).get("dir_info", {}).get("editable", False)
+
+
+def test_tier_trains_logs_checkpoints_and_resumes(tmp_path, data):
+    model = model_dir(tmp_path, "vit")
+    run = train(tmp_path, model, data, "--loss", "tier", "--tier-lambda-text", "0.1", "--tier-lambda-image", "0.1")
+    log = (run / "out.log").read_text()
+    assert "Tier_text_loss" in log and "Tier_image_loss" in log and "Contrastive_loss" in log
+    assert re.search(r"tier_text_entropy: [0-9.]+ tier_image_entropy: [0-9.]+", log)
+    params = (run / "params.txt").read_text()
+    assert "loss: tier" in params and "tier_lambda_text: 0.1" in params and "tier_token_mask: valid" in params
+    assert (run / "checkpoints" / "epoch_1.pt").is_file()
+    assert list((run / "tensorboard").iterdir())
+
+    resumed = train(tmp_path, model, data, "--loss", "tier", "--epochs", "2", "--resume", "latest")
+    log = (resumed / "out.log").read_text()
+    assert "resuming checkpoint" in log and "epoch 1" in log
+    assert (run / "checkpoints" / "epoch_2.pt").is_file()
+    assert [epoch for epoch, _ in losses(resumed)].count("1") == 4
+
+
+def test_tier_with_gradient_accumulation(tmp_path, data):
+    run = train(tmp_path, model_dir(tmp_path, "vit"), data, "--loss", "tier", "--accum-freq", "2")
+    assert len(losses(run)) == 2  # 4 micro-batches, 2 optimizer steps
+    assert "Tier_image_loss" in (run / "out.log").read_text()
+
+
+def test_tier_with_a_local_hugging_face_text_tower(tmp_path, data, tiny_bert_dir):
+    run = train(tmp_path, model_dir(tmp_path, "hf-bert", tiny_bert_dir), data, "--loss", "tier")
+    assert "Tier_text_loss" in (run / "out.log").read_text()
+    assert (run / "checkpoints" / "epoch_1.pt").is_file()
+
+
+def test_local_uniformity_trains(tmp_path, data):
+    run = train(tmp_path, model_dir(tmp_path, "vit"), data, "--loss", "local-uniformity")
+    log = (run / "out.log").read_text()
+    assert "Local_align_loss" in log and "Local_uniform_loss" in log and "Tier_text_loss" not in log
+
+
+def write_csv_dataset(directory: Path, rows: int = 32) -> str:
+    """open_clip's CSV dataset: unlike its WebDataset pipeline (whose sample shuffle seeds from
+    pid and time), it gives the same batches for the same --seed, so losses can be compared."""
+    import numpy as np
+    from PIL import Image
+
+    from helpers import REPORT_WORDS
+
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["filepath\ttitle"]
+    for i in range(rows):
+        path = directory / f"{i}.png"
+        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(path)
+        lines.append(f"{path}\t{' '.join(rng.choice(REPORT_WORDS, size=6))}")
+    (directory / "train.csv").write_text("\n".join(lines) + "\n")
+    return str(directory / "train.csv")
+
+
+def test_without_loss_flag_the_run_is_stock_open_clip(tmp_path):
+    model, csv = model_dir(tmp_path, "vit"), write_csv_dataset(tmp_path / "csv")
+    stock = losses(train(tmp_path, model, csv, name="stock", env={"TIER_OPENCLIP_DISABLE": "1"}, dataset_type="csv"))
+    plugged = losses(train(tmp_path, model, csv, name="plugged", dataset_type="csv"))
+    explicit = losses(train(tmp_path, model, csv, "--loss", "clip", name="explicit", dataset_type="csv"))
+    assert len(stock) == 4 and len(set(stock)) == 4
+    assert stock == plugged == explicit
+
+
+def test_explicit_entry_point_takes_the_same_flags_without_the_hook(tmp_path, data):
+    run = train(tmp_path, model_dir(tmp_path, "vit"), data, "--loss", "tier", name="explicit-entry",
+                env={"TIER_OPENCLIP_DISABLE": "1"}, module="tier_openclip.train")
+    assert "Tier_text_loss" in (run / "out.log").read_text()

@@ -1,0 +1,5 @@
+import sys
+
+from tier_openclip.cli import main
+
+sys.exit(main())

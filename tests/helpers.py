@@ -86,7 +86,7 @@ def make_tiny_bert(directory: Path) -> Path:
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=0)
     BertModel(config).save_pretrained(directory)
     return directory
 

@@ -1,0 +1,64 @@
+"""The medical model configs shipped with the package: registered, buildable offline, right shapes."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+
+import pytest
+import torch
+
+from helpers import register_config
+from tier_openclip.features import token_features
+
+SHIPPED = {  # name -> (patches, shared dim, context length)
+    "TIER-BioViL-RN50-CXR-BERT": (49, 128, 128),
+    "TIER-BiomedCLIP-ViT-B-16": (196, 512, 256),
+    "TIER-CheXzero-ViT-B-32": (49, 512, 77),
+    "TIER-tiny": (64, 64, 64),
+}
+
+
+def shipped_config(name: str) -> dict:
+    return json.loads((files("tier_openclip") / "model_configs" / f"{name}.json").read_text())
+
+
+def test_configs_are_registered_with_open_clip():
+    import open_clip
+
+    from tier_openclip.plugin import register_model_configs
+
+    register_model_configs()
+    assert set(SHIPPED) <= set(open_clip.list_models())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_config_builds_offline_with_the_documented_shapes(name, tmp_path, tiny_bert_dir):
+    import open_clip
+
+    config = shipped_config(name)
+    text_cfg = config["text_cfg"]
+    if "hf_model_name" in text_cfg:  # same architecture, the tiny local BERT instead of the hub's
+        text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(tiny_bert_dir)
+    offline_name = register_config(tmp_path, f"offline-{name}", config)
+    model = open_clip.create_model(offline_name, output_dict=True).eval()
+    tokenizer = open_clip.get_tokenizer(offline_name)
+    size = config["vision_cfg"]["image_size"]
+    with torch.no_grad():
+        out = token_features(model, torch.randn(1, 3, size, size), tokenizer(["left pleural effusion"]))
+    patches, dim, context = SHIPPED[name]
+    assert out["image_tokens"].shape == (1, patches, dim)
+    assert out["text_tokens"].shape == (1, context, dim)
+    assert text_cfg["context_length"] == context
+
+
+def test_chexzero_config_takes_openai_vit_b_32_weights():
+    import open_clip
+
+    from tier_openclip.plugin import register_model_configs
+
+    register_model_configs()
+    ours = open_clip.create_model("TIER-CheXzero-ViT-B-32").state_dict()
+    openai_shaped = open_clip.create_model("ViT-B-32-quickgelu").state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in openai_shaped.items()}
+    assert shipped_config("TIER-CheXzero-ViT-B-32")["quick_gelu"] is True

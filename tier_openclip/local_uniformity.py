@@ -27,6 +27,10 @@ from torch import Tensor
 from tier_openclip.loss import TokenTerms
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _masked_mean(values: Tensor, mask: Tensor, dim: int) -> Tensor:
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
@@ -38,7 +42,7 @@ def local_alignment(
     n, t, _ = text_tokens.shape
     mask = torch.ones(n, t, dtype=torch.bool, device=text_tokens.device) if text_mask is None else text_mask.bool()
     has_token = mask.any(dim=1)
-    text_tokens, image_tokens = text_tokens.float(), image_tokens.float()
+    text_tokens, image_tokens = _at_least_float32(text_tokens), _at_least_float32(image_tokens)
     scores = torch.einsum("ntd,npd->ntp", text_tokens, image_tokens) / temperature
 
     patch_mix = torch.softmax(scores, dim=2) @ image_tokens  # (N, T, D): each token's counterpart
@@ -58,7 +62,7 @@ def within_sample_uniformity(embeddings: Tensor, mask: Tensor | None, t: float) 
     """log mean_{i≠j} exp(−t‖z_i − z_j‖²) over each sample's valid members, (N,); 0 if fewer than two."""
     n, m, _ = embeddings.shape
     mask = torch.ones(n, m, dtype=torch.bool, device=embeddings.device) if mask is None else mask.bool()
-    z = embeddings.float()
+    z = _at_least_float32(embeddings)
     sq_norm = z.pow(2).sum(-1)
     sq_dist = (sq_norm[:, :, None] + sq_norm[:, None, :] - 2 * z @ z.transpose(1, 2)).clamp(min=0)  # (N, M, M)
     off_diagonal = ~torch.eye(m, dtype=torch.bool, device=z.device)
@@ -68,7 +72,7 @@ def within_sample_uniformity(embeddings: Tensor, mask: Tensor | None, t: float) 
     # Fill invalid pairs with a finite value so a sample with < 2 members stays NaN-free; it is zeroed below.
     potential = (-t * sq_dist).masked_fill(~pair_valid, -math.inf)
     potential = torch.where(enough[:, None, None], potential, 0.0)
-    log_mean = torch.logsumexp(potential.flatten(1), dim=1) - num_pairs.clamp(min=1).log()
+    log_mean = torch.logsumexp(potential.flatten(1), dim=1) - num_pairs.clamp(min=1).to(z.dtype).log()
     return torch.where(enough, log_mean, 0.0)
 
 

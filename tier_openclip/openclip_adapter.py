@@ -41,6 +41,13 @@ SYMBOLS = {
     "add_model_config": "open_clip:add_model_config",  # registers tier_openclip/model_configs
     "list_models": "open_clip:list_models",
     "push_to_hf_hub": "open_clip:push_to_hf_hub",
+    "get_model_config": "open_clip:get_model_config",  # hub export: the config a checkpoint was trained with
+    "get_pretrained_cfg": "open_clip:get_pretrained_cfg",  # hub export: a pretrained tag's preprocessing
+    "load_checkpoint": "open_clip:load_checkpoint",
+    "save_for_hf": "open_clip.push_to_hf_hub:save_for_hf",  # writes exactly what hf-hub:/local-dir: load
+    "get_model_preprocess_cfg": "open_clip:get_model_preprocess_cfg",
+    "PreprocessCfg": "open_clip.transform:PreprocessCfg",
+    "image_transform_v2": "open_clip.transform:image_transform_v2",  # zero-shot eval's val transform
     "ClipLoss": "open_clip.loss:ClipLoss",
     "SigLipLoss": "open_clip.loss:SigLipLoss",
     "CLIP": "open_clip.model:CLIP",
@@ -189,3 +196,14 @@ def unwrap_model(model: Any) -> Any:
             model = model.module
         else:
             return model
+
+
+def decode_tokens(tokenizer: Any, token_ids: list[int]) -> list[str]:
+    """One readable string per token id, for open_clip's CLIP BPE tokenizer and its HF wrapper."""
+    hf_tokenizer = getattr(tokenizer, "tokenizer", None)  # open_clip.tokenizer.HFTokenizer
+    if hf_tokenizer is not None and hasattr(hf_tokenizer, "convert_ids_to_tokens"):
+        return list(hf_tokenizer.convert_ids_to_tokens(token_ids))
+    decoder = getattr(tokenizer, "decoder", None)  # open_clip.tokenizer.SimpleTokenizer
+    if decoder is None:
+        raise TypeError(f"cannot decode tokens of {type(tokenizer).__name__}")
+    return [decoder.get(i, "").replace("</w>", "") for i in token_ids]

@@ -1,0 +1,262 @@
+"""Sparsity and localisation of token↔patch similarities: the TIER paper's analyses.
+
+``tier-openclip analyze`` reports, over image–report pairs read from WebDataset shards:
+- mean token→patch and patch→token entropy (TIER's own term, scale 1, padding masked);
+- rank-ordered similarity curves: each valid token's cosine similarities to the patches of its
+  own image, sorted in decreasing order, mean ± sd over tokens — raw, and normalised per token
+  to [0, 1] by min–max, so curves of models with different similarity ranges can be compared;
+- top-k similarity mass: the share of a token's attention over patches (softmax at the model's
+  own logit scale, the scale its zero-shot scores use) held by its k most similar patches;
+- the pointing game, when a CSV of boxes is given: a phrase scores a hit when the patch most
+  similar to the phrase's embedding has its centre inside the phrase's box.
+Two checkpoints (``--pretrained`` and ``--baseline``) are drawn on the same plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+TOP_K_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
+
+
+@dataclass
+class SimilarityStats:
+    """Running statistics of a model's token↔patch similarities over many pairs."""
+
+    num_patches: int
+    entropy_text: list[float] = field(default_factory=list)
+    entropy_image: list[float] = field(default_factory=list)
+    sorted_raw: list[np.ndarray] = field(default_factory=list)  # (tokens, P) per pair
+    sorted_normalised: list[np.ndarray] = field(default_factory=list)
+    top_k_mass: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        raw = np.concatenate(self.sorted_raw)
+        normalised = np.concatenate(self.sorted_normalised)
+        return {
+            "pairs": len(self.entropy_text),
+            "tokens": int(raw.shape[0]),
+            "patches": self.num_patches,
+            "entropy_token_to_patch": float(np.mean(self.entropy_text)),
+            "entropy_patch_to_token": float(np.mean(self.entropy_image)),
+            "max_entropy_token_to_patch": math.log(self.num_patches),
+            "top_k_mass": {str(k): float(np.concatenate(v).mean()) for k, v in sorted(self.top_k_mass.items())},
+            "rank_curve_raw": {"mean": raw.mean(0).tolist(), "sd": raw.std(0).tolist()},
+            "rank_curve_normalised": {"mean": normalised.mean(0).tolist(), "sd": normalised.std(0).tolist()},
+        }
+
+
+def top_k_values(num_patches: int, fractions: Sequence[float] = TOP_K_FRACTIONS) -> list[int]:
+    return sorted({max(1, round(f * num_patches)) for f in fractions})
+
+
+def accumulate_similarity_stats(model, batches: Iterable[tuple], device: str = "cpu", stats: SimilarityStats | None = None) -> SimilarityStats:
+    """Add the statistics of (images, token ids) batches to ``stats`` (a new one if None)."""
+    import torch
+
+    from tier_openclip.entropy import token_patch_entropy
+    from tier_openclip.features import token_features
+
+    logit_scale = float(model.logit_scale.exp())
+    with torch.no_grad():
+        for images, texts in batches:
+            out = token_features(model, images.to(device), texts.to(device))
+            text_tokens, image_tokens, mask = out["text_tokens"].float(), out["image_tokens"].float(), out["text_mask"]
+            if stats is None:
+                stats = SimilarityStats(num_patches=image_tokens.shape[1])
+            h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, impl="torch")
+            stats.entropy_text += h_text.tolist()
+            stats.entropy_image += h_image.tolist()
+            sims = torch.einsum("ntd,npd->ntp", text_tokens, image_tokens)
+            for n in range(sims.shape[0]):
+                rows = sims[n][mask[n]]  # valid tokens × patches
+                if rows.numel() == 0:
+                    continue
+                ranked = rows.sort(dim=1, descending=True).values
+                spread = (ranked[:, :1] - ranked[:, -1:]).clamp(min=1e-12)
+                stats.sorted_raw.append(ranked.cpu().numpy())
+                stats.sorted_normalised.append(((ranked - ranked[:, -1:]) / spread).cpu().numpy())
+                attention = torch.softmax(logit_scale * ranked, dim=1)
+                for k in top_k_values(stats.num_patches):
+                    stats.top_k_mass.setdefault(k, []).append(attention[:, :k].sum(1).cpu().numpy())
+    if stats is None:
+        raise ValueError("no image–report pairs to analyse")
+    return stats
+
+
+def patch_centres(grid: tuple[int, int], image_size: tuple[int, int], source_size: tuple[int, int]) -> np.ndarray:
+    """Centres of a model's patch grid in source-image pixels, (h·w, 2) as (x, y).
+
+    open_clip's validation transform resizes the short side to the model's size and crops the
+    centre; this undoes that, so boxes can be given in the pixels of the image file.
+    """
+    rows, cols = grid
+    model_h, model_w = image_size
+    src_w, src_h = source_size
+    scale = min(src_w / model_w, src_h / model_h)  # source pixels per model pixel
+    offset_x, offset_y = (src_w - model_w * scale) / 2, (src_h - model_h * scale) / 2
+    ys = (np.arange(rows) + 0.5) * model_h / rows
+    xs = (np.arange(cols) + 0.5) * model_w / cols
+    grid_x, grid_y = np.meshgrid(xs * scale + offset_x, ys * scale + offset_y)
+    return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+
+
+def square_grid(num_patches: int) -> tuple[int, int]:
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} patches do not form a square grid; heatmaps need square model inputs")
+    return side, side
+
+
+@dataclass
+class BoxRow:
+    image: Path
+    phrase: str
+    box: tuple[float, float, float, float]
+
+
+def read_boxes(path: Path) -> list[BoxRow]:
+    """Rows of image, phrase (or finding + prompt), x0, y0, x1, y1; images relative to the CSV."""
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            phrase = row.get("prompt") or row.get("phrase") or row.get("finding")
+            if not phrase:
+                raise ValueError(f"{path}: each row needs a 'phrase' (or 'prompt'/'finding') column")
+            box = tuple(float(row[key]) for key in ("x0", "y0", "x1", "y1"))
+            rows.append(BoxRow(path.parent / row["image"], phrase, box))  # type: ignore[arg-type]
+    return rows
+
+
+def pointing_game(loaded, rows: Sequence[BoxRow], device: str = "cpu") -> dict:
+    """Share of phrases whose most similar patch (to the phrase embedding) lies in their box."""
+    import torch
+    from PIL import Image
+
+    from tier_openclip.features import token_features
+
+    hits: dict[str, list[bool]] = {}
+    phrases = sorted({row.phrase for row in rows})
+    with torch.no_grad():
+        phrase_features = token_features(loaded.model, texts=loaded.tokenizer(phrases).to(device))["text_features"]
+        phrase_index = {phrase: i for i, phrase in enumerate(phrases)}
+        by_image: dict[Path, list[BoxRow]] = {}
+        for row in rows:
+            by_image.setdefault(row.image, []).append(row)
+        for image_path, image_rows in by_image.items():
+            image = Image.open(image_path).convert("RGB")
+            pixels = loaded.preprocess(image).unsqueeze(0).to(device)
+            patches = token_features(loaded.model, images=pixels)["image_tokens"][0]
+            centres = patch_centres(square_grid(patches.shape[0]), tuple(pixels.shape[-2:]), image.size)
+            for row in image_rows:
+                best = int((patches @ phrase_features[phrase_index[row.phrase]]).argmax())
+                x, y = centres[best]
+                x0, y0, x1, y1 = row.box
+                hits.setdefault(row.phrase, []).append(bool(x0 <= x <= x1 and y0 <= y <= y1))
+    every = [hit for phrase_hits in hits.values() for hit in phrase_hits]
+    return {
+        "accuracy": float(np.mean(every)),
+        "boxes": len(every),
+        "per_phrase": {phrase: {"accuracy": float(np.mean(h)), "boxes": len(h)} for phrase, h in sorted(hits.items())},
+    }
+
+
+def shard_batches(shards: str, preprocess, tokenizer, num_samples: int, batch_size: int = 32):
+    """(images, token ids) batches from WebDataset shards (jpg/png + txt), in shard order."""
+    import torch
+    import webdataset as wds
+
+    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("pilrgb").to_tuple("jpg;png;jpeg", "txt")
+    images, texts, seen = [], [], 0
+    for image, text in dataset:
+        images.append(preprocess(image))
+        texts.append(text)
+        seen += 1
+        if len(images) == batch_size or seen == num_samples:
+            yield torch.stack(images), tokenizer(texts)
+            images, texts = [], []
+        if seen == num_samples:
+            return
+    if images:
+        yield torch.stack(images), tokenizer(texts)
+
+
+def plot_rank_curves(summaries: dict[str, dict], out_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, summary in summaries.items():
+        for ax, key in zip(axes, ("rank_curve_raw", "rank_curve_normalised")):
+            mean, sd = np.array(summary[key]["mean"]), np.array(summary[key]["sd"])
+            ranks = np.arange(1, len(mean) + 1)
+            ax.plot(ranks, mean, label=label)
+            ax.fill_between(ranks, mean - sd, mean + sd, alpha=0.2)
+    axes[0].set(title="Token→patch similarity, sorted", xlabel="patch rank", ylabel="cosine similarity")
+    axes[1].set(title="Normalised per token (min–max)", xlabel="patch rank", ylabel="normalised similarity")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def analyze(args: argparse.Namespace) -> int:
+    from tier_openclip.models import load_model
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = {"model": args.pretrained}
+    if args.baseline:
+        checkpoints = {args.label: args.pretrained, args.baseline_label: args.baseline}
+    results: dict[str, dict] = {}
+    for label, pretrained in checkpoints.items():
+        loaded = load_model(args.model, pretrained, device=args.device)
+        batches = shard_batches(args.data, loaded.preprocess, loaded.tokenizer, args.num_samples, args.batch_size)
+        results[label] = accumulate_similarity_stats(loaded.model, batches, device=args.device).summary()
+        if args.boxes:
+            results[label]["pointing_game"] = pointing_game(loaded, read_boxes(Path(args.boxes)), device=args.device)
+    plot_rank_curves(results, out_dir / "rank_curves.png")
+    (out_dir / "analysis.json").write_text(json.dumps(results, indent=2))
+    for label, summary in results.items():
+        line = (f"{label}: H(token→patch) {summary['entropy_token_to_patch']:.3f} "
+                f"H(patch→token) {summary['entropy_patch_to_token']:.3f} over {summary['pairs']} pairs")
+        if "pointing_game" in summary:
+            line += f", pointing game {summary['pointing_game']['accuracy']:.3f}"
+        print(line)
+    print(f"wrote {out_dir / 'analysis.json'} and {out_dir / 'rank_curves.png'}")
+    return 0
+
+
+def add_analyze_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="Entropy, rank-ordered similarity curves, top-k mass and pointing game of a checkpoint.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="open_clip model name (e.g. TIER-BioViL-RN50-CXR-BERT).")
+    parser.add_argument("--pretrained", required=True, help="Checkpoint (epoch_N.pt, .safetensors) or open_clip tag.")
+    parser.add_argument("--baseline", default=None, help="A second checkpoint of the same model to compare with.")
+    parser.add_argument("--label", default="tier", help="Name of --pretrained in plots and JSON (with --baseline).")
+    parser.add_argument("--baseline-label", default="baseline", help="Name of --baseline in plots and JSON.")
+    parser.add_argument("--data", required=True, help="WebDataset shards, e.g. 'test/test-{000000..000003}.tar'.")
+    parser.add_argument("--num-samples", type=int, default=1000, help="Pairs to analyse (default: 1000).")
+    parser.add_argument("--boxes", default=None,
+                        help="CSV with image,phrase,x0,y0,x1,y1 (image relative to the CSV, boxes in its "
+                             "pixels) for the pointing game.")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", required=True, help="Folder for analysis.json and rank_curves.png.")
+    parser.set_defaults(func=analyze)

@@ -1,0 +1,157 @@
+"""Token→patch (or prompt→patch) similarity maps drawn over the radiograph.
+
+Each panel shows, for one text token of the report (or one prompt), the cosine similarity of its
+embedding to every image patch, upsampled bilinearly from the patch grid to the image that the
+model saw (after open_clip's resize and centre crop). TIER makes these maps sparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class SimilarityMap:
+    label: str  # the token or prompt
+    values: np.ndarray  # (H, W) cosine similarity, upsampled to the model's input size
+
+
+def load_image(path: str | Path):
+    """An RGB PIL image from a .dcm (LUTs applied, MONOCHROME1 inverted), .png or .jpg file."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--image {path}: no such file")
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        from tier_openclip.data_prep.images import read_dicom_as_uint8
+
+        return Image.fromarray(read_dicom_as_uint8(path)).convert("RGB")
+    return Image.open(path).convert("RGB")
+
+
+def token_labels(tokenizer, token_ids: Sequence[int]) -> list[str]:
+    from tier_openclip.openclip_adapter import decode_tokens
+
+    return decode_tokens(tokenizer, token_ids)
+
+
+def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[str] = (), tokens: Sequence[str] = (),
+                    device: str = "cpu") -> tuple[np.ndarray, list[SimilarityMap]]:
+    """(the model's input image as uint8 H×W×3, one map per chosen token or prompt).
+
+    With ``text``, one map per valid token of the report (those listed in ``tokens`` if given);
+    with ``prompts``, one map per prompt from its pooled embedding.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from tier_openclip.analyze import square_grid
+    from tier_openclip.features import token_features
+
+    pixels = loaded.preprocess(image).unsqueeze(0).to(device)
+    maps: list[tuple[str, torch.Tensor]] = []
+    with torch.no_grad():
+        patches = token_features(loaded.model, images=pixels)["image_tokens"][0]  # (P, D)
+        if text:
+            ids = loaded.tokenizer([text]).to(device)
+            out = token_features(loaded.model, texts=ids)
+            labels = token_labels(loaded.tokenizer, ids[0].tolist())
+            wanted = {t.lower() for t in tokens}
+            for position in out["text_mask"][0].nonzero().flatten().tolist():
+                label = labels[position]
+                if label in SPECIAL_TOKENS or (wanted and label.lower() not in wanted):
+                    continue
+                maps.append((label, patches @ out["text_tokens"][0, position]))
+        if prompts:
+            features = token_features(loaded.model, texts=loaded.tokenizer(list(prompts)).to(device))["text_features"]
+            maps += [(prompt, patches @ feature) for prompt, feature in zip(prompts, features)]
+    if not maps:
+        raise ValueError("nothing to draw: give --text (optionally with --tokens that occur in it) or --prompt")
+    rows, cols = square_grid(patches.shape[0])
+    size = tuple(pixels.shape[-2:])
+    upsampled = [
+        SimilarityMap(label, F.interpolate(m.reshape(1, 1, rows, cols).float(), size=size, mode="bilinear",
+                                           align_corners=False)[0, 0].cpu().numpy())
+        for label, m in maps
+    ]
+    return _unnormalise(pixels[0], loaded.preprocess), upsampled
+
+
+SPECIAL_TOKENS = {"<start_of_text>", "<end_of_text>", "[CLS]", "[SEP]", "[PAD]", "<pad>", "</s>", "<s>"}
+
+
+def _unnormalise(pixels, preprocess) -> np.ndarray:
+    """The preprocessed image back in 0–255, for display under the maps."""
+    mean = std = None
+    for transform in getattr(preprocess, "transforms", []):
+        if hasattr(transform, "mean") and hasattr(transform, "std"):
+            mean, std = np.array(transform.mean), np.array(transform.std)
+    image = pixels.permute(1, 2, 0).cpu().numpy()
+    if mean is not None:
+        image = image * std + mean
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def draw_heatmaps(image: np.ndarray, maps: Sequence[SimilarityMap], out_path: str | Path, title: str = "",
+                  shared_scale: bool = True) -> None:
+    """One panel per map: the radiograph in grey with the similarity in colour on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(maps))
+    rows = math.ceil(len(maps) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    low = min(float(m.values.min()) for m in maps) if shared_scale else None
+    high = max(float(m.values.max()) for m in maps) if shared_scale else None
+    for ax, similarity in zip(axes.flat, maps):
+        ax.imshow(image.mean(axis=2), cmap="gray")
+        shown = ax.imshow(similarity.values, cmap="jet", alpha=0.45, vmin=low, vmax=high)
+        ax.set_title(similarity.label, fontsize=9)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def heatmap(args: argparse.Namespace) -> int:
+    from tier_openclip.models import load_model
+
+    if not args.text and not args.prompt:
+        raise SystemExit("tier-openclip heatmap: give --text (the report) and/or --prompt (one or more phrases)")
+    loaded = load_model(args.model, args.pretrained, device=args.device)
+    image, maps = similarity_maps(loaded, load_image(args.image), args.text, args.prompt or (), args.tokens or (),
+                                  device=args.device)
+    draw_heatmaps(image, maps, args.out, title=f"{args.model} · {Path(args.pretrained or 'untrained').name}")
+    print(f"wrote {args.out} ({len(maps)} panels)")
+    return 0
+
+
+def add_heatmap_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "heatmap",
+        help="Draw token→patch or prompt→patch similarity maps over a radiograph.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="open_clip model name (e.g. TIER-tiny).")
+    parser.add_argument("--pretrained", default=None, help="Checkpoint (epoch_N.pt, .safetensors) or open_clip tag.")
+    parser.add_argument("--image", required=True, help="Radiograph: .dcm, .png or .jpg.")
+    parser.add_argument("--text", default=None, help="Report text: one panel per token.")
+    parser.add_argument("--tokens", nargs="+", default=None, help="Only these tokens of --text (as the tokenizer splits them).")
+    parser.add_argument("--prompt", action="append", help="A phrase drawn from its pooled embedding; repeat for more panels.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", required=True, help="Output PNG.")
+    parser.set_defaults(func=heatmap)

@@ -99,7 +99,7 @@ def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) ->
     if missing_columns:
         raise ValueError(f"meta.json lists labels {missing_columns} that {csv_path} has no column for")
     targets = np.array(
-        [[_parse_target(row[name], f"{csv_path} row {i + 2}, {name}") for name in selected] for i, row in enumerate(rows)],
+        [[_parse_target(row[name] or "", f"{csv_path} row {i + 2}, {name}") for name in selected] for i, row in enumerate(rows)],
         dtype=np.float64,
     ).reshape(len(rows), len(selected))
     images = [directory / row["image"] for row in rows]
@@ -461,7 +461,6 @@ def add_eval_parser(subparsers: Any) -> None:
                     "ROC AUC per label with bootstrap confidence intervals, and mean AUC (CheXpert: over the "
                     "5 competition labels and over all labels). Prints a markdown table; --out also writes "
                     "JSON and the table next to it (results.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     zs.add_argument("--model", required=True,
                     help="open_clip model name (e.g. TIER-tiny), or hf-hub:ORG/NAME / local-dir:PATH.")
@@ -480,13 +479,13 @@ def add_eval_parser(subparsers: Any) -> None:
     zs.add_argument("--out", default=None, metavar="FILE.json",
                     help="Write results JSON here, and the markdown table next to it (same name, .md).")
     zs.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                    help="Bootstrap resamples for the confidence intervals (0: no intervals).")
-    zs.add_argument("--confidence", type=float, default=0.95, help="Confidence level of the intervals.")
-    zs.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap resampling.")
+                    help="Bootstrap resamples for the confidence intervals (default 1000; 0: no intervals).")
+    zs.add_argument("--confidence", type=float, default=0.95, help="Confidence level of the intervals (default 0.95).")
+    zs.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap resampling (default 0).")
     zs.add_argument("--min-positives", type=int, default=None, metavar="N",
                     help="Skip labels with fewer positive images. Default: 10 for PadChest, 1 for CheXpert.")
-    zs.add_argument("--batch-size", type=int, default=64, help="Images per forward pass.")
-    zs.add_argument("--workers", type=int, default=2, help="Image loading processes.")
+    zs.add_argument("--batch-size", type=int, default=64, help="Images per forward pass (default 64).")
+    zs.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
     zs.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
     zs.set_defaults(func=run_zeroshot)
 

@@ -333,7 +333,6 @@ def add_push_parser(subparsers: Any) -> None:
                     "loading snippet, then upload it. Settings are read from the run's params.txt "
                     "(checkpoints/../params.txt) when present. The token comes from HF_TOKEN or "
                     "`hf auth login` and is never printed or written.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="Training checkpoint: logs/NAME/checkpoints/epoch_N.pt.")
     parser.add_argument("--model", required=True, help="open_clip model the run trained (its --model, e.g. TIER-tiny).")
@@ -354,7 +353,7 @@ def add_push_parser(subparsers: Any) -> None:
                         help="The run's params.txt, if not at checkpoints/../params.txt.")
     parser.add_argument("--license", default=None,
                         help="License identifier for the card's metadata (e.g. mit); omitted by default.")
-    parser.add_argument("--commit-message", default="Add TIER open_clip model", help="Commit message of the upload.")
+    parser.add_argument("--commit-message", default="Add TIER open_clip model", help="Commit message of the upload (default: 'Add TIER open_clip model').")
     parser.set_defaults(func=run_push)
 
 

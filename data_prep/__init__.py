@@ -1,0 +1,19 @@
+"""Data preparation for tier-openclip: MIMIC-CXR to WebDataset shards for open_clip, and the
+CheXpert and PadChest evaluation sets in the zero-shot evaluator's format.
+
+A pipeline of small pure functions (parse -> select -> decode -> write) with the side effects
+at the edges:
+
+- :mod:`.reports`: report decoding, section parsing, choice of the training text;
+- :mod:`.mimic`: the MIMIC-CXR tree and CSVs, selection, the rendering of one sample, the run;
+- :mod:`.images`: DICOM/JPEG/PNG decoding, modality and VOI LUTs, resizing, encoding;
+- :mod:`.shards`: shard planning, writing, verification and resumption;
+- :mod:`.eval_sets`: CheXpert and PadChest;
+- :mod:`.cli`: ``tier-openclip prep ...`` (also ``python -m tier_openclip.data_prep``).
+
+Importing this package imports nothing heavy.
+"""
+
+from .errors import PrepError
+
+__all__ = ["PrepError"]

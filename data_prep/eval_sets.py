@@ -1,0 +1,366 @@
+"""Zero-shot evaluation sets: CheXpert (valid or test) and PadChest (physician-labelled).
+
+Output format (``format: "tier-openclip-eval/1"``), the same for both::
+
+    OUT/images/...png   8-bit grayscale PNGs, preprocessed like the training images
+                        (same --image-size and --resize as `prep mimic-cxr`; PNG, lossless)
+    OUT/labels.csv      column `image` (the PNG's path relative to OUT, POSIX separators),
+                        then one column per label: 1 positive, 0 negative, blank unknown or
+                        uncertain (the evaluator drops blank rows per label)
+    OUT/meta.json       dataset, label list (= labels.csv's label columns, in order), the
+                        CheXpert competition labels, counts per label, skipped/failed/notes
+                        counts, preprocessing and the exact options
+    OUT/failures.csv    source, kind (skipped/failed), reason, detail
+
+Rows of labels.csv are in the CSV's order; only images written successfully are listed.
+Images are re-rendered on every run and written under a temporary name then renamed, so a
+killed run never leaves a truncated PNG.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import functools
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from . import images
+from .errors import PrepError
+from .mimic import read_csv
+
+FORMAT = "tier-openclip-eval/1"
+
+CHEXPERT_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices",
+)  # fmt: skip
+CHEXPERT_COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
+
+# Skip reasons (rows never rendered) and failure reasons beyond images.py's.
+SKIP_NOT_FRONTAL = "view_not_selected"
+SKIP_LABELS_INVALID = "labels_invalid"
+SKIP_NOT_PHYSICIAN = "not_physician_labelled"
+SKIP_LABELS_EMPTY = "labels_empty"
+SKIP_EXCLUDED = "labelled_exclude"
+FAIL_UNEXPECTED = "unexpected_error"
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    source: str  # path of the input image
+    image: str  # output path relative to OUT
+    labels: tuple  # one value per label: 1, 0 or None (CheXpert); the label list (PadChest)
+
+
+@dataclass(frozen=True)
+class EvalRender:
+    out: str
+    image_size: int
+    resize: str
+
+
+@dataclass
+class EvalResult:
+    image: str
+    ok: bool
+    reason: str | None = None
+    detail: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def load_gray(path: str, min_size: int) -> images.GrayImage:
+    """Decode by file type: DICOM, PNG (any bit depth) or JPEG."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".dcm", ".dicom"):
+        return images.dicom_to_uint8(path)
+    if suffix == ".png":
+        return images.png_to_gray(path)
+    return images.jpeg_to_gray(path, min_size)
+
+
+def render_eval_image(item: EvalImage, options: EvalRender) -> EvalResult:
+    """Decode, resize and write one PNG (temporary name, then rename). Never raises."""
+    try:
+        square = images.resize_square(load_gray(item.source, options.image_size), options.image_size, options.resize)  # type: ignore[arg-type]
+        data = images.encode_image(square.image, "png")
+        target = Path(options.out) / item.image
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+    except images.ImageError as error:
+        return EvalResult(item.image, False, error.reason, error.detail)
+    except Exception as error:
+        return EvalResult(item.image, False, FAIL_UNEXPECTED, f"{type(error).__name__}: {error}")
+    return EvalResult(item.image, True, notes=square.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# CheXpert
+
+
+def parse_chexpert_value(value: str) -> int | None:
+    """1.0/1 -> 1, 0.0/0 -> 0, -1.0 (uncertain) and blank -> None; anything else raises."""
+    value = value.strip()
+    if value == "":
+        return None
+    number = float(value)
+    if number == 1.0:
+        return 1
+    if number == 0.0:
+        return 0
+    if number == -1.0:
+        return None
+    raise ValueError(f"unexpected label value {value!r}")
+
+
+def chexpert_output_path(path: str) -> str:
+    """``CheXpert-v1.0/valid/patient1/study1/view1_frontal.jpg`` ->
+    ``images/valid/patient1/study1/view1_frontal.png`` (a leading ``CheXpert-v1.0*`` folder
+    is dropped; the rest of the path is kept, so names stay unique)."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    if parts and parts[0].lower().startswith("chexpert"):
+        parts = parts[1:]
+    if not parts or any(part in ("..", "") for part in parts):
+        raise ValueError(f"unusable image path {path!r}")
+    return str(PurePosixPath("images", *parts).with_suffix(".png"))
+
+
+def resolve_image(image_root: Path, path: str) -> Path:
+    """``image_root / path``; when that does not exist and ``path`` starts with a
+    ``CheXpert-v1.0*`` folder, ``image_root`` may be that folder itself."""
+    direct = image_root / path
+    if direct.exists():
+        return direct
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    if len(parts) > 1 and parts[0].lower().startswith("chexpert"):
+        return image_root.joinpath(*parts[1:])
+    return direct
+
+
+def is_frontal(row: dict[str, str]) -> bool:
+    """``Frontal/Lateral`` == Frontal; a CSV without that column (some test-set CSVs): the file
+    name says ``frontal``."""
+    if "Frontal/Lateral" in row:
+        return row["Frontal/Lateral"].strip().lower() == "frontal"
+    return "frontal" in PurePosixPath(row["Path"]).name.lower()
+
+
+@dataclass
+class Selection:
+    items: list[EvalImage] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    rows: list[list[str]] = field(default_factory=list)  # failures.csv rows
+
+
+def select_chexpert(rows: Sequence[dict[str, str]], image_root: Path, *, frontal_only: bool) -> Selection:
+    selection = Selection()
+    for row in rows:
+        source = row.get("Path", "")
+        if frontal_only and not is_frontal(row):
+            selection.skipped[SKIP_NOT_FRONTAL] += 1
+            continue
+        try:
+            labels = tuple(parse_chexpert_value(row.get(name, "")) for name in CHEXPERT_LABELS)
+            image = chexpert_output_path(source)
+        except ValueError as error:
+            selection.skipped[SKIP_LABELS_INVALID] += 1
+            selection.rows.append([source, "skipped", SKIP_LABELS_INVALID, str(error)])
+            continue
+        selection.items.append(EvalImage(str(resolve_image(image_root, source)), image, labels))
+    return selection
+
+
+# ---------------------------------------------------------------------------------------------
+# PadChest
+
+
+def parse_padchest_labels(cell: str) -> list[str]:
+    """PadChest's ``Labels`` cell, a Python-list-like string such as
+    ``"['pleural effusion', ' cardiomegaly']"``: entries stripped and lower-cased, empty ones
+    dropped, duplicates removed (first occurrence kept). Raises ValueError when the cell is not
+    a list of strings (``nan`` cells, truncated lists)."""
+    try:
+        value = ast.literal_eval(cell.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
+        raise ValueError(f"Labels {cell[:80]!r} is not a list: {error}") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"Labels {cell[:80]!r} is not a list of strings")
+    return list(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
+
+
+def select_padchest(
+    rows: Sequence[dict[str, str]], image_root: Path, *, projections: Sequence[str] | None
+) -> Selection:
+    """Physician-labelled rows (``MethodLabel == 'Physician'``) whose ``Projection`` is
+    selected (None: all). Rows labelled ``exclude`` (the annotators' mark for an unusable
+    image) are skipped."""
+    wanted = None if projections is None else {p.strip().upper() for p in projections}
+    selection = Selection()
+    for row in rows:
+        source = f"{row.get('ImageDir', '')}/{row.get('ImageID', '')}"
+        if row.get("MethodLabel", "").strip().lower() != "physician":
+            selection.skipped[SKIP_NOT_PHYSICIAN] += 1
+            continue
+        if wanted is not None and row.get("Projection", "").strip().upper() not in wanted:
+            selection.skipped[SKIP_NOT_FRONTAL] += 1
+            continue
+        try:
+            labels = parse_padchest_labels(row.get("Labels", ""))
+        except ValueError as error:
+            selection.skipped[SKIP_LABELS_INVALID] += 1
+            selection.rows.append([source, "skipped", SKIP_LABELS_INVALID, str(error)])
+            continue
+        reason = SKIP_LABELS_EMPTY if not labels else SKIP_EXCLUDED if "exclude" in labels else None
+        if reason:
+            selection.skipped[reason] += 1
+            selection.rows.append([source, "skipped", reason, ""])
+            continue
+        image_dir, image_id = row.get("ImageDir", "").strip(), row.get("ImageID", "").strip()
+        if not image_id or "/" in image_id or ".." in (image_dir, image_id):
+            selection.skipped[SKIP_LABELS_INVALID] += 1
+            selection.rows.append([source, "skipped", SKIP_LABELS_INVALID, "unusable ImageDir/ImageID"])
+            continue
+        image = str(PurePosixPath("images", image_dir, image_id).with_suffix(".png")) if image_dir else str(
+            PurePosixPath("images", image_id).with_suffix(".png")
+        )
+        selection.items.append(EvalImage(str(image_root / image_dir / image_id), image, tuple(labels)))
+    return selection
+
+
+def padchest_label_columns(label_lists: Sequence[Sequence[str]], min_positives: int) -> list[str]:
+    """Every label with at least ``min_positives`` positive images, sorted."""
+    counts = Counter(label for labels in label_lists for label in labels)
+    return sorted(label for label, count in counts.items() if count >= min_positives)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running and writing
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    dataset: str  # "chexpert" or "padchest"
+    csv: Path
+    image_root: Path
+    out: Path
+    image_size: int = 512
+    resize: str = "pad"
+    workers: int = 1
+    frontal_only: bool = True  # CheXpert
+    projections: tuple[str, ...] | None = PADCHEST_FRONTAL  # PadChest
+    min_positives: int = 1  # PadChest
+
+    def as_json(self) -> dict:
+        data = {
+            "csv": str(self.csv.resolve()),
+            "image_root": str(self.image_root.resolve()),
+            "out": str(self.out.resolve()),
+            "image_size": self.image_size,
+            "resize": self.resize,
+            "workers": self.workers,
+        }
+        if self.dataset == "chexpert":
+            data["frontal_only"] = self.frontal_only
+        else:
+            data["projections"] = None if self.projections is None else list(self.projections)
+            data["min_positives"] = self.min_positives
+        return data
+
+
+def _check(options: EvalOptions, required: Sequence[str], rows: list[dict[str, str]]) -> None:
+    missing = [c for c in required if rows and c not in rows[0]]
+    if missing:
+        raise PrepError(f"{options.csv} has no column(s) {', '.join(missing)}: is it the {options.dataset} CSV as published?")
+    if not rows:
+        raise PrepError(f"{options.csv} has no rows")
+
+
+def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run ``prep chexpert`` or ``prep padchest``; returns meta.json's content."""
+    from tqdm import tqdm
+
+    from .shards import ordered_map, write_json_atomic
+
+    if not options.csv.is_file():
+        raise PrepError(f"--csv {options.csv} does not exist: pass the {options.dataset} labels CSV")
+    if not options.image_root.is_dir():
+        raise PrepError(f"--image-root {options.image_root} is not a folder: pass the folder the CSV's image paths are relative to")
+    if options.image_size < 8 or options.workers < 1 or options.min_positives < 1:
+        raise PrepError("--image-size must be >= 8, --workers and --min-positives >= 1")
+    if options.resize not in images.RESIZE_MODES:
+        raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
+    rows = read_csv(options.csv)
+    if options.dataset == "chexpert":
+        _check(options, ("Path", *CHEXPERT_LABELS), rows)
+        selection = select_chexpert(rows, options.image_root, frontal_only=options.frontal_only)
+    elif options.dataset == "padchest":
+        _check(options, ("ImageID", "ImageDir", "MethodLabel", "Labels", "Projection"), rows)
+        selection = select_padchest(rows, options.image_root, projections=options.projections)
+    else:
+        raise ValueError(f"unknown evaluation set {options.dataset!r}")
+
+    options.out.mkdir(parents=True, exist_ok=True)
+    render = functools.partial(
+        render_eval_image, options=EvalRender(str(options.out), options.image_size, options.resize)
+    )
+    failed: Counter = Counter()
+    notes: Counter = Counter()
+    written: list[EvalImage] = []
+    results = ordered_map(render, selection.items, options.workers)
+    for item, result in zip(selection.items, tqdm(results, total=len(selection.items), unit="img", desc=options.dataset, disable=not progress, dynamic_ncols=True)):
+        notes.update(result.notes)
+        if result.ok:
+            written.append(item)
+        else:
+            failed[result.reason] += 1
+            selection.rows.append([item.source, "failed", result.reason, result.detail])
+
+    if options.dataset == "chexpert":
+        labels = list(CHEXPERT_LABELS)
+        table = [[item.image, *item.labels] for item in written]
+    else:
+        labels = padchest_label_columns([item.labels for item in written], options.min_positives)
+        table = [[item.image, *(1 if label in item.labels else 0 for label in labels)] for item in written]
+    counts = {
+        label: {
+            "positive": sum(1 for row in table if row[1 + i] == 1),
+            "negative": sum(1 for row in table if row[1 + i] == 0),
+            "unknown": sum(1 for row in table if row[1 + i] is None),
+        }
+        for i, label in enumerate(labels)
+    }
+    _write_csv(options.out / "labels.csv", ["image", *labels], [["" if v is None else v for v in row] for row in table])
+    _write_csv(options.out / "failures.csv", ["source", "kind", "reason", "detail"], selection.rows)
+    meta = {
+        "format": FORMAT,
+        "dataset": options.dataset,
+        "labels": labels,
+        "competition_labels": list(CHEXPERT_COMPETITION_LABELS) if options.dataset == "chexpert" else [],
+        "images": len(table),
+        "counts": counts,
+        "skipped": dict(sorted(selection.skipped.items())),
+        "failed": dict(sorted(failed.items())),
+        "notes": dict(sorted(notes.items())),
+        "preprocessing": {"image_size": options.image_size, "resize": options.resize, "format": "png"},
+        "options": options.as_json(),
+    }
+    write_json_atomic(options.out / "meta.json", meta)
+    if not table:
+        log(f"warning: no image of {options.csv} was written; see {options.out / 'failures.csv'}")
+    return meta
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(temporary, path)

@@ -1,0 +1,593 @@
+"""MIMIC-CXR: the release tree and CSVs, sample selection, and the rendering of one sample.
+
+Inputs as published:
+
+- MIMIC-CXR 2.0.0 (``--mimic-root``): ``files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.dcm`` and the
+  reports, ``files/pXX/pXXXXXXXX/sXXXXXXXX.txt`` or inside ``mimic-cxr-reports.zip``.
+- MIMIC-CXR-JPG 2.x (``--image-root``): the same tree with ``<dicom_id>.jpg``, and the CSVs
+  ``mimic-cxr-2.0.0-{split,metadata,chexpert}.csv.gz`` (found in ``--metadata-dir``, else in
+  ``--image-root``, else in ``--mimic-root``; plain ``.csv`` works too).
+
+Selection (pure functions of the CSV rows and the report text): a DICOM is *eligible* when its
+split is requested, its ``ViewPosition`` is one of ``--views`` and its study's report has the
+``--text`` section. The eligible samples of a split are ordered by SHA-256 of the dicom_id:
+a fixed order that does not depend on the file system, and which spreads the images of one
+patient and one study over the shards, so open_clip's shard and buffer shuffling seldom puts
+two images of one report in a batch (a false negative for a contrastive loss).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import hashlib
+import json
+import os
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import images, reports
+from .errors import PrepError
+
+SPLITS = ("train", "validate", "test")
+SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
+METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
+CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv"
+REPORTS_ZIP = "mimic-cxr-reports.zip"
+
+# The 14 CheXpert labels, in the column order of mimic-cxr-2.0.0-chexpert.csv.
+CHEXPERT_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
+    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
+    "Pneumonia", "Pneumothorax", "Support Devices",
+)  # fmt: skip
+
+# The only fields a sample's json ever holds. Nothing comes from a DICOM header: the view is
+# the metadata CSV's ViewPosition and the ids are the CSVs' (MIMIC's de-identified ids).
+JSON_FIELDS = ("subject_id", "study_id", "dicom_id", "view", "split", "labels")
+
+# Reasons a planned DICOM is not a sample. "Filtered" is what the options ask for; "skipped"
+# is missing or unusable data found while planning (listed in failures.csv).
+FILTER_VIEW = "view_not_selected"
+SKIP_METADATA_MISSING = "metadata_missing"  # in the split CSV, not in the metadata CSV
+SKIP_REPORT_MISSING = "report_missing"  # no sXXXXXXXX.txt in files/ nor in the zip
+SKIP_SECTION_MISSING = reports.REPORT_SECTION_MISSING
+SKIP_SECTION_EMPTY = reports.REPORT_SECTION_EMPTY
+NOTE_REPORT_NOT_UTF8 = "report_not_utf8"
+NOTE_LABELS_MISSING = "labels_missing"  # study absent from the CheXpert CSV: labels all null
+# Processing failure for anything the image module did not foresee (the run goes on).
+FAIL_UNEXPECTED = "unexpected_error"
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and CSVs
+
+
+def find_csv(directories: Iterable[Path], stem: str) -> Path | None:
+    """``stem``.gz or ``stem`` in the first directory that has one."""
+    for directory in directories:
+        for name in (f"{stem}.gz", stem):
+            if (directory / name).is_file():
+                return directory / name
+    return None
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV, gzip'ed (``.gz``) or not, as dicts of stripped strings."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as handle:
+            return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(handle)]
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
+        raise PrepError(f"cannot read {path}: {error}. Download it again from PhysioNet.") from None
+
+
+def _require_columns(rows: list[dict[str, str]], path: Path, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        raise PrepError(f"{path} has no column(s) {', '.join(missing)}: is it the MIMIC-CXR-JPG file of that name?")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One DICOM as the CSVs describe it."""
+
+    dicom_id: str
+    subject_id: int
+    study_id: int
+    split: str
+    view: str | None  # None: absent from the metadata CSV
+
+
+def parse_label(value: str) -> float | None:
+    """CheXpert label cell: 1.0 positive, 0.0 negative, -1.0 uncertain, blank -> None."""
+    if value == "":
+        return None
+    number = float(value)
+    if number not in (1.0, 0.0, -1.0):
+        raise ValueError(f"unexpected CheXpert label value {value!r}")
+    return number
+
+
+def load_records(split_rows: list[dict[str, str]], metadata_rows: list[dict[str, str]]) -> list[Record]:
+    views = {row["dicom_id"]: row.get("ViewPosition", "") for row in metadata_rows}
+    return [
+        Record(row["dicom_id"], int(row["subject_id"]), int(row["study_id"]), row["split"], views.get(row["dicom_id"]))
+        for row in split_rows
+    ]
+
+
+def load_labels(chexpert_rows: list[dict[str, str]]) -> dict[tuple[int, int], dict[str, float | None]]:
+    return {
+        (int(row["subject_id"]), int(row["study_id"])): {
+            name: parse_label(row.get(name, "")) for name in CHEXPERT_LABELS
+        }
+        for row in chexpert_rows
+    }
+
+
+def study_dir(subject_id: int, study_id: int) -> str:
+    """``files/pXX/pXXXXXXXX/sXXXXXXXX`` (POSIX separators, relative to a release root)."""
+    subject = f"{subject_id:08d}"
+    return f"files/p{subject[:2]}/p{subject}/s{study_id:08d}"
+
+
+def image_path(root: Path, record: Record, extension: str) -> Path:
+    return root / study_dir(record.subject_id, record.study_id) / f"{record.dicom_id}.{extension}"
+
+
+class ReportStore:
+    """Report bytes by (subject_id, study_id), from ``files/`` or ``mimic-cxr-reports.zip``.
+
+    The tree wins when a report is in both; the zip is indexed by the ``pNNNNNNNN/sNNNNNNNN.txt``
+    end of its member names, so a zip with or without a top folder works."""
+
+    _MEMBER = re.compile(r"p(\d+)/s(\d+)\.txt$")
+
+    def __init__(self, mimic_root: Path) -> None:
+        self.files = mimic_root / "files"
+        self.zip: zipfile.ZipFile | None = None
+        self.members: dict[tuple[int, int], str] = {}
+        zip_path = mimic_root / REPORTS_ZIP
+        if zip_path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(zip_path)
+            except (OSError, zipfile.BadZipFile) as error:
+                raise PrepError(f"{zip_path} is not a readable zip ({error}): download it again.") from None
+            for name in self.zip.namelist():
+                match = self._MEMBER.search(name)
+                if match:
+                    self.members[(int(match.group(1)), int(match.group(2)))] = name
+
+    @property
+    def available(self) -> bool:
+        return self.files.is_dir() or bool(self.members)
+
+    def read(self, subject_id: int, study_id: int) -> bytes | None:
+        path = self.files.parent / f"{study_dir(subject_id, study_id)}.txt"
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        name = self.members.get((subject_id, study_id))
+        if name is not None and self.zip is not None:
+            return self.zip.read(name)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    """Everything a worker needs to render one sample (small and picklable)."""
+
+    key: str  # the dicom_id: the sample's __key__
+    image_path: str
+    text: str
+    meta_json: bytes
+    subject_id: int
+    study_id: int
+
+
+@dataclass
+class SplitSelection:
+    tasks: list[SampleTask] = field(default_factory=list)
+    filtered: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+    # (key, subject_id, study_id, reason, detail) for failures.csv
+    skip_rows: list[tuple[str, int, int, str, str]] = field(default_factory=list)
+
+
+def sample_json(record: Record, labels: Mapping[str, float | None]) -> bytes:
+    """The sample's json: exactly :data:`JSON_FIELDS`, in that order, compact, UTF-8."""
+    meta = {
+        "subject_id": record.subject_id,
+        "study_id": record.study_id,
+        "dicom_id": record.dicom_id,
+        "view": record.view,
+        "split": record.split,
+        "labels": {name: labels.get(name) for name in CHEXPERT_LABELS},
+    }
+    assert tuple(meta) == JSON_FIELDS
+    return json.dumps(meta, separators=(",", ":")).encode("utf-8")
+
+
+def sample_order(key: str) -> tuple[str, str]:
+    """Sort key of a sample within its split (see the module docstring)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest(), key
+
+
+def select_samples(
+    records: Iterable[Record],
+    labels: Mapping[tuple[int, int], Mapping[str, float | None]],
+    read_report: Callable[[int, int], bytes | None],
+    image_for: Callable[[Record], str],
+    *,
+    splits: Iterable[str],
+    views: Iterable[str] | None,
+    text_mode: str,
+    progress: Callable[[Iterable[Record]], Iterator[Record]] = iter,
+) -> dict[str, SplitSelection]:
+    """Choose the samples of each requested split, in their final order.
+
+    ``views=None`` keeps every view. Reports are read once per study.
+    """
+    wanted_views = None if views is None else {v.upper() for v in views}
+    selections = {split: SplitSelection() for split in splits}
+    texts: dict[tuple[int, int], tuple[reports.TextChoice, bool] | None] = {}
+    for record in progress(records):
+        selection = selections.get(record.split)
+        if selection is None:
+            continue
+        study = (record.subject_id, record.study_id)
+
+        def skip(reason: str, detail: str = "") -> None:
+            selection.skipped[reason] += 1
+            selection.skip_rows.append((record.dicom_id, record.subject_id, record.study_id, reason, detail))
+
+        if record.view is None:
+            skip(SKIP_METADATA_MISSING, f"{record.dicom_id} is not in {METADATA_CSV}")
+            continue
+        if wanted_views is not None and record.view.upper() not in wanted_views:
+            selection.filtered[FILTER_VIEW] += 1
+            continue
+        if study not in texts:
+            raw = read_report(*study)
+            if raw is None:
+                texts[study] = None
+            else:
+                decoded = reports.decode_report(raw)
+                texts[study] = (reports.choose_text(reports.parse_sections(decoded.text), text_mode), decoded.used_fallback)
+        entry = texts[study]
+        if entry is None:
+            skip(SKIP_REPORT_MISSING, f"{study_dir(*study)}.txt")
+            continue
+        choice, fallback = entry
+        if choice.text is None:
+            skip(choice.reason or SKIP_SECTION_MISSING, f"--text {text_mode}")
+            continue
+        if fallback:
+            selection.notes[NOTE_REPORT_NOT_UTF8] += 1
+        study_labels = labels.get(study)
+        if study_labels is None:
+            selection.notes[NOTE_LABELS_MISSING] += 1
+            study_labels = {}
+        selection.tasks.append(
+            SampleTask(
+                key=record.dicom_id,
+                image_path=image_for(record),
+                text=choice.text,
+                meta_json=sample_json(record, study_labels),
+                subject_id=record.subject_id,
+                study_id=record.study_id,
+            )
+        )
+    for selection in selections.values():
+        selection.tasks.sort(key=lambda task: sample_order(task.key))
+    return selections
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering one sample (runs in the worker processes)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    source: str  # "dicom" or "jpg"
+    image_size: int
+    resize: str
+    image_format: str
+    jpeg_quality: int
+
+
+@dataclass
+class SampleResult:
+    key: str
+    files: dict[str, bytes] | None  # extension -> bytes; None when the sample failed
+    reason: str | None = None
+    detail: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def render_sample(task: SampleTask, options: RenderOptions) -> SampleResult:
+    """Decode, window, resize and encode one sample. Never raises: a failure is a result."""
+    try:
+        if options.source == "dicom":
+            gray = images.dicom_to_uint8(task.image_path)
+        else:
+            gray = images.jpeg_to_gray(task.image_path, options.image_size)
+        square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
+        encoded = images.encode_image(square.image, options.image_format, options.jpeg_quality)
+    except images.ImageError as error:
+        return SampleResult(task.key, None, error.reason, error.detail)
+    except Exception as error:  # a bug or a case nobody foresaw: record it, keep going
+        return SampleResult(task.key, None, FAIL_UNEXPECTED, f"{type(error).__name__}: {error}")
+    files = {
+        options.image_format: encoded,
+        "json": task.meta_json,
+        "txt": task.text.encode("utf-8"),
+    }
+    return SampleResult(task.key, files, notes=square.notes)
+
+
+def fingerprint(data: object) -> str:
+    """Short SHA-256 of a JSON-serialisable value (used to tie shards to their inputs)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def tasks_fingerprint(tasks: Iterable[SampleTask], options: RenderOptions) -> str:
+    """Digest of what a shard's bytes depend on: its samples' inputs and the render options."""
+    digest = hashlib.sha256(json.dumps(options.__dict__, sort_keys=True).encode("utf-8"))
+    for task in tasks:
+        for part in (task.key, os.path.basename(task.image_path), task.text):
+            digest.update(part.encode("utf-8") + b"\0")
+        digest.update(task.meta_json + b"\0")
+    return digest.hexdigest()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole command
+
+
+@dataclass(frozen=True)
+class MimicOptions:
+    """The options of ``tier-openclip prep mimic-cxr`` (see cli.py for their meaning)."""
+
+    mimic_root: Path
+    out: Path
+    image_root: Path | None = None
+    metadata_dir: Path | None = None
+    text: str = "impression"
+    views: tuple[str, ...] | None = ("PA", "AP")
+    splits: tuple[str, ...] = SPLITS
+    image_size: int = 512
+    resize: str = "pad"
+    image_format: str = "jpg"
+    jpeg_quality: int = 95
+    shard_size: int = 1000
+    workers: int = 1
+
+    @property
+    def render(self) -> RenderOptions:
+        return RenderOptions(
+            source="jpg" if self.image_root is not None else "dicom",
+            image_size=self.image_size,
+            resize=self.resize,
+            image_format=self.image_format,
+            jpeg_quality=self.jpeg_quality,
+        )
+
+    def as_json(self) -> dict:
+        return {
+            "mimic_root": str(self.mimic_root.resolve()),
+            "out": str(self.out.resolve()),
+            "image_root": None if self.image_root is None else str(self.image_root.resolve()),
+            "metadata_dir": None if self.metadata_dir is None else str(self.metadata_dir.resolve()),
+            "text": self.text,
+            "views": None if self.views is None else list(self.views),
+            "splits": list(self.splits),
+            "image_size": self.image_size,
+            "resize": self.resize,
+            "format": self.image_format,
+            "jpeg_quality": self.jpeg_quality,
+            "shard_size": self.shard_size,
+            "workers": self.workers,
+        }
+
+
+def check_options(options: MimicOptions) -> None:
+    """Refuse bad option values with a message that says what to do."""
+    if options.text not in reports.TEXT_MODES:
+        raise PrepError(f"--text {options.text!r}: choose one of {', '.join(reports.TEXT_MODES)}")
+    unknown = [s for s in options.splits if s not in SPLITS]
+    if unknown or not options.splits:
+        raise PrepError(f"--splits: {', '.join(unknown) or '(none)'} is not a MIMIC-CXR split; use some of {','.join(SPLITS)}")
+    if options.image_size < 8:
+        raise PrepError("--image-size must be at least 8 pixels")
+    if options.shard_size < 1:
+        raise PrepError("--shard-size must be at least 1")
+    if options.workers < 1:
+        raise PrepError("--workers must be at least 1")
+    if not 1 <= options.jpeg_quality <= 100:
+        raise PrepError("--jpeg-quality must be between 1 and 100")
+    if options.resize not in images.RESIZE_MODES:
+        raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
+    if options.image_format not in images.IMAGE_FORMATS:
+        raise PrepError(f"--format: choose one of {', '.join(images.IMAGE_FORMATS)}")
+
+
+@dataclass
+class Inputs:
+    split_csv: Path
+    metadata_csv: Path
+    chexpert_csv: Path | None
+    reports: ReportStore
+
+
+def locate_inputs(options: MimicOptions) -> Inputs:
+    """Find the release files, or say exactly which is missing and what to pass instead."""
+    root = options.mimic_root
+    if not root.is_dir():
+        raise PrepError(f"--mimic-root {root} is not a folder: point it at the MIMIC-CXR 2.0.0 release (the folder holding files/ and mimic-cxr-reports.zip)")
+    if options.image_root is None:
+        if not (root / "files").is_dir():
+            raise PrepError(
+                f"--mimic-root {root} has no files/ folder: point it at the MIMIC-CXR 2.0.0 release "
+                "(files/p10/p10000032/s50414267/<dicom_id>.dcm), or pass --image-root with the MIMIC-CXR-JPG release"
+            )
+    elif not (options.image_root / "files").is_dir():
+        raise PrepError(f"--image-root {options.image_root} has no files/ folder: point it at the MIMIC-CXR-JPG release (files/p10/p10000032/s50414267/<dicom_id>.jpg)")
+    store = ReportStore(root)
+    if not store.available:
+        raise PrepError(f"--mimic-root {root} has neither files/ with the reports nor {REPORTS_ZIP}: the reports come from the MIMIC-CXR 2.0.0 release")
+    if options.metadata_dir is not None:
+        if not options.metadata_dir.is_dir():
+            raise PrepError(f"--metadata-dir {options.metadata_dir} is not a folder")
+        places = [options.metadata_dir]
+    else:
+        places = [p for p in (options.image_root, root) if p is not None]
+    where = " or ".join(str(p) for p in places)
+    split_csv = find_csv(places, SPLIT_CSV)
+    if split_csv is None:
+        raise PrepError(f"no {SPLIT_CSV}.gz in {where}: it ships with MIMIC-CXR-JPG; put it there or pass --metadata-dir")
+    metadata_csv = find_csv(places, METADATA_CSV)
+    if metadata_csv is None:
+        raise PrepError(f"no {METADATA_CSV}.gz in {where}: it ships with MIMIC-CXR-JPG; put it there or pass --metadata-dir")
+    return Inputs(split_csv, metadata_csv, find_csv(places, CHEXPERT_CSV), store)
+
+
+def _failure_rows(split: str, selection: SplitSelection, plans, records, tasks_by_key) -> list[list]:
+    rows = [[split, key, subject, study, "skipped", reason, detail] for key, subject, study, reason, detail in selection.skip_rows]
+    for plan in plans:
+        for key, reason, detail in records[plan.name].failures:
+            task = tasks_by_key[key]
+            rows.append([split, key, task.subject_id, task.study_id, "failed", reason, detail])
+    return rows
+
+
+def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run ``prep mimic-cxr``: select, render and shard; write sizes.json, failures.csv and
+    manifest.json. Returns the manifest. Resumes a killed run in the same ``--out``."""
+    from tqdm import tqdm
+
+    from . import shards
+
+    check_options(options)
+    inputs = locate_inputs(options)
+    split_rows = read_csv(inputs.split_csv)
+    _require_columns(split_rows, inputs.split_csv, ("dicom_id", "study_id", "subject_id", "split"))
+    metadata_rows = read_csv(inputs.metadata_csv)
+    _require_columns(metadata_rows, inputs.metadata_csv, ("dicom_id", "ViewPosition"))
+    labels: dict = {}
+    if inputs.chexpert_csv is None:
+        log(f"warning: no {CHEXPERT_CSV}.gz found: every sample's labels will be null")
+    else:
+        chexpert_rows = read_csv(inputs.chexpert_csv)
+        _require_columns(chexpert_rows, inputs.chexpert_csv, ("subject_id", "study_id", *CHEXPERT_LABELS))
+        labels = load_labels(chexpert_rows)
+    records = load_records(split_rows, metadata_rows)
+    if options.image_root is None:
+        image_root, extension = options.mimic_root, "dcm"
+    else:
+        image_root, extension = options.image_root, "jpg"
+
+    def reading(items: Iterable[Record]) -> Iterator[Record]:
+        return iter(tqdm(items, desc="reports", unit="dicom", disable=not progress, dynamic_ncols=True))
+
+    selections = select_samples(
+        records,
+        labels,
+        inputs.reports.read,
+        lambda record: str(image_path(image_root, record, extension)),
+        splits=options.splits,
+        views=options.views,
+        text_mode=options.text,
+        progress=reading,
+    )
+    render = options.render
+    digest = functools.partial(tasks_fingerprint, options=render)
+    plans = {
+        split: shards.plan_shards(split, selection.tasks, options.shard_size, digest)
+        for split, selection in selections.items()
+    }
+    options.out.mkdir(parents=True, exist_ok=True)
+    state_dir = options.out / shards.STATE_DIR
+    with shards.run_lock(state_dir):
+        shard_records = shards.write_shards(
+            options.out,
+            [plan for split in options.splits for plan in plans[split]],
+            functools.partial(render_sample, options=render),
+            workers=options.workers,
+            progress=progress,
+            log=log,
+        )
+        manifest = {
+            "dataset": "mimic-cxr",
+            "command": "tier-openclip prep mimic-cxr",
+            "source": render.source,
+            "options": options.as_json(),
+            "versions": _versions(),
+            "splits": {},
+        }
+        failure_rows: list[list] = []
+        for split in options.splits:
+            selection, split_plans = selections[split], plans[split]
+            sizes = shards.write_sizes(options.out / split, split_plans, shard_records)
+            failed: Counter = Counter()
+            notes: Counter = Counter(selection.notes)
+            for plan in split_plans:
+                failed.update(reason for _, reason, _ in shard_records[plan.name].failures)
+                notes.update(shard_records[plan.name].notes)
+            tasks_by_key = {task.key: task for task in selection.tasks}
+            failure_rows += _failure_rows(split, selection, split_plans, shard_records, tasks_by_key)
+            manifest["splits"][split] = {
+                "written": sum(sizes.values()),
+                "shards": len(split_plans),
+                "urls": shards.shard_urls(split, len(split_plans)),
+                "filtered": dict(sorted(selection.filtered.items())),
+                "skipped": dict(sorted(selection.skipped.items())),
+                "failed": dict(sorted(failed.items())),
+                "notes": dict(sorted(notes.items())),
+            }
+            if not split_plans:
+                log(f"warning: no eligible samples in split {split!r}")
+        manifest["totals"] = {
+            kind: sum(sum(s[kind].values()) if isinstance(s[kind], dict) else s[kind] for s in manifest["splits"].values())
+            for kind in ("written", "filtered", "skipped", "failed")
+        }
+        _write_failures(options.out / "failures.csv", failure_rows)
+        shards.write_json_atomic(options.out / "manifest.json", manifest)
+    return manifest
+
+
+FAILURE_COLUMNS = ("split", "dicom_id", "subject_id", "study_id", "kind", "reason", "detail")
+
+
+def _write_failures(path: Path, rows: list[list]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FAILURE_COLUMNS)
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("tier-openclip", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pillow", "numpy", "webdataset"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found

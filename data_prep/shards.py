@@ -1,0 +1,372 @@
+"""WebDataset shards: planning, writing, verification and resumption.
+
+Layout of one split, ``OUT/<split>/``::
+
+    <split>-000000.tar ...    finished shards (webdataset's TarWriter, plain tar)
+    sizes.json                shard basename -> samples, read by open_clip's get_dataset_size
+    .<split>-000003.tar.partial   the shard being written (only while a run is alive)
+
+and ``OUT/.prep-state/<split>-000000.json``: one record per finished shard (its plan digest,
+the keys written, the samples that failed with their reasons, the handled-condition notes, its
+size and SHA-256).
+
+Plan. A split's samples are in a fixed order (see mimic.py); shard ``k`` holds samples
+``[k * shard_size, (k + 1) * shard_size)`` of that order minus the ones that fail to render, so
+the plan is a pure function of the eligible sample list and ``--shard-size``: a resumed run
+recomputes the same plan. Each shard's plan digest covers its samples' inputs and the render
+options.
+
+Writing. A shard is written to its ``.partial`` name with ``wds.TarWriter`` (with a fixed
+mtime, owner and mode, so equal inputs give byte-identical tars), flushed and fsync'ed; then its
+record is written (atomically); then the tar is renamed to its final name. A final name
+therefore always holds a complete tar with a record; a run killed at any point, even SIGKILL in
+the middle of a shard, leaves at most a ``.partial`` that the next run deletes.
+
+Resumption. Before writing, every planned shard with a final tar is verified: its record must
+carry the current plan digest, its size and SHA-256 must match the record, and reading it back
+with ``tarfile`` must give exactly the recorded keys, each with its members. Verified shards
+are kept as they are; anything else is rewritten. Shards of an older plan beyond the current
+one are removed, so ``sizes.json`` and the directory agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import PrepError
+
+STATE_DIR = ".prep-state"
+SIZES_FILE = "sizes.json"
+PARTIAL_SUFFIX = ".partial"
+# Fixed tar header fields: no time, no user of this machine ends up in a shard.
+TAR_MTIME = 0
+TAR_USER = TAR_GROUP = "tier-openclip"
+TAR_MODE = 0o444
+# Test hook: "SHARD:N" SIGKILLs this process after N samples of shard SHARD (e.g.
+# "train-000001.tar:3") are written and flushed; "SHARD:renamed" right after SHARD is finished.
+KILL_HOOK_ENV = "TIER_OPENCLIP_PREP_TEST_KILL"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def shard_urls(split: str, count: int) -> str:
+    """The brace pattern open_clip's ``--train-data`` takes, relative to OUT."""
+    if count == 0:
+        return ""
+    if count == 1:
+        return f"{split}/{shard_name(split, 0)}"
+    return f"{split}/{split}-{{{0:06d}..{count - 1:06d}}}.tar"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    index: int
+    tasks: tuple  # the samples, in order (objects with a .key)
+    digest: str
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+def plan_shards(
+    split: str, tasks: Sequence[T], shard_size: int, digest: Callable[[Sequence[T]], str]
+) -> list[ShardPlan]:
+    """Cut ``tasks`` (already in their final order) into consecutive shards of ``shard_size``."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    chunks = [tuple(tasks[start : start + shard_size]) for start in range(0, len(tasks), shard_size)]
+    return [ShardPlan(split, index, chunk, digest(chunk)) for index, chunk in enumerate(chunks)]
+
+
+@dataclass
+class ShardRecord:
+    name: str
+    digest: str  # the plan digest this shard was written for
+    keys: list[str]  # keys written, in order
+    extensions: list[str]  # member extensions of every sample, sorted
+    size: int = 0
+    sha256: str = ""
+    # [key, reason, detail] of the planned samples that failed to render
+    failures: list[list[str]] = field(default_factory=list)
+    notes: dict[str, int] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> ShardRecord | None:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name, fsync, and rename over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(functools.partial(handle.read, 1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shard(path: Path, record: ShardRecord | None, plan: ShardPlan) -> str | None:
+    """Why the finished shard at ``path`` cannot be kept, or None when it is good."""
+    if not path.is_file():
+        return "missing"
+    if record is None:
+        return "no record of it"
+    if record.digest != plan.digest:
+        return "made from other inputs or options"
+    if path.stat().st_size != record.size or file_sha256(path) != record.sha256:
+        return "its bytes differ from the record"
+    expected = [f"{key}.{ext}" for key in record.keys for ext in record.extensions]
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as error:
+        return f"unreadable tar ({error})"
+    if [m.name for m in members] != expected or not all(m.isfile() for m in members):
+        return "its members differ from the record"
+    planned = {task.key for task in plan.tasks}
+    if not set(record.keys) <= planned:
+        return "it holds keys the plan does not"
+    return None
+
+
+class ShardFile:
+    """One shard being written under its ``.partial`` name (see the module docstring)."""
+
+    def __init__(self, split_dir: Path, state_dir: Path, plan: ShardPlan) -> None:
+        import webdataset as wds
+
+        self.plan = plan
+        self.path = split_dir / plan.name
+        self.partial = split_dir / f".{plan.name}{PARTIAL_SUFFIX}"
+        self.record_path = state_dir / f"{Path(plan.name).stem}.json"
+        self.record = ShardRecord(plan.name, plan.digest, [], [])
+        self.handle = open(self.partial, "wb")
+        self.writer = wds.TarWriter(
+            self.handle, user=TAR_USER, group=TAR_GROUP, mode=TAR_MODE, mtime=TAR_MTIME, encoder=False
+        )
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        extensions = sorted(files)
+        if not self.record.extensions:
+            self.record.extensions = extensions
+        elif extensions != self.record.extensions:
+            raise ValueError(f"sample {key} has members {extensions}, the shard has {self.record.extensions}")
+        self.writer.write({"__key__": key, **files})
+        self.record.keys.append(key)
+
+    def flush(self) -> None:
+        """Push what the file object holds to the OS (tarfile's stream keeps up to one 10 KiB
+        record of its own, so the file on disk then ends mid-tar, as after a crash)."""
+        self.handle.flush()
+
+    def fail(self, key: str, reason: str, detail: str) -> None:
+        self.record.failures.append([key, reason, detail])
+
+    def finish(self) -> ShardRecord:
+        self.writer.close()
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        self.record.size = self.partial.stat().st_size
+        self.record.sha256 = file_sha256(self.partial)
+        self.record.save(self.record_path)
+        os.replace(self.partial, self.path)
+        _fsync_dir(self.path.parent)
+        return self.record
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(Exception):
+            self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.partial.unlink()
+
+
+def _kill_hook() -> tuple[str, str] | None:
+    value = os.environ.get(KILL_HOOK_ENV, "")
+    if ":" not in value:
+        return None
+    name, _, when = value.rpartition(":")
+    return name, when
+
+
+def _die() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def ordered_map(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+    """``map(function, items)`` in order, over a process pool when ``workers > 1``.
+
+    ``function`` must be picklable (a module-level function or a ``functools.partial`` of one).
+    The pool is closed when the iterator is exhausted or closed.
+    """
+    if workers <= 1 or len(items) <= 1:
+        yield from map(function, items)
+        return
+    chunksize = max(1, min(8, len(items) // (workers * 16)))
+    with multiprocessing.get_context().Pool(workers) as pool:
+        yield from pool.imap(function, items, chunksize=chunksize)
+
+
+@contextlib.contextmanager
+def run_lock(state_dir: Path) -> Iterator[None]:
+    """Exclusive lock on OUT for the duration of a run (released by the OS if the run dies)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrepError(
+                f"another prep run is writing to {state_dir.parent}: wait for it to finish or use another --out"
+            ) from None
+        yield
+
+
+_SHARD_FILE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
+
+
+def prepare_split_dir(split_dir: Path, state_dir: Path, split: str, plans: Sequence[ShardPlan], log: Callable[[str], None]) -> None:
+    """Delete ``.partial`` leftovers and shards (with records) that the current plan lacks."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    planned = {plan.name for plan in plans}
+    for path in sorted(split_dir.iterdir()):
+        if path.name.endswith(PARTIAL_SUFFIX) and path.name.startswith("."):
+            path.unlink()
+            log(f"removed the unfinished {path.name} of an interrupted run")
+            continue
+        match = _SHARD_FILE.match(path.name)
+        if match and match.group("split") == split and path.name not in planned:
+            path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (state_dir / f"{path.stem}.json").unlink()
+            log(f"removed {path.name}: the current inputs plan fewer shards")
+
+
+def write_shards(
+    out_dir: Path,
+    plans: Sequence[ShardPlan],
+    render: Callable[[Any], Any],
+    *,
+    workers: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, ShardRecord]:
+    """Write every planned shard that is not already finished and verified; return the records
+    of all planned shards by name.
+
+    ``render(task)`` must return an object with ``key``, ``files`` (extension -> bytes, or None
+    when the sample failed), ``reason``, ``detail`` and ``notes``.
+    """
+    from tqdm import tqdm
+
+    state_dir = out_dir / STATE_DIR
+    records: dict[str, ShardRecord] = {}
+    pending: list[ShardPlan] = []
+    for split in dict.fromkeys(plan.split for plan in plans):
+        prepare_split_dir(out_dir / split, state_dir, split, [p for p in plans if p.split == split], log)
+    for plan in plans:
+        path = out_dir / plan.split / plan.name
+        record = ShardRecord.load(state_dir / f"{path.stem}.json")
+        problem = verify_shard(path, record, plan)
+        if problem is None:
+            assert record is not None
+            records[plan.name] = record
+            continue
+        if problem != "missing":
+            log(f"rewriting {plan.split}/{plan.name}: {problem}")
+            path.unlink(missing_ok=True)
+        pending.append(plan)
+    total = sum(len(plan.tasks) for plan in plans)
+    done = total - sum(len(plan.tasks) for plan in pending)
+    if done:
+        log(f"{len(records)} finished shard(s) verified and kept ({done} planned samples)")
+    kill = _kill_hook()
+    tasks = [task for plan in pending for task in plan.tasks]
+    results = ordered_map(render, tasks, workers)
+    bar = tqdm(total=total, initial=done, unit="img", desc="prep", smoothing=0.05, disable=not progress, dynamic_ncols=True)
+    try:
+        for plan in pending:
+            shard = ShardFile(out_dir / plan.split, state_dir, plan)
+            notes: Counter = Counter()
+            try:
+                for processed, task in enumerate(plan.tasks, start=1):
+                    result = next(results)
+                    if result.key != task.key:  # ordered map: cannot happen
+                        raise RuntimeError(f"result for {result.key} arrived in place of {task.key}")
+                    if result.files is None:
+                        shard.fail(result.key, result.reason, result.detail)
+                    else:
+                        shard.write(result.key, result.files)
+                    notes.update(result.notes)
+                    bar.update(1)
+                    if kill and kill[0] == plan.name and kill[1] == str(processed):
+                        shard.flush()
+                        _die()
+                shard.record.notes = dict(sorted(notes.items()))
+                records[plan.name] = shard.finish()
+            except BaseException:
+                shard.abort()
+                raise
+            if kill and kill[0] == plan.name and kill[1] == "renamed":
+                _die()
+    finally:
+        bar.close()
+        results.close()
+    return records
+
+
+def write_sizes(split_dir: Path, plans: Iterable[ShardPlan], records: dict[str, ShardRecord]) -> dict[str, int]:
+    """``sizes.json``: shard basename -> samples written, as open_clip reads it."""
+    sizes = {plan.name: len(records[plan.name].keys) for plan in plans}
+    split_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(split_dir / SIZES_FILE, sizes)
+    return sizes

@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from triton import knobs
 
 # Read when this module is imported, as triton.jit itself does.
@@ -133,7 +134,7 @@ def _configs(names: tuple[str, ...], choices: list[tuple[int, ...]]) -> list[tri
 
 
 # (BLOCK_P, num_warps, num_stages); BLOCK_T is fixed on the host (it sets the statistics layout).
-# The first entry of each list is the fallback that fits any D ≤ 1024 in any dtype.
+# The first entry of each list is the smallest: the pruner's last resort when nothing else fits.
 _FWD_CONFIGS = _configs(
     ("BLOCK_P",), [(16, 4, 1), (32, 4, 2), (32, 4, 3), (64, 4, 2), (64, 8, 2), (128, 8, 2)]
 )
@@ -380,6 +381,12 @@ def _fwd_block_t(num_tokens: int, block_d: int) -> int:
     return max(16, min(triton.next_power_of_2(num_tokens), 64, 16384 // block_d))
 
 
+def _precision(dtype: torch.dtype) -> str:
+    # float32 inputs get float32 products, as the reference's matmul (tf32 would cost ~3 digits);
+    # for float16 the setting only applies to the gradient dots (see _grad_dot).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 class TokenPatchEntropyFunction(torch.autograd.Function):
     """(h_text, h_image) of each pair; see the module docstring for the kernels it launches."""
 
@@ -424,6 +431,7 @@ class TokenPatchEntropyFunction(torch.autograd.Function):
         return h_text, h_image
 
     @staticmethod
+    @once_differentiable  # the kernels' gradients are not themselves differentiable
     def backward(ctx, grad_h_text: Tensor, grad_h_image: Tensor):
         text_tokens, image_tokens, text_mask, row_lse, row_mean, col_lse, col_mean, num_valid = ctx.saved_tensors
         num_pairs, num_tokens, dim = text_tokens.shape
@@ -453,12 +461,6 @@ class TokenPatchEntropyFunction(torch.autograd.Function):
             grid = lambda meta: (num_pairs, triton.cdiv(num_patches, meta["BLOCK_P"]))  # noqa: E731
             _tier_bwd_image_kernel[grid](*args[:3], grad_image, *args[4:], **meta)
         return grad_text, grad_image, None, None
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # float32 inputs get float32 products, as the reference's matmul (tf32 would cost ~3 digits);
-    # for float16 the setting only applies to the gradient dots (see _grad_dot).
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def token_patch_entropy_triton(

@@ -4,8 +4,8 @@ Without a usable CUDA device the kernels run in Triton's CPU interpreter. triton
 TRITON_INTERPRET when it decorates: triton's own helpers (tl.zeros, …) at `import triton`, the
 kernels when their module is imported. So this module does both imports with the variable set, and
 sets it again only while its own tests run (the public dispatcher checks it at call time); the
-rest of the session sees the environment unchanged. The interpreter is slow, so those shapes stay small (T, P ≤ 40, D ≤ 64),
-with the interpreter's 16-wide blocks so that every shape spans several token and patch blocks.
+rest of the session sees the environment unchanged. The interpreter is slow, so its shapes stay
+small (T, P ≤ 40, D ≤ 64); its 16-wide blocks make them span several token and patch blocks.
 With CUDA the same tests run compiled, and the `gpu` tests add full-size shapes.
 
 Truth is the reference evaluated in float64 on exactly the kernel's input values, so a tolerance

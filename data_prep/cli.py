@@ -59,6 +59,9 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
                        "keeps the whole film); crop: short side to --image-size, long side centre-cropped (BioViL)")
     group.add_argument("--workers", type=_positive, default=_default_workers(), metavar="N",
                        help="worker processes; the default is the number of CPUs this process may use, here")
+    group.add_argument("--sample-timeout", type=float, default=600.0, metavar="SECONDS",
+                       help="a sample whose worker gives no result for this long (a worker killed by a crash in "
+                       "a native decoder, or hung) fails with reason worker_crashed and the run goes on")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -225,7 +228,7 @@ def run_mimic(args: argparse.Namespace) -> int:
         mimic_root=args.mimic_root, out=args.out, image_root=args.image_root, metadata_dir=args.metadata_dir,
         text=args.text, views=_all_or(args.views), splits=tuple(args.splits), image_size=args.image_size,
         resize=args.resize, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
-        shard_size=args.shard_size, workers=args.workers,
+        shard_size=args.shard_size, workers=args.workers, sample_timeout=args.sample_timeout,
     )  # fmt: skip
     manifest = prepare_mimic(options, progress=not args.quiet, log=_log)
     for split, info in manifest["splits"].items():
@@ -243,6 +246,7 @@ def _eval(args: argparse.Namespace, dataset: str) -> int:
         dataset=dataset, csv=args.csv, image_root=args.image_root, out=args.out, image_size=args.image_size,
         resize=args.resize, workers=args.workers, frontal_only=not getattr(args, "all_views", False),
         projections=_all_or(getattr(args, "projections", ("all",))), min_positives=getattr(args, "min_positives", 1),
+        sample_timeout=args.sample_timeout,
     )  # fmt: skip
     meta = prepare_eval_set(options, progress=not args.quiet, log=_log)
     _log(f"{dataset}: {meta['images']} images, {len(meta['labels'])} labels -> {args.out / 'labels.csv'}; "

@@ -256,6 +256,7 @@ class EvalOptions:
     frontal_only: bool = True  # CheXpert
     projections: tuple[str, ...] | None = PADCHEST_FRONTAL  # PadChest
     min_positives: int = 1  # PadChest
+    sample_timeout: float = 600.0
 
     def as_json(self) -> dict:
         data = {
@@ -286,7 +287,7 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
     """Run ``prep chexpert`` or ``prep padchest``; returns meta.json's content."""
     from tqdm import tqdm
 
-    from .shards import ordered_map, write_json_atomic
+    from .shards import WORKER_LOST, Lost, OrderedPool, write_json_atomic
 
     if not options.csv.is_file():
         raise PrepError(f"--csv {options.csv} does not exist: pass the {options.dataset} labels CSV")
@@ -313,14 +314,18 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
     failed: Counter = Counter()
     notes: Counter = Counter()
     written: list[EvalImage] = []
-    results = ordered_map(render, selection.items, options.workers)
-    for item, result in zip(selection.items, tqdm(results, total=len(selection.items), unit="img", desc=options.dataset, disable=not progress, dynamic_ncols=True)):
-        notes.update(result.notes)
-        if result.ok:
-            written.append(item)
-        else:
-            failed[result.reason] += 1
-            selection.rows.append([item.source, "failed", result.reason, result.detail])
+    with OrderedPool(render, selection.items, options.workers, options.sample_timeout) as pool:
+        bar = tqdm(pool, total=len(selection.items), unit="img", desc=options.dataset, disable=not progress,
+                   dynamic_ncols=True)  # fmt: skip
+        for item, result in zip(selection.items, bar):
+            if isinstance(result, Lost):
+                result = EvalResult(item.image, False, WORKER_LOST, result.detail)
+            notes.update(result.notes)
+            if result.ok:
+                written.append(item)
+            else:
+                failed[result.reason] += 1
+                selection.rows.append([item.source, "failed", result.reason, result.detail])
 
     if options.dataset == "chexpert":
         labels = list(CHEXPERT_LABELS)

@@ -158,9 +158,12 @@ def monochrome_to_uint8(pixels: np.ndarray, ds, notes: list[str]) -> np.ndarray:
     if pixels.dtype.kind in "iu" and pixels.size:
         low, high = int(pixels.min()), int(pixels.max())
         if high - low < _TABLE_MAX_ENTRIES:
-            domain = np.arange(low, high + 1, dtype=np.int64)
-            table = _to_uint8(display_values(domain, ds, notes))
-            return table[pixels.astype(np.int64, copy=False) - low] if low else table[pixels]
+            table = _to_uint8(display_values(np.arange(low, high + 1, dtype=np.int64), ds, notes))
+            if low >= 0:  # index by the pixels themselves: no offset array
+                if low:
+                    table = np.concatenate([np.zeros(low, dtype=np.uint8), table])
+                return table[pixels]
+            return table[pixels.astype(np.int64) - low]
     return _to_uint8(display_values(pixels.astype(np.float64), ds, notes))
 
 

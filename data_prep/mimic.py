@@ -375,6 +375,7 @@ class MimicOptions:
     jpeg_quality: int = 95
     shard_size: int = 1000
     workers: int = 1
+    sample_timeout: float = 600.0
 
     @property
     def render(self) -> RenderOptions:
@@ -401,6 +402,7 @@ class MimicOptions:
             "jpeg_quality": self.jpeg_quality,
             "shard_size": self.shard_size,
             "workers": self.workers,
+            "sample_timeout": self.sample_timeout,
         }
 
 
@@ -417,6 +419,8 @@ def check_options(options: MimicOptions) -> None:
         raise PrepError("--shard-size must be at least 1")
     if options.workers < 1:
         raise PrepError("--workers must be at least 1")
+    if not options.sample_timeout > 0:
+        raise PrepError("--sample-timeout must be a positive number of seconds")
     if not 1 <= options.jpeg_quality <= 100:
         raise PrepError("--jpeg-quality must be between 1 and 100")
     if options.resize not in images.RESIZE_MODES:
@@ -529,6 +533,7 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
             workers=options.workers,
             progress=progress,
             log=log,
+            sample_timeout=options.sample_timeout,
         )
         manifest = {
             "dataset": "mimic-cxr",

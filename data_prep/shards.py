@@ -243,18 +243,78 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def ordered_map(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-    """``map(function, items)`` in order, over a process pool when ``workers > 1``.
+# Failure reason of a sample whose worker process died or hung (see OrderedPool).
+WORKER_LOST = "worker_crashed"
+DEFAULT_SAMPLE_TIMEOUT = 600.0
 
-    ``function`` must be picklable (a module-level function or a ``functools.partial`` of one).
-    The pool is closed when the iterator is exhausted or closed.
+
+@dataclass(frozen=True)
+class Lost:
+    """Stands in for the result of ``item`` when its worker died or hung."""
+
+    item: Any
+    timeout: float
+
+    @property
+    def detail(self) -> str:
+        return (f"no result within {self.timeout:g} s: the worker process died on this file (e.g. a crash in "
+                "a native decoder) or hung; the run went on with a fresh pool")  # fmt: skip
+
+
+class OrderedPool:
+    """``map(function, items)`` in order over ``workers`` processes (``multiprocessing.Pool``
+    ``imap``), robust to a worker that dies: when the next result in order does not arrive
+    within ``timeout`` seconds, that item yields :class:`Lost`, the pool is replaced and the
+    items after it are submitted again. ``workers=0`` runs in this process (no isolation).
+
+    Use as a context manager, entered before starting threads (progress bars): the pool's
+    processes are started on entry.
     """
-    if workers <= 1 or len(items) <= 1:
-        yield from map(function, items)
-        return
-    chunksize = max(1, min(8, len(items) // (workers * 16)))
-    with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap(function, items, chunksize=chunksize)
+
+    def __init__(self, function: Callable[[T], R], items: Sequence[T], workers: int,
+                 timeout: float | None = DEFAULT_SAMPLE_TIMEOUT) -> None:  # fmt: skip
+        self.function, self.items, self.workers, self.timeout = function, items, workers, timeout
+        self.chunksize = max(1, min(8, len(items) // (max(workers, 1) * 16)))
+        self.pool = None
+
+    def _start(self) -> None:
+        if self.workers > 0 and self.items:
+            self.pool = multiprocessing.get_context().Pool(self.workers)
+
+    def _stop(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def __enter__(self) -> OrderedPool:
+        self._start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop()
+
+    def __iter__(self) -> Iterator[R | Lost]:
+        if self.workers <= 0:
+            yield from map(self.function, self.items)
+            return
+        position = 0
+        while position < len(self.items):
+            if self.pool is None:
+                self._start()
+            assert self.pool is not None
+            results = self.pool.imap(self.function, self.items[position:], chunksize=self.chunksize)
+            while position < len(self.items):
+                try:
+                    result = results.next(self.timeout)
+                except multiprocessing.TimeoutError:
+                    lost = Lost(self.items[position], float(self.timeout or 0))
+                    position += 1
+                    self._stop()
+                    yield lost
+                    break
+                position += 1
+                yield result
 
 
 @contextlib.contextmanager
@@ -299,16 +359,20 @@ def write_shards(
     workers: int,
     progress: bool,
     log: Callable[[str], None],
+    sample_timeout: float | None = DEFAULT_SAMPLE_TIMEOUT,
 ) -> dict[str, ShardRecord]:
     """Write every planned shard that is not already finished and verified; return the records
     of all planned shards by name.
 
-    ``render(task)`` must return an object with ``key``, ``files`` (extension -> bytes, or None
-    when the sample failed), ``reason``, ``detail`` and ``notes``.
+    ``render(task)`` must be picklable and return an object with ``key``, ``files`` (extension
+    -> bytes, or None when the sample failed), ``reason``, ``detail`` and ``notes``. It runs in
+    ``workers`` processes (0: in this process); a sample whose worker dies or exceeds
+    ``sample_timeout`` seconds fails with reason ``worker_crashed``.
     """
     from tqdm import tqdm
 
     state_dir = out_dir / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, ShardRecord] = {}
     pending: list[ShardPlan] = []
     for split in dict.fromkeys(plan.split for plan in plans):
@@ -331,36 +395,40 @@ def write_shards(
         log(f"{len(records)} finished shard(s) verified and kept ({done} planned samples)")
     kill = _kill_hook()
     tasks = [task for plan in pending for task in plan.tasks]
-    results = ordered_map(render, tasks, workers)
-    bar = tqdm(total=total, initial=done, unit="img", desc="prep", smoothing=0.05, disable=not progress, dynamic_ncols=True)
-    try:
-        for plan in pending:
-            shard = ShardFile(out_dir / plan.split, state_dir, plan)
-            notes: Counter = Counter()
-            try:
-                for processed, task in enumerate(plan.tasks, start=1):
-                    result = next(results)
-                    if result.key != task.key:  # ordered map: cannot happen
-                        raise RuntimeError(f"result for {result.key} arrived in place of {task.key}")
-                    if result.files is None:
-                        shard.fail(result.key, result.reason, result.detail)
-                    else:
-                        shard.write(result.key, result.files)
-                    notes.update(result.notes)
-                    bar.update(1)
-                    if kill and kill[0] == plan.name and kill[1] == str(processed):
-                        shard.flush()
-                        _die()
-                shard.record.notes = dict(sorted(notes.items()))
-                records[plan.name] = shard.finish()
-            except BaseException:
-                shard.abort()
-                raise
-            if kill and kill[0] == plan.name and kill[1] == "renamed":
-                _die()
-    finally:
-        bar.close()
-        results.close()
+    with OrderedPool(render, tasks, workers, sample_timeout) as pool:
+        results = iter(pool)
+        bar = tqdm(total=total, initial=done, unit="img", desc="prep", smoothing=0.05, disable=not progress,
+                   dynamic_ncols=True)  # fmt: skip
+        try:
+            for plan in pending:
+                shard = ShardFile(out_dir / plan.split, state_dir, plan)
+                notes: Counter = Counter()
+                try:
+                    for processed, task in enumerate(plan.tasks, start=1):
+                        result = next(results)
+                        if isinstance(result, Lost):
+                            shard.fail(task.key, WORKER_LOST, result.detail)
+                        elif result.key != task.key:  # ordered map: cannot happen
+                            raise RuntimeError(f"result for {result.key} arrived in place of {task.key}")
+                        elif result.files is None:
+                            shard.fail(result.key, result.reason, result.detail)
+                        else:
+                            shard.write(result.key, result.files)
+                        if not isinstance(result, Lost):
+                            notes.update(result.notes)
+                        bar.update(1)
+                        if kill and kill[0] == plan.name and kill[1] == str(processed):
+                            shard.flush()
+                            _die()
+                    shard.record.notes = dict(sorted(notes.items()))
+                    records[plan.name] = shard.finish()
+                except BaseException:
+                    shard.abort()
+                    raise
+                if kill and kill[0] == plan.name and kill[1] == "renamed":
+                    _die()
+        finally:
+            bar.close()
     return records
 
 

@@ -346,3 +346,15 @@ def build_padchest(root: Path) -> Path:
     csv_path = root / "padchest.csv.gz"
     _write_csv_gz(csv_path, PADCHEST_HEADER, rows)
     return csv_path
+
+
+def render_or_die(task):
+    """A render function for shards.write_shards that kills its worker process (as a crash in
+    a native decoder would) on the sample keyed ``die``, and renders the others as text."""
+    import os
+
+    from tier_openclip.data_prep.mimic import SampleResult
+
+    if task.key == "die":
+        os._exit(3)
+    return SampleResult(task.key, {"txt": task.key.encode()})

@@ -30,6 +30,7 @@ from data_prep_fixtures import (
     build_mimic,
     build_padchest,
     dicom_dataset,
+    render_or_die,
     save_dicom,
     smooth_image,
     zip_reports,
@@ -455,6 +456,18 @@ def test_damaged_finished_shard_is_rewritten(release, dicom_run, tmp_path):
     victim.write_bytes(victim.read_bytes()[:700])  # truncated behind the run's back
     assert run_cli(*argv) == 0
     assert tree_bytes(out) == tree_bytes(dicom_run)
+
+
+def test_a_crashing_worker_fails_its_sample_and_the_run_goes_on(tmp_path):
+    from tier_openclip.data_prep.mimic import SampleTask
+
+    keys = ["a", "b", "die", "c", "d", "e", "f"]
+    tasks = [SampleTask(key, "", "", b"", 1, 1) for key in keys]
+    plans = shards.plan_shards("s", tasks, 3, lambda chunk: ",".join(task.key for task in chunk))
+    records = shards.write_shards(tmp_path, plans, render_or_die, workers=2, progress=False, log=print, sample_timeout=2)
+    assert [r.keys for r in records.values()] == [["a", "b"], ["c", "d", "e"], ["f"]]
+    assert [(key, reason) for key, reason, _ in records["s-000000.tar"].failures] == [("die", "worker_crashed")]
+    assert read_shards(tmp_path / "s")["e"] == {"txt": b"e"}
 
 
 def test_user_errors_say_what_to_do(release, tmp_path, capsys):

@@ -14,6 +14,22 @@ Coordinates: anatomy is described in normalised image coordinates (x to the righ
 in [0, 1]); finding boxes are (x0, y0, x1, y1) in pixels of the output image, half-open like
 numpy slicing: ``image[y0:y1, x0:x1]`` is the box.
 
+Findings (``FINDINGS``; at most two per image, never two whose drawings would overlap):
+
+=========================  ==================================================================
+right upper zone opacity   ill-defined consolidation, upper third of the right lung (image left)
+right lower zone opacity   ill-defined consolidation, lower third of the right lung
+left lower zone opacity    ill-defined consolidation, lower third of the left lung (image right)
+left upper zone mass       round well-circumscribed 4-6 cm mass, upper third of the left lung
+right pleural effusion     meniscus at the right costophrenic angle, hiding the hemidiaphragm
+left pleural effusion      the same on the left (image right, bottom)
+cardiomegaly               cardiac silhouette widened 18-42%, mostly towards the image right
+right pneumothorax         apical rim of air without lung markings, visceral pleural line
+=========================  ==================================================================
+
+Each finding's zero-shot prompt is its name. At 64 px every lesion spans at least one 8x8 patch
+(most span several); sizes are fractions of the image, so they scale with ``image_size``.
+
 Backgrounds: the real computed-radiography chest study shipped in ``pydicom-data``
 (``RG1_UNCI.dcm``) when that package is installed, otherwise a procedural chest. The shipped
 study shows several round pulmonary masses; they are removed (low-frequency inpainting) so that
@@ -84,7 +100,6 @@ FIELD_OF_VIEW_CM = 35.0
 BASE_SIZE = 512
 #: Display gamma applied to the windowed CR image so lungs read dark as on a typical PA film.
 _DISPLAY_GAMMA = 2.2
-SPLITS = ("train", "test")
 _SPLIT_IDS = {"train": 0, "test": 1}
 
 
@@ -208,11 +223,12 @@ def _screen(image: np.ndarray, amount: np.ndarray) -> np.ndarray:
     return 1.0 - (1.0 - image) * (1.0 - amount)
 
 
-def _towards_level(image: np.ndarray, level: float, amount: np.ndarray, detail_sigma: float) -> np.ndarray:
+def _towards_level(image: np.ndarray, level: float, amount: np.ndarray, detail_sigma: float,
+                   detail: float = 0.6) -> np.ndarray:
     """Raise pixels darker than ``level`` towards it by ``amount`` (soft tissue or fluid filling
-    lung: it takes the density of the heart or diaphragm, never exceeds it), keeping 60% of the
-    fine detail (ribs seen through it)."""
-    target = level + 0.6 * (image - _blur(image, detail_sigma))
+    lung: it takes the density of the heart or diaphragm, never exceeds it), keeping ``detail``
+    of the fine structure finer than ``detail_sigma`` (ribs seen through it)."""
+    target = level + detail * (image - _blur(image, detail_sigma))
     return image + np.clip(target - image, 0.0, None) * amount
 
 
@@ -343,10 +359,6 @@ class Anatomy:
         i = ZONES.index(zone)
         h = (y1 - y0) / 3
         return x0, y0 + i * h, x1, y0 + (i + 1) * h
-
-    def thorax_width(self) -> float:
-        """Inner thoracic width (lateral extremes of the lungs), for the cardiothoracic ratio."""
-        return self.lung_box("left")[2] - self.lung_box("right")[0]
 
     def transformed(self, matrix: np.ndarray) -> Anatomy:
         """The anatomy after the normalised affine ``matrix`` (3x3)."""
@@ -670,6 +682,16 @@ def _noise_field(rng: np.random.Generator, size: int, scales: Sequence[float], w
     return field / (field.std() + 1e-6)
 
 
+def _heart_level(image: np.ndarray, anatomy: Anatomy) -> float:
+    """Brightness of the cardiac silhouette beside the spine: the film's soft-tissue density."""
+    size = image.shape[0]
+    cx, cy, rx, ry = (c * size for c in anatomy.heart)
+    x, y = _pixel_grid(size)
+    beside_spine = ((_ellipse_mask(size, cx, cy, rx, ry) > 0.5) & (x > cx + 0.3 * rx) & (x < cx + 0.6 * rx)
+                    & (y > cy - 0.8 * ry) & (y < cy - 0.1 * ry))
+    return float(np.median(image[beside_spine]))
+
+
 def _draw_opacity(image, anatomy, planned, spec, rng):
     """Ill-defined airspace opacity (consolidation): a ragged region where a smooth random field
     on a broad envelope crosses a soft threshold, so margins are irregular and fade out;
@@ -687,11 +709,12 @@ def _draw_opacity(image, anatomy, planned, spec, rng):
     if planned.severity == "patchy":
         mottle = _noise_field(rng, size, (0.012 * size,), (1.0,))
         texture = 0.45 + 0.55 * _smoothstep(-1.0, 1.0, mottle)
-    return _screen(image, planned.density * footprint * texture), footprint
+    level = _heart_level(image, anatomy) * rng.uniform(0.9, 1.0)  # about as dense as the heart
+    return _towards_level(image, level, planned.density * footprint * texture, 0.01 * size), footprint
 
 
 def _draw_mass(image, anatomy, planned, spec, rng):
-    """Well-circumscribed round mass: sharp edge, density of a sphere (thickest centrally)."""
+    """Well-circumscribed round mass: sharp edge, soft-tissue density, thickest centrally."""
     size = image.shape[0]
     lung = _polygon_mask(anatomy.lung(spec.side), size)
     radius = planned.size * size / 2
@@ -700,7 +723,8 @@ def _draw_mass(image, anatomy, planned, spec, rng):
     r = np.hypot(x - cx, y - cy) / radius
     footprint = np.clip((1.0 - r) * radius / 0.8 + 0.5, 0.0, 1.0)  # anti-aliased disc
     thickness = np.sqrt(np.clip(1.0 - r**2, 0.0, 1.0)) ** 0.5
-    return _screen(image, planned.density * footprint * np.maximum(thickness, 0.35)), footprint
+    amount = planned.density * footprint * np.maximum(thickness, 0.5)
+    return _towards_level(image, _heart_level(image, anatomy), amount, 0.01 * size), footprint
 
 
 def _draw_effusion(image, anatomy, planned, spec, rng):
@@ -721,7 +745,7 @@ def _draw_effusion(image, anatomy, planned, spec, rng):
     lateralness = np.clip((x - medial_x) / (lateral_x - medial_x), 0.0, 1.0)
     # Meniscus: low medially, climbing the lateral chest wall.
     surface = cp_y - height * (0.6 + 1.4 * lateralness**1.5 + 1.5 * lateralness**8)
-    fade = 0.5 * height
+    fade = 0.35 * height
     footprint = _smoothstep(surface - fade, surface + fade, y) * lung
     amount = planned.density * footprint * (0.65 + 0.35 * _smoothstep(surface, cp_y, y))
     # Fluid has the density of the soft tissue under the hemidiaphragm.
@@ -738,9 +762,7 @@ def _draw_cardiomegaly(image, anatomy, planned, spec, rng):
     size = image.shape[0]
     cx, cy, rx, ry = (c * size for c in anatomy.heart)
     x, y = _pixel_grid(size)
-    beside_spine = ((_ellipse_mask(size, cx, cy, rx, ry) > 0.5) & (x > cx + 0.3 * rx) & (x < cx + 0.6 * rx)
-                    & (y > cy - 0.8 * ry) & (y < cy - 0.1 * ry))
-    heart_level = float(np.median(image[beside_spine]))
+    heart_level = _heart_level(image, anatomy)
     factor = planned.size
     new_rx, new_ry = rx * factor, ry * (1.0 + 0.3 * (factor - 1.0))
     new_cx = cx + (new_rx - rx) * rng.uniform(0.3, 0.5)
@@ -749,7 +771,7 @@ def _draw_cardiomegaly(image, anatomy, planned, spec, rng):
     # The silhouette is visible down to the hemidiaphragms (the lungs' lowest points).
     diaphragm = max(anatomy.lung("right")[:, 1].max(), anatomy.lung("left")[:, 1].max()) * size
     footprint = silhouette * (y <= diaphragm)
-    return _towards_level(image, heart_level, planned.density * silhouette, 0.01 * size), footprint
+    return _towards_level(image, heart_level, planned.density * silhouette, 0.01 * size, detail=0.3), footprint
 
 
 def _draw_pneumothorax(image, anatomy, planned, spec, rng):
@@ -778,22 +800,22 @@ _OPACITY_SIZES = {"patchy": (0.10, 0.13), "dense": (0.10, 0.13)}
 FINDINGS: tuple[FindingSpec, ...] = (
     FindingSpec("right upper zone opacity", "right upper zone opacity", "opacity", "right", "upper",
                 "upper third of the right lung (image left, top)", _draw_opacity, _OPACITY_SIZES,
-                (0.4, 0.55), ("opacity", "consolidation", "opacification")),
+                (0.7, 0.9), ("opacity", "consolidation", "opacification")),
     FindingSpec("right lower zone opacity", "right lower zone opacity", "opacity", "right", "lower",
                 "lower third of the right lung (image left, bottom)", _draw_opacity, _OPACITY_SIZES,
-                (0.4, 0.55), ("opacity", "consolidation", "opacification")),
+                (0.7, 0.9), ("opacity", "consolidation", "opacification")),
     FindingSpec("left lower zone opacity", "left lower zone opacity", "opacity", "left", "lower",
                 "lower third of the left lung (image right, bottom), lateral to the heart", _draw_opacity,
-                _OPACITY_SIZES, (0.4, 0.55), ("opacity", "consolidation", "opacification")),
+                _OPACITY_SIZES, (0.7, 0.9), ("opacity", "consolidation", "opacification")),
     FindingSpec("left upper zone mass", "left upper zone mass", "mass", "left", "upper",
                 "upper third of the left lung (image right, top)", _draw_mass, {None: (0.12, 0.16)},
-                (0.6, 0.75), ("mass",)),
+                (0.9, 1.0), ("mass",)),
     FindingSpec("right pleural effusion", "right pleural effusion", "effusion", "right", None,
                 "right costophrenic angle and lung base (image left, bottom)", _draw_effusion,
-                {"small": (0.06, 0.08), "moderate": (0.095, 0.125)}, (0.85, 0.95), ("effusion",)),
+                {"small": (0.065, 0.085), "moderate": (0.10, 0.13)}, (0.9, 1.0), ("effusion",)),
     FindingSpec("left pleural effusion", "left pleural effusion", "effusion", "left", None,
                 "left costophrenic angle and lung base (image right, bottom)", _draw_effusion,
-                {"small": (0.06, 0.08), "moderate": (0.095, 0.125)}, (0.85, 0.95), ("effusion",)),
+                {"small": (0.065, 0.085), "moderate": (0.10, 0.13)}, (0.9, 1.0), ("effusion",)),
     FindingSpec("cardiomegaly", "cardiomegaly", "cardiomegaly", None, None,
                 "cardiac silhouette, widened mostly towards the image right", _draw_cardiomegaly,
                 {"mild": (1.18, 1.26), "moderate": (1.30, 1.42)}, (0.9, 1.0),

@@ -209,6 +209,9 @@ def _report_errors(function):
         except KeyboardInterrupt:
             print("interrupted: run the same command again to resume", file=sys.stderr)
             return 130
+        except OSError as error:  # disk full, permissions, a vanished mount: not a bug of ours
+            print(f"error: {error}. Fix it and run the same command again: finished work is kept.", file=sys.stderr)
+            return 1
 
     run.__name__ = function.__name__
     run.__doc__ = function.__doc__

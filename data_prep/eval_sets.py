@@ -317,7 +317,7 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
     with OrderedPool(render, selection.items, options.workers, options.sample_timeout) as pool:
         bar = tqdm(pool, total=len(selection.items), unit="img", desc=options.dataset, disable=not progress,
                    dynamic_ncols=True)  # fmt: skip
-        for item, result in zip(selection.items, bar):
+        for item, result in zip(selection.items, bar, strict=True):
             if isinstance(result, Lost):
                 result = EvalResult(item.image, False, WORKER_LOST, result.detail)
             notes.update(result.notes)

@@ -225,6 +225,11 @@ def sample_order(key: str) -> tuple[str, str]:
     return hashlib.sha256(key.encode("utf-8")).hexdigest(), key
 
 
+def _skip(selection: SplitSelection, record: Record, reason: str, detail: str = "") -> None:
+    selection.skipped[reason] += 1
+    selection.skip_rows.append((record.dicom_id, record.subject_id, record.study_id, reason, detail))
+
+
 def select_samples(
     records: Iterable[Record],
     labels: Mapping[tuple[int, int], Mapping[str, float | None]],
@@ -248,11 +253,7 @@ def select_samples(
         if selection is None:
             continue
         study = (record.subject_id, record.study_id)
-
-        def skip(reason: str, detail: str = "") -> None:
-            selection.skipped[reason] += 1
-            selection.skip_rows.append((record.dicom_id, record.subject_id, record.study_id, reason, detail))
-
+        skip = functools.partial(_skip, selection, record)
         if record.view is None:
             skip(SKIP_METADATA_MISSING, f"{record.dicom_id} is not in {METADATA_CSV}")
             continue

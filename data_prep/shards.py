@@ -16,11 +16,18 @@ the plan is a pure function of the eligible sample list and ``--shard-size``: a 
 recomputes the same plan. Each shard's plan digest covers its samples' inputs and the render
 options.
 
-Writing. A shard is written to its ``.partial`` name with ``wds.TarWriter`` (with a fixed
-mtime, owner and mode, so equal inputs give byte-identical tars), flushed and fsync'ed; then its
+Writing. A shard is written to its ``.partial`` name with ``wds.TarWriter``, flushed and
+fsync'ed; then its
 record is written (atomically); then the tar is renamed to its final name. A final name
 therefore always holds a complete tar with a record; a run killed at any point, even SIGKILL in
 the middle of a shard, leaves at most a ``.partial`` that the next run deletes.
+
+Byte-identical output. webdataset 0.2's TarWriter stamps every member with ``time.time()``
+unless given ``mtime=``, names its owner ``bigdata`` and leaves uid/gid at tarfile's 0; it
+writes a sample's members sorted by extension. Here mtime is 0, owner and group are
+``tier-openclip``, the mode 0444, the stream an uncompressed USTAR tar, and every member's bytes
+are made by the workers from the inputs alone (JPEG/PNG encoders write no timestamps); results
+are consumed in input order whatever the number of workers.
 
 Resumption. Before writing, every planned shard with a final tar is verified: its record must
 carry the current plan digest, its size and SHA-256 must match the record, and reading it back
@@ -274,7 +281,6 @@ class OrderedPool:
     def __init__(self, function: Callable[[T], R], items: Sequence[T], workers: int,
                  timeout: float | None = DEFAULT_SAMPLE_TIMEOUT) -> None:  # fmt: skip
         self.function, self.items, self.workers, self.timeout = function, items, workers, timeout
-        self.chunksize = max(1, min(8, len(items) // (max(workers, 1) * 16)))
         self.pool = None
 
     def _start(self) -> None:
@@ -303,7 +309,9 @@ class OrderedPool:
             if self.pool is None:
                 self._start()
             assert self.pool is not None
-            results = self.pool.imap(self.function, self.items[position:], chunksize=self.chunksize)
+            # chunksize 1: imap then returns an IMapIterator, whose next() takes a timeout (with
+            # larger chunks it is a plain generator); a sample costs far more than its IPC.
+            results = self.pool.imap(self.function, self.items[position:], chunksize=1)
             while position < len(self.items):
                 try:
                     result = results.next(self.timeout)

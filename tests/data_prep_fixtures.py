@@ -40,6 +40,7 @@ REPORT_NORMAL = """                                 FINAL REPORT
 
  No acute cardiopulmonary process.
 """
+REPORT_NORMAL_BYTES = REPORT_NORMAL.encode()
 # A repeated IMPRESSION: the last one wins; a repeated empty FINDINGS does not erase the first.
 REPORT_REPEATED = """                                 FINAL REPORT
  INDICATION:  Dyspnea.
@@ -167,7 +168,7 @@ def build_mimic(root: Path) -> tuple[Path, Path, list[Case]]:
     reports: dict[tuple[int, int], bytes | None] = {}
     rendered: dict[str, np.ndarray] = {}  # dicom_id -> 8-bit image for the JPG release
 
-    def add(name, subject, study, split, view, expect, report=REPORT_NORMAL.encode(), dataset=None,
+    def add(name, subject, study, split, view, expect, report=REPORT_NORMAL_BYTES, dataset=None,
             syntax=None, raw: bytes | None = None, copy_from: str | None = None, note=None):  # fmt: skip
         dicom_id = f"{name}-{subject % 1000:03d}{study % 1000:03d}"
         case = Case(name, subject, study, dicom_id, split, view, expect, note)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import re
 import tarfile
@@ -217,7 +218,7 @@ DENIALS = {
     r"no right pleural effusion|right costophrenic angle is sharp": {"right pleural effusion"},
     r"no left pleural effusion|left costophrenic angle is sharp": {"left pleural effusion"},
     r"no pneumothorax|or pneumothorax": {"right pneumothorax"},
-    r"heart size|normal limits|normal in size": {"cardiomegaly"},
+    r"heart size|silhouette is normal": {"cardiomegaly"},
 }
 
 
@@ -259,6 +260,32 @@ def test_report_structure_affirms_each_finding_once():
         affirmed = [n for s in report for n in s.affirms]
         assert sorted(affirmed) == sorted(names)
         assert not set().union(*(s.denies for s in report)) & set(names)
+
+
+def test_no_caption_is_truncated_by_a_64_token_context():
+    """Worst case over every finding set, severity and wording: the longest positive sentences
+    plus the longest negative of each section fit TIER-tiny's context (64 minus start/end)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    encode = SimpleTokenizer().encode
+    longest = lambda texts: max(len(encode(t)) for t in texts)  # noqa: E731
+    mass = phantom._SPECS["left upper zone mass"]
+    sizes = np.linspace(*mass.severities[None], 50)  # every centimetre value a caption can state
+    sets = [names for k in range(3) for names in itertools.combinations(FINDING_NAMES, k)
+            if frozenset(names) not in phantom.INCOMPATIBLE]
+    worst = 0
+    for names in sets:
+        total = 0
+        for name in names:
+            spec = phantom._SPECS[name]
+            variants = [PlannedFinding(name, sev, size, 1.0, 0) for sev in spec.severities
+                        for size in (sizes if spec.kind == "mass" else [sum(spec.severities[sev]) / 2])]
+            total += max(longest(phantom.positive_options(v)) for v in variants)
+        total += sum(longest(s.text for s in options) for options in phantom.negative_options(frozenset(names)) if options)
+        if not names:
+            total += longest(phantom._NORMAL_IMPRESSIONS)
+        worst = max(worst, total)
+    assert worst <= 62, worst
 
 
 # ------------------------------------------------------------------ open_clip

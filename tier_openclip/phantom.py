@@ -83,6 +83,8 @@ __all__ = [
     "plan_sample",
     "real_anatomy_path",
     "render_sample",
+    "negative_options",
+    "positive_options",
     "report_sentences",
     "sample_finding_names",
     "sample_rng",
@@ -274,7 +276,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
     if image.shape == (size, size):
         return image.astype(np.float32, copy=True)
-    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((size, size), Image.LANCZOS))
+    return np.asarray(Image.fromarray(image.astype(np.float32)).resize((size, size), Image.LANCZOS))
 
 
 def _bilinear(image: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
@@ -540,7 +542,8 @@ def _procedural_radiograph() -> np.ndarray:
     # Gastric bubble under the left hemidiaphragm (image right).
     image = image - 0.3 * _ellipse_mask(n, 0.70 * n, 0.86 * n, 0.05 * n, 0.03 * n, edge=4) * body
 
-    # Posterior ribs (leaving the spine, curving down along the lateral wall) and clavicles.
+    # Ribs (posterior arcs leaving the spine and curving down laterally, fainter anterior arcs) and
+    # clavicles.
     bones = Image.new("F", (n, n), 0.0)
     draw = ImageDraw.Draw(bones)
     t = np.linspace(0.0, 1.0, 24)
@@ -564,7 +567,8 @@ def _procedural_radiograph() -> np.ndarray:
 
 @dataclass(frozen=True)
 class Background:
-    """A chest image at render resolution (floats in [0, 1], bright = dense) and its anatomy."""
+    """A chest image at render resolution (read-only floats in [0, 1], bright = dense) and its
+    anatomy; ``source`` says which background it is."""
 
     image: np.ndarray
     anatomy: Anatomy
@@ -637,7 +641,8 @@ class FindingSpec:
     pneumothorax, whose place is fixed by anatomy: costophrenic angle, cardiac silhouette, apex).
     ``draw(image, anatomy, planned, spec, rng) -> (image, footprint)`` works at render
     resolution; the footprint (>= 0.25) is the finding's extent and gives its box.
-    ``severities`` maps each severity word to the (low, high) range of ``PlannedFinding.size``.
+    ``severities`` maps each severity word to the (low, high) range of ``PlannedFinding.size``;
+    ``density`` is the (low, high) range of ``PlannedFinding.density``.
     ``keywords``: words of which at least one names the finding in every positive sentence.
     """
 
@@ -787,9 +792,13 @@ def _draw_pneumothorax(image, anatomy, planned, spec, rng):
     region = np.clip(lung - inner, 0.0, 1.0) * upper
     air = _blur(image, 0.012 * size) * 0.45  # hyperlucent, vessels smoothed away
     image = image * (1 - planned.density * region) + air * planned.density * region
+    # The visceral pleural line: the collapsed outline's arc lateral to and above the hilum
+    # (the polygon rolled to start outside that arc, so the arc is one run of vertices).
     lateral = collapsed[:, 0] < hilum[0] - 0.02 if spec.side == "right" else collapsed[:, 0] > hilum[0] + 0.02
-    edge = collapsed[lateral & (collapsed[:, 1] < hilum[1])]
-    line = _polyline_mask(edge, size, width=max(1.0, 0.006 * size)) * upper * lung
+    on_arc = lateral & (collapsed[:, 1] < hilum[1])
+    start = int(np.flatnonzero(~on_arc)[0])
+    arc = np.roll(collapsed, -start, axis=0)[np.roll(on_arc, -start)]
+    line = _polyline_mask(arc, size, width=max(1.0, 0.006 * size)) * upper * lung
     image = _screen(image, 0.45 * line)
     return image, np.maximum(region, line)
 
@@ -861,7 +870,8 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _positive_sentence(rng: np.random.Generator, planned: PlannedFinding) -> ReportSentence:
+def positive_options(planned: PlannedFinding) -> list[str]:
+    """The ways a report may state this finding (one is picked per sample)."""
     spec = _SPECS[planned.name]
     side, zone, sev = spec.side, spec.zone, planned.severity
     if spec.kind == "opacity":
@@ -876,7 +886,7 @@ def _positive_sentence(rng: np.random.Generator, planned: PlannedFinding) -> Rep
         cm = round(planned.size * FIELD_OF_VIEW_CM * 2) / 2
         options = [
             f"{_cap(side)} {zone} zone mass.",
-            f"Well-circumscribed mass in the {side} {zone} zone, measuring approximately {cm:g} cm.",
+            f"Well-circumscribed {cm:g} cm mass in the {side} {zone} zone.",
             f"Rounded {cm:g} cm mass projecting over the {side} {zone} zone.",
             f"There is a rounded mass in the {side} {zone} zone.",
         ]
@@ -887,9 +897,9 @@ def _positive_sentence(rng: np.random.Generator, planned: PlannedFinding) -> Rep
             f"{_cap(side)} pleural effusion.",
         ]
         if sev == "small":
-            options.append(f"Blunting of the {side} costophrenic angle, consistent with a small pleural effusion.")
+            options.append(f"Small {side} pleural effusion blunting the costophrenic angle.")
         else:
-            options.append(f"{_cap(sev)} {side} pleural effusion with a meniscus along the lateral chest wall.")
+            options.append(f"{_cap(sev)} {side} pleural effusion with a meniscus.")
     elif spec.kind == "cardiomegaly":
         options = [
             "Cardiomegaly.",
@@ -903,73 +913,69 @@ def _positive_sentence(rng: np.random.Generator, planned: PlannedFinding) -> Rep
             f"{_cap(sev)} {side} pneumothorax.",
             f"{_cap(side)} pneumothorax.",
             f"There is a {sev} {side} apical pneumothorax.",
-            f"{_cap(side)} apical pneumothorax with a visible visceral pleural line.",
+            f"{_cap(side)} apical pneumothorax, visceral pleural line visible.",
         ]
     else:  # pragma: no cover - the catalogue only has the kinds above
         raise ValueError(spec.kind)
-    return ReportSentence(_pick(rng, options), affirms=frozenset({planned.name}))
+    return options
 
 
 def _names(kind: str, side: str | None = None) -> frozenset[str]:
     return frozenset(s.name for s in FINDINGS if s.kind == kind and (side is None or s.side == side))
 
 
-def _negative_groups(rng: np.random.Generator, present: frozenset[str]) -> list[list[ReportSentence]]:
-    """Sentences about absent findings, by report section (lungs, pleura, heart); each group
-    is one optional statement and never denies a present finding."""
+def negative_options(present: frozenset[str]) -> list[list[ReportSentence]]:
+    """Statements about absent findings, per report section (lungs, pleura, heart): a report
+    makes at most one per section, and none denies a finding in ``present``."""
     opacities, masses = _names("opacity"), _names("mass")
     effusions, pneumothoraces = _names("effusion"), _names("pneumothorax")
     parenchymal = opacities | masses
     lungs: list[ReportSentence] = []
     if not present & parenchymal:
-        lungs.append(_pick(rng, [
+        lungs += [
             ReportSentence("The lungs are clear.", denies=parenchymal),
             ReportSentence("Lungs are clear.", denies=parenchymal),
             ReportSentence("No focal consolidation.", denies=opacities),
             ReportSentence("No focal airspace opacity.", denies=opacities),
-        ]))
+        ]
     else:
-        clear_sides = [s for s in ("right", "left") if not present & (_names("opacity", s) | _names("mass", s))]
-        options = [ReportSentence(f"The {s} lung is clear.", denies=_names("opacity", s) | _names("mass", s))
-                   for s in clear_sides]
+        for side in ("right", "left"):
+            on_side = _names("opacity", side) | _names("mass", side)
+            if not present & on_side:
+                lungs.append(ReportSentence(f"The {side} lung is clear.", denies=on_side))
         if not present & masses:
-            options.append(ReportSentence("No discrete pulmonary mass.", denies=masses))
+            lungs.append(ReportSentence("No discrete pulmonary mass.", denies=masses))
         if not present & opacities:
-            options.append(ReportSentence("No focal consolidation.", denies=opacities))
-        if options:
-            lungs.append(_pick(rng, options))
+            lungs.append(ReportSentence("No focal consolidation.", denies=opacities))
 
     pleura: list[ReportSentence] = []
     absent_effusions = effusions - present
     if absent_effusions == effusions and not present & pneumothoraces:
-        pleura.append(_pick(rng, [
+        pleura += [
             ReportSentence("No pleural effusion or pneumothorax.", denies=effusions | pneumothoraces),
             ReportSentence("No pneumothorax or pleural effusion.", denies=effusions | pneumothoraces),
             ReportSentence("No pleural effusion. No pneumothorax.", denies=effusions | pneumothoraces),
-        ]))
+        ]
     else:
-        options = []
         if absent_effusions == effusions:
-            options += [ReportSentence("No pleural effusion.", denies=effusions),
-                        ReportSentence("The costophrenic angles are sharp.", denies=effusions)]
+            pleura += [ReportSentence("No pleural effusion.", denies=effusions),
+                       ReportSentence("The costophrenic angles are sharp.", denies=effusions)]
         else:
             for name in sorted(absent_effusions):
                 side = _SPECS[name].side
-                options += [ReportSentence(f"No {side} pleural effusion.", denies=frozenset({name})),
-                            ReportSentence(f"The {side} costophrenic angle is sharp.", denies=frozenset({name}))]
+                pleura += [ReportSentence(f"No {side} pleural effusion.", denies=frozenset({name})),
+                           ReportSentence(f"The {side} costophrenic angle is sharp.", denies=frozenset({name}))]
         if not present & pneumothoraces:
-            options.append(ReportSentence("No pneumothorax.", denies=pneumothoraces))
-        if options:
-            pleura.append(_pick(rng, options))
+            pleura.append(ReportSentence("No pneumothorax.", denies=pneumothoraces))
 
     heart: list[ReportSentence] = []
     if "cardiomegaly" not in present:
-        heart.append(_pick(rng, [
+        heart += [
             ReportSentence("Heart size is normal.", denies=frozenset({"cardiomegaly"})),
             ReportSentence("Normal heart size.", denies=frozenset({"cardiomegaly"})),
-            ReportSentence("The cardiomediastinal silhouette is within normal limits.", denies=frozenset({"cardiomegaly"})),
+            ReportSentence("The cardiomediastinal silhouette is normal.", denies=frozenset({"cardiomegaly"})),
             ReportSentence("The cardiac silhouette is normal in size.", denies=frozenset({"cardiomegaly"})),
-        ]))
+        ]
     return [lungs, pleura, heart]
 
 
@@ -991,10 +997,11 @@ def report_sentences(rng: np.random.Generator, findings: Sequence[PlannedFinding
     present = frozenset(f.name for f in findings)
     sections: list[list[ReportSentence]] = [[], [], []]
     for planned in findings:
-        sections[_SECTION_OF_KIND[_SPECS[planned.name].kind]].append(_positive_sentence(rng, planned))
-    for section, negatives in zip(sections, _negative_groups(rng, present)):
-        if negatives and rng.random() < negation_prob:
-            section.extend(negatives)
+        text = _pick(rng, positive_options(planned))
+        sections[_SECTION_OF_KIND[_SPECS[planned.name].kind]].append(ReportSentence(text, affirms=frozenset({planned.name})))
+    for section, options in zip(sections, negative_options(present)):
+        if options and rng.random() < negation_prob:
+            section.append(_pick(rng, options))
     order = [0, 1, 2]
     if rng.random() < 0.25:
         order = [2, 0, 1]  # heart first, as some radiologists dictate
@@ -1087,11 +1094,14 @@ def plan_sample(rng: np.random.Generator, config: PhantomConfig) -> SamplePlan:
 def render_sample(plan: SamplePlan, config: PhantomConfig, background: Background) -> PhantomSample:
     """Pixels and boxes of a plan: jittered background, findings drawn at render resolution,
     tone jitter, box-averaged down to ``config.image_size``, noise, 8-bit."""
+    k, size = config.render_scale, config.image_size
+    if background.image.shape != (size * k, size * k):
+        raise ValueError(f"background is {background.image.shape[0]} px; this config renders at {size * k} px "
+                         "(use build_background(config))")
     scale, rotation, sx, sy = plan.transform
     matrix = _jitter_matrix(scale, rotation, (sx, sy))
     image = _warp(background.image, matrix)
     anatomy = background.anatomy.transformed(matrix)
-    k, size = config.render_scale, config.image_size
     findings: list[Finding] = []
     for planned in plan.findings:
         spec = _SPECS[planned.name]
@@ -1117,7 +1127,7 @@ def make_sample(rng: np.random.Generator, config: PhantomConfig, background_cach
 
 def split_labels(config: PhantomConfig, split: str) -> np.ndarray:
     """(num samples, len(FINDINGS)) 0/1 table of ``split`` without rendering anything."""
-    count = config.num_train if split == "train" else config.num_test
+    count = {"train": config.num_train, "test": config.num_test}[split]
     table = np.zeros((count, len(FINDINGS)), dtype=np.uint8)
     for i in range(count):
         names = sample_finding_names(sample_rng(config.seed, split, i), config)
@@ -1134,7 +1144,7 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=6)  # uint8 H x W: mode "L"
     return buffer.getvalue()
 
 

@@ -35,6 +35,8 @@ from data_prep_fixtures import (
     smooth_image,
     zip_reports,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import tier_openclip
@@ -132,6 +134,30 @@ def test_text_modes_both_sections_and_empty():
     empty = reports.parse_sections(" FINDINGS:  Mild cardiomegaly.\n\n IMPRESSION:\n\n")
     assert reports.choose_text(empty, "impression").reason == "report_section_empty"
     assert reports.choose_text(empty, "impression-or-findings").text == "Mild cardiomegaly."
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["FINDINGS:", "IMPRESSION:", "FINAL REPORT", " ", "\n", "\t", "___", "No effusion.",
+                                 "IMPRESSIONS :", "Dr. ___ paged.", "\r\n", "CONCLUSION:", "a:b"]), max_size=30))  # fmt: skip
+def test_section_parser_never_fails_and_cleans(tokens):
+    text = "".join(tokens)
+    sections = reports.parse_sections(text)
+    for body in sections.values():
+        assert body == body.strip() and "  " not in body and "\n" not in body and "\t" not in body
+    for mode in reports.TEXT_MODES:
+        choice = reports.choose_text(sections, mode)
+        assert (choice.text is None) != (choice.reason is None)
+        assert choice.text is None or choice.text.strip()
+
+
+@given(st.integers(0, 40), st.integers(1, 9))
+def test_shard_plan_is_a_partition_in_order(count, size):
+    items = [f"k{i}" for i in range(count)]
+    plans = shards.plan_shards("train", items, size, lambda chunk: "|".join(chunk))
+    assert [item for plan in plans for item in plan.tasks] == items
+    assert all(1 <= len(plan.tasks) <= size for plan in plans)
+    assert [plan.name for plan in plans] == [f"train-{i:06d}.tar" for i in range(len(plans))]
+    assert plans == shards.plan_shards("train", items, size, lambda chunk: "|".join(chunk))  # pure
 
 
 def test_report_decoding_fallback():
@@ -361,15 +387,15 @@ def test_open_clip_webdataset_pipeline_reads_the_shards(dicom_run):
 def test_jpg_release_path(release, tmp_path):
     mimic, jpg, cases = release
     out = tmp_path / "out"
-    assert run_cli(*mimic_args(mimic, jpg, out, "--workers", "1", "--format", "png", "--text",
-                               "impression-or-findings", "--splits", "train,test", source="jpg")) == 0  # fmt: skip
+    assert run_cli(*mimic_args(mimic, jpg, out, "--workers", "1", "--format", "png", "--text", "impression-or-findings",
+                               "--splits", "train,test", "--views", "all", source="jpg")) == 0  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "jpg" and set(manifest["splits"]) == {"train", "test"}
     written = read_shards(out / "train") | read_shards(out / "test")
     # The palette DICOM has a good JPG (the JPG release is already grayscale); the report
-    # without impression is used through its findings.
-    expected = {c.dicom_id for c in cases if c.split in ("train", "test") and
-                c.expect in ("written", "skipped:report_section_missing", "failed:photometric_unsupported")}  # fmt: skip
+    # without impression is used through its findings; --views all keeps the lateral.
+    expected = {c.dicom_id for c in cases if c.split in ("train", "test") and c.expect in (
+        "written", "skipped:report_section_missing", "failed:photometric_unsupported", "filtered:view_not_selected")}  # fmt: skip
     assert set(written) == expected
     failed = manifest["splits"]["train"]["failed"]
     assert failed == {"image_blank": 1, "image_missing": 1, "image_unreadable": 2}  # garbage and truncated JPGs
@@ -480,6 +506,10 @@ def test_user_errors_say_what_to_do(release, tmp_path, capsys):
     assert run_cli("mimic-cxr", "--mimic-root", str(mimic), "--metadata-dir", str(jpg), "--out", str(tmp_path / "o"),
                    "--splits", "train,dev") == 2  # fmt: skip
     assert "dev" in capsys.readouterr().err
+    out = tmp_path / "locked"
+    with shards.run_lock(out / shards.STATE_DIR):  # another run holds --out
+        assert run_cli(*mimic_args(mimic, jpg, out)) == 2
+    assert "another prep run is writing to" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["--help"], ["mimic-cxr", "--help"], ["chexpert", "--help"], ["padchest", "--help"]])

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from .errors import PrepError
+from .reports import TEXT_MODES
 
-TEXT_MODES = ("impression", "findings", "findings+impression", "impression-or-findings")
 MIMIC_SPLITS = ("train", "validate", "test")
 
 

@@ -498,8 +498,14 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
     else:
         chexpert_rows = read_csv(inputs.chexpert_csv)
         _require_columns(chexpert_rows, inputs.chexpert_csv, ("subject_id", "study_id", *CHEXPERT_LABELS))
-        labels = load_labels(chexpert_rows)
-    records = load_records(split_rows, metadata_rows)
+        try:
+            labels = load_labels(chexpert_rows)
+        except ValueError as error:
+            raise PrepError(f"{inputs.chexpert_csv}: {error}; is it the MIMIC-CXR-JPG file as published?") from None
+    try:
+        records = load_records(split_rows, metadata_rows)
+    except ValueError as error:
+        raise PrepError(f"{inputs.split_csv}: {error}; is it the MIMIC-CXR-JPG file as published?") from None
     if options.image_root is None:
         image_root, extension = options.mimic_root, "dcm"
     else:

@@ -19,8 +19,8 @@ from tier_openclip import phantom
 from tier_openclip.phantom import FINDINGS, FINDING_NAMES, PhantomConfig, PlannedFinding
 
 HAS_REAL = phantom.real_anatomy_path() is not None
-BACKGROUNDS = [pytest.param(True, id="real", marks=pytest.mark.skipif(not HAS_REAL, reason="pydicom-data not installed")),
-               pytest.param(False, id="procedural")]
+needs_real = pytest.mark.skipif(not HAS_REAL, reason="pydicom-data not installed")
+BACKGROUNDS = [pytest.param(True, id="real", marks=needs_real), pytest.param(False, id="procedural")]
 
 
 def tiny(seed: int = 0, **overrides) -> PhantomConfig:
@@ -76,7 +76,7 @@ def test_layout_and_metadata(written):
     assert len(boxes) == sum(int(r[n]) for r in rows for n in FINDING_NAMES)
     for b in boxes:
         row = next(r for r in rows if r["image"] == b["image"])
-        assert row[b["finding"]] == "1" and b["prompt"] == phantom._SPECS[b["finding"]].prompt
+        assert row[b["finding"]] == "1" and b["prompt"] == phantom.FINDINGS_BY_NAME[b["finding"]].prompt
 
 
 def test_same_config_same_bytes_other_seed_other_bytes(written, tmp_path):
@@ -235,7 +235,7 @@ def test_captions_name_every_present_finding_and_deny_only_absent_ones():
         said = sentences(plan.caption)
         assert said and plan.caption.endswith(".")
         for name in present:
-            spec = phantom._SPECS[name]
+            spec = phantom.FINDINGS_BY_NAME[name]
             assert any(
                 (spec.side is None or spec.side in s) and (spec.zone is None or spec.zone in s)
                 and any(k in s for k in spec.keywords) and not s.startswith("no ")
@@ -255,7 +255,7 @@ def test_report_structure_affirms_each_finding_once():
     rng = np.random.default_rng(0)
     for _ in range(500):
         names = phantom.sample_finding_names(rng, PhantomConfig())
-        findings = [planned(phantom._SPECS[n], int(rng.integers(4))) for n in names]
+        findings = [planned(phantom.FINDINGS_BY_NAME[n], int(rng.integers(4))) for n in names]
         report = phantom.report_sentences(rng, findings)
         affirmed = [n for s in report for n in s.affirms]
         assert sorted(affirmed) == sorted(names)
@@ -269,7 +269,7 @@ def test_no_caption_is_truncated_by_a_64_token_context():
 
     encode = SimpleTokenizer().encode
     longest = lambda texts: max(len(encode(t)) for t in texts)  # noqa: E731
-    mass = phantom._SPECS["left upper zone mass"]
+    mass = phantom.FINDINGS_BY_NAME["left upper zone mass"]
     sizes = np.linspace(*mass.severities[None], 50)  # every centimetre value a caption can state
     sets = [names for k in range(3) for names in itertools.combinations(FINDING_NAMES, k)
             if frozenset(names) not in phantom.INCOMPATIBLE]
@@ -277,13 +277,14 @@ def test_no_caption_is_truncated_by_a_64_token_context():
     for names in sets:
         total = 0
         for name in names:
-            spec = phantom._SPECS[name]
+            spec = phantom.FINDINGS_BY_NAME[name]
             variants = [PlannedFinding(name, sev, size, 1.0, 0) for sev in spec.severities
                         for size in (sizes if spec.kind == "mass" else [sum(spec.severities[sev]) / 2])]
             total += max(longest(phantom.positive_options(v)) for v in variants)
-        total += sum(longest(s.text for s in options) for options in phantom.negative_options(frozenset(names)) if options)
+        negatives = phantom.negative_options(frozenset(names))
+        total += sum(longest(s.text for s in options) for options in negatives if options)
         if not names:
-            total += longest(phantom._NORMAL_IMPRESSIONS)
+            total += longest(phantom.NORMAL_IMPRESSIONS)
         worst = max(worst, total)
     assert worst <= 62, worst
 
@@ -322,7 +323,7 @@ def test_shards_load_through_open_clips_webdataset_pipeline(written):
 def lung_and_mediastinum(background: phantom.Background) -> tuple[float, float]:
     image, anatomy = background.image, background.anatomy
     size = image.shape[0]
-    lungs = np.maximum(*(phantom._polygon_mask(anatomy.lung(s), size) for s in ("right", "left"))) > 0.9
+    lungs = np.maximum(anatomy.lung_mask("right", size), anatomy.lung_mask("left", size)) > 0.9
     x0 = anatomy.lung_box("right")[2] * size
     x1 = anatomy.lung_box("left")[0] * size
     y0, y1 = (anatomy.lung_box("right")[1] + 0.1) * size, anatomy.heart[1] * size - anatomy.heart[3] * size
@@ -330,7 +331,7 @@ def lung_and_mediastinum(background: phantom.Background) -> tuple[float, float]:
     return float(image[lungs].mean()), float(mediastinum.mean())
 
 
-@pytest.mark.skipif(not HAS_REAL, reason="pydicom-data not installed")
+@needs_real
 def test_real_anatomy_is_displayed_the_right_way_round():
     """MONOCHROME1 inverted to the usual display: aerated lungs dark, mediastinum bright."""
     background = phantom.build_background(PhantomConfig(use_real_anatomy=True))

@@ -57,7 +57,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
@@ -70,9 +70,11 @@ __all__ = [
     "Finding",
     "FindingSpec",
     "FINDINGS",
+    "FINDINGS_BY_NAME",
     "FINDING_NAMES",
     "FIELD_OF_VIEW_CM",
     "INCOMPATIBLE",
+    "NORMAL_IMPRESSIONS",
     "PhantomConfig",
     "PhantomSample",
     "PlannedFinding",
@@ -347,6 +349,10 @@ class Anatomy:
     def lung(self, side: str) -> np.ndarray:
         """(N, 2) polygon of the patient's ``side`` ("right" or "left") lung."""
         return np.asarray({"right": self.right_lung, "left": self.left_lung}[side], dtype=np.float64)
+
+    def lung_mask(self, side: str, size: int) -> np.ndarray:
+        """Anti-aliased (size, size) mask in [0, 1] of the patient's ``side`` lung."""
+        return _polygon_mask(self.lung(side), size)
 
     def hilum(self, side: str) -> np.ndarray:
         return np.asarray({"right": self.right_hilum, "left": self.left_hilum}[side], dtype=np.float64)
@@ -630,7 +636,10 @@ class Finding:
     box: Box
 
 
-DrawFn = Callable[[np.ndarray, Anatomy, PlannedFinding, "FindingSpec", np.random.Generator], tuple[np.ndarray, np.ndarray]]
+#: draw(image, anatomy, planned, spec, rng) -> (image, footprint), all at render resolution.
+DrawFn = Callable[
+    [np.ndarray, Anatomy, PlannedFinding, "FindingSpec", np.random.Generator], tuple[np.ndarray, np.ndarray]
+]
 
 
 @dataclass(frozen=True)
@@ -678,7 +687,8 @@ def _place(rng: np.random.Generator, lung: np.ndarray, zone: tuple[float, float,
     return float(x[inside].mean()), float(y[inside].mean())
 
 
-def _noise_field(rng: np.random.Generator, size: int, scales: Sequence[float], weights: Sequence[float]) -> np.ndarray:
+def _noise_field(rng: np.random.Generator, size: int, scales: Sequence[float],
+                 weights: Sequence[float]) -> np.ndarray:
     """Smooth random field with unit standard deviation: blurred white noise at several scales (px)."""
     field = np.zeros((size, size), np.float32)
     for scale, weight in zip(scales, weights):
@@ -702,7 +712,7 @@ def _draw_opacity(image, anatomy, planned, spec, rng):
     on a broad envelope crosses a soft threshold, so margins are irregular and fade out;
     confined to the lung. "patchy" is mottled, "dense" nearly uniform."""
     size = image.shape[0]
-    lung = _polygon_mask(anatomy.lung(spec.side), size)
+    lung = anatomy.lung_mask(spec.side, size)
     radius = planned.size * size
     cx, cy = _place(rng, lung, anatomy.zone_box(spec.side, spec.zone), 0.7 * radius, min_cover=0.9)
     x, y = _pixel_grid(size)
@@ -721,7 +731,7 @@ def _draw_opacity(image, anatomy, planned, spec, rng):
 def _draw_mass(image, anatomy, planned, spec, rng):
     """Well-circumscribed round mass: sharp edge, soft-tissue density, thickest centrally."""
     size = image.shape[0]
-    lung = _polygon_mask(anatomy.lung(spec.side), size)
+    lung = anatomy.lung_mask(spec.side, size)
     radius = planned.size * size / 2
     cx, cy = _place(rng, lung, anatomy.zone_box(spec.side, spec.zone), radius, min_cover=0.97)
     x, y = _pixel_grid(size)
@@ -834,7 +844,7 @@ FINDINGS: tuple[FindingSpec, ...] = (
                 {"small": (0.79, 0.84), "large": (0.68, 0.75)}, (0.85, 1.0), ("pneumothorax",)),
 )
 FINDING_NAMES: tuple[str, ...] = tuple(spec.name for spec in FINDINGS)
-_SPECS = {spec.name: spec for spec in FINDINGS}
+FINDINGS_BY_NAME: dict[str, FindingSpec] = {spec.name: spec for spec in FINDINGS}
 
 #: Pairs never drawn together: their drawings would overlap, making boxes ambiguous.
 INCOMPATIBLE: frozenset[frozenset[str]] = frozenset(
@@ -872,7 +882,7 @@ def _cap(text: str) -> str:
 
 def positive_options(planned: PlannedFinding) -> list[str]:
     """The ways a report may state this finding (one is picked per sample)."""
-    spec = _SPECS[planned.name]
+    spec = FINDINGS_BY_NAME[planned.name]
     side, zone, sev = spec.side, spec.zone, planned.severity
     if spec.kind == "opacity":
         options = [
@@ -962,7 +972,7 @@ def negative_options(present: frozenset[str]) -> list[list[ReportSentence]]:
                        ReportSentence("The costophrenic angles are sharp.", denies=effusions)]
         else:
             for name in sorted(absent_effusions):
-                side = _SPECS[name].side
+                side = FINDINGS_BY_NAME[name].side
                 pleura += [ReportSentence(f"No {side} pleural effusion.", denies=frozenset({name})),
                            ReportSentence(f"The {side} costophrenic angle is sharp.", denies=frozenset({name}))]
         if not present & pneumothoraces:
@@ -980,7 +990,7 @@ def negative_options(present: frozenset[str]) -> list[list[ReportSentence]]:
 
 
 _SECTION_OF_KIND = {"opacity": 0, "mass": 0, "effusion": 1, "pneumothorax": 1, "cardiomegaly": 2}
-_NORMAL_IMPRESSIONS = (
+NORMAL_IMPRESSIONS = (
     "No acute cardiopulmonary process.",
     "No acute cardiopulmonary abnormality.",
     "No acute intrathoracic abnormality.",
@@ -998,7 +1008,8 @@ def report_sentences(rng: np.random.Generator, findings: Sequence[PlannedFinding
     sections: list[list[ReportSentence]] = [[], [], []]
     for planned in findings:
         text = _pick(rng, positive_options(planned))
-        sections[_SECTION_OF_KIND[_SPECS[planned.name].kind]].append(ReportSentence(text, affirms=frozenset({planned.name})))
+        section = _SECTION_OF_KIND[FINDINGS_BY_NAME[planned.name].kind]
+        sections[section].append(ReportSentence(text, affirms=frozenset({planned.name})))
     for section, options in zip(sections, negative_options(present)):
         if options and rng.random() < negation_prob:
             section.append(_pick(rng, options))
@@ -1009,7 +1020,7 @@ def report_sentences(rng: np.random.Generator, findings: Sequence[PlannedFinding
     if rng.random() < 0.15:
         sentences = [sentences[i] for i in rng.permutation(len(sentences))]
     if not present and (not sentences or rng.random() < 0.75):
-        sentences.append(ReportSentence(_pick(rng, _NORMAL_IMPRESSIONS), denies=frozenset(FINDING_NAMES)))
+        sentences.append(ReportSentence(_pick(rng, NORMAL_IMPRESSIONS), denies=frozenset(FINDING_NAMES)))
     return sentences
 
 
@@ -1072,7 +1083,7 @@ def plan_sample(rng: np.random.Generator, config: PhantomConfig) -> SamplePlan:
     names = sample_finding_names(rng, config)
     findings = []
     for name in names:
-        spec = _SPECS[name]
+        spec = FINDINGS_BY_NAME[name]
         severities = list(spec.severities)
         severity = severities[int(rng.integers(len(severities)))]
         low, high = spec.severities[severity]
@@ -1104,7 +1115,7 @@ def render_sample(plan: SamplePlan, config: PhantomConfig, background: Backgroun
     anatomy = background.anatomy.transformed(matrix)
     findings: list[Finding] = []
     for planned in plan.findings:
-        spec = _SPECS[planned.name]
+        spec = FINDINGS_BY_NAME[planned.name]
         image, footprint = spec.draw(image, anatomy, planned, spec, np.random.default_rng(planned.seed))
         box = _bbox(footprint >= 0.25)
         if box is None:  # pragma: no cover - every drawing has an extent
@@ -1188,7 +1199,8 @@ def _encode_sample(job: tuple[PhantomConfig, str, int]) -> _Encoded:
 
 def _encoded_samples(config: PhantomConfig, workers: int) -> Iterator[_Encoded]:
     """All samples, train then test, in index order whatever the number of workers."""
-    jobs = [(config, split, i) for split, n in (("train", config.num_train), ("test", config.num_test)) for i in range(n)]
+    counts = (("train", config.num_train), ("test", config.num_test))
+    jobs = [(config, split, i) for split, n in counts for i in range(n)]
     if workers <= 1:
         yield from map(_encode_sample, jobs)
         return

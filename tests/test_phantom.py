@@ -64,13 +64,17 @@ def test_layout_and_metadata(written):
     meta = json.loads((out / "test_eval" / "meta.json").read_text())
     assert meta["dataset"] == "phantom" and meta["labels"] == list(FINDING_NAMES)
     assert meta["prompts"] == {s.name: s.prompt for s in FINDINGS}
+    from tier_openclip.evaluate import read_eval_set  # the zero-shot evaluator reads it as is
+
+    eval_set = read_eval_set(out / "test_eval")
+    assert eval_set.labels == list(FINDING_NAMES) and len(eval_set.images) == 8
     with open(out / "test_eval" / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and list(rows[0]) == ["image", *FINDING_NAMES]
     assert all((out / "test_eval" / r["image"]).is_file() for r in rows)
     for name in FINDING_NAMES:
         positives = sum(int(r[name]) for r in rows)
-        assert meta["counts"][name] == {"positive": positives, "negative": 8 - positives}
+        assert meta["counts"][name] == {"positive": positives, "negative": 8 - positives, "unknown": 0}
     with open(out / "test_eval" / "boxes.csv", newline="") as f:
         boxes = list(csv.DictReader(f))
     assert len(boxes) == sum(int(r[n]) for r in rows for n in FINDING_NAMES)

@@ -1221,7 +1221,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
     - ``test_eval/``: the test split for zero-shot evaluation: ``images/*.png``, ``labels.csv``
       (``image`` relative to test_eval, then one 1/0 column per finding), ``boxes.csv`` (image,
       finding, x0, y0, x1, y1, prompt) for the pointing game, and ``meta.json`` (labels,
-      prompts, counts, box convention, orientation).
+      prompts, counts, box convention, orientation) in the layout of ``tier-openclip prep``'s
+      evaluation sets, so ``tier-openclip eval zeroshot`` reads it as is.
 
     Same config -> byte-identical files, whatever ``workers`` (tar mtimes are 0, owners fixed;
     every sample has its own generator). ``workers`` > 1 renders in that many spawned processes
@@ -1275,16 +1276,18 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
             summary[f"num_{split}"] = count
 
     labels = np.array([row[1:] for row in label_rows], dtype=np.int64)
-    counts = {name: {"positive": int(labels[:, j].sum()), "negative": int(len(labels) - labels[:, j].sum())}
-              for j, name in enumerate(FINDING_NAMES)}
+    counts = {name: {"positive": int(labels[:, j].sum()), "negative": int(len(labels) - labels[:, j].sum()),
+                     "unknown": 0} for j, name in enumerate(FINDING_NAMES)}
     _write_csv(eval_dir / "labels.csv", ["image", *FINDING_NAMES], label_rows)
     _write_csv(eval_dir / "boxes.csv", ["image", "finding", "x0", "y0", "x1", "y1", "prompt"], box_rows)
-    meta = {
+    meta = {  # the layout of `tier-openclip prep`'s evaluation sets, plus prompts and geometry
+        "format": "tier-openclip-eval/1",
         "dataset": "phantom",
         "labels": list(FINDING_NAMES),
+        "competition_labels": [],
         "prompts": summary["prompts"],
         "counts": counts,
-        "num_images": len(label_rows),
+        "images": len(label_rows),
         "image_size": config.image_size,
         "patient_side_convention": "PA view: the patient's right is on the image left (small x)",
         "box_format": "x0, y0, x1, y1 in pixels, half-open (image[y0:y1, x0:x1])",

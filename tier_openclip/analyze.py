@@ -65,8 +65,8 @@ def accumulate_similarity_stats(model, batches: Iterable[tuple], device: str = "
     from tier_openclip.entropy import token_patch_entropy
     from tier_openclip.features import token_features
 
-    logit_scale = float(model.logit_scale.exp())
     with torch.no_grad():
+        logit_scale = model.logit_scale.exp().item()
         for images, texts in batches:
             out = token_features(model, images.to(device), texts.to(device))
             text_tokens, image_tokens, mask = out["text_tokens"].float(), out["image_tokens"].float(), out["text_mask"]
@@ -174,7 +174,7 @@ def shard_batches(shards: str, preprocess, tokenizer, num_samples: int, batch_si
     import torch
     import webdataset as wds
 
-    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("pilrgb").to_tuple("jpg;png;jpeg", "txt")
+    dataset = wds.WebDataset(shards, shardshuffle=False).decode("pilrgb").to_tuple("jpg;png;jpeg", "txt")
     images, texts, seen = [], [], 0
     for image, text in dataset:
         images.append(preprocess(image))

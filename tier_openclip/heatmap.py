@@ -30,9 +30,9 @@ def load_image(path: str | Path):
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: no such file")
     if path.suffix.lower() in (".dcm", ".dicom"):
-        from tier_openclip.data_prep.images import read_dicom_as_uint8
+        from tier_openclip.data_prep.images import dicom_to_uint8
 
-        return Image.fromarray(read_dicom_as_uint8(path)).convert("RGB")
+        return dicom_to_uint8(path).image.convert("RGB")
     return Image.open(path).convert("RGB")
 
 

@@ -1,0 +1,135 @@
+"""The analysis commands (heatmap, analyze) and the tier-openclip command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import write_shards
+from tier_openclip.analyze import accumulate_similarity_stats, patch_centres, square_grid, top_k_values
+from tier_openclip.cli import SUBCOMMANDS, build_parser, main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A TIER-tiny training checkpoint in open_clip_train's format ("module." prefix included)."""
+    import open_clip
+
+    from tier_openclip.plugin import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("TIER-tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
+    torch.save({"epoch": 1, "name": "t", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return str(path)
+
+
+def test_every_subcommand_has_a_complete_help(capsys):
+    parser = build_parser()
+    for name in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: tier-openclip " + name in capsys.readouterr().out
+
+
+def test_cli_runs_as_an_installed_command(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tier_openclip", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and all(name in result.stdout for name in SUBCOMMANDS)
+
+
+def test_patch_centres_undo_resize_and_centre_crop():
+    # a 128×64 (w×h) image shown to a 32×32 model: scaled by 2, 32 px cropped off each side
+    centres = patch_centres((2, 2), (32, 32), (128, 64))
+    np.testing.assert_allclose(centres, [[48, 16], [80, 16], [48, 48], [80, 48]])
+    assert square_grid(49) == (7, 7)
+    with pytest.raises(ValueError, match="square"):
+        square_grid(50)
+
+
+def test_similarity_stats_are_consistent(tower_models):
+    from tier_openclip import token_patch_entropy
+    from tier_openclip.features import token_features
+
+    model, tokenizer, size = tower_models["vit"]
+    images, texts = torch.randn(4, 3, *size), tokenizer(["left pleural effusion", "no pneumothorax", "clear lungs", "edema"])
+    stats = accumulate_similarity_stats(model, [(images, texts)]).summary()
+    out = token_features(model, images, texts)
+    h_text, h_image = token_patch_entropy(out["text_tokens"], out["image_tokens"], out["text_mask"], impl="torch")
+    assert stats["entropy_token_to_patch"] == pytest.approx(h_text.mean().item(), rel=1e-5)
+    assert stats["entropy_patch_to_token"] == pytest.approx(h_image.mean().item(), rel=1e-5)
+    assert stats["tokens"] == int(out["text_mask"].sum())
+    curve = np.array(stats["rank_curve_raw"]["mean"])
+    assert len(curve) == 16 and np.all(np.diff(curve) <= 1e-7)
+    normalised = stats["rank_curve_normalised"]["mean"]
+    assert normalised[0] == pytest.approx(1.0) and normalised[-1] == pytest.approx(0.0)
+    masses = [stats["top_k_mass"][str(k)] for k in top_k_values(16)]
+    assert all(0 < m <= 1 for m in masses) and masses == sorted(masses)
+
+
+def test_heatmap_command_draws_token_and_prompt_panels(tmp_path, checkpoint):
+    from PIL import Image
+
+    image = tmp_path / "cxr.png"
+    Image.fromarray((np.random.default_rng(0).random((80, 96)) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "map.png"
+    assert main(["heatmap", "--model", "TIER-tiny", "--pretrained", checkpoint, "--image", str(image),
+                 "--text", "small left pleural effusion", "--tokens", "left", "--prompt", "cardiomegaly",
+                 "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 300
+
+
+def test_heatmap_reads_a_real_dicom(tmp_path, checkpoint):
+    from pydicom.data import get_testdata_file
+
+    from tier_openclip.heatmap import load_image
+
+    image = load_image(get_testdata_file("RG1_UNCI.dcm"))
+    assert image.size == (1841, 1955) and image.mode == "RGB"
+    out = tmp_path / "dicom-map.png"
+    assert main(["heatmap", "--model", "TIER-tiny", "--pretrained", checkpoint, "--image",
+                 get_testdata_file("RG1_UNCI.dcm"), "--prompt", "pleural effusion", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_heatmap_errors_say_what_to_do(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        main(["heatmap", "--model", "TIER-tiny", "--image", str(tmp_path / "missing.png"), "--prompt", "x",
+              "--out", str(tmp_path / "o.png")])
+    with pytest.raises(SystemExit, match="give --text"):
+        main(["heatmap", "--model", "TIER-tiny", "--image", "x.png", "--out", str(tmp_path / "o.png")])
+
+
+def test_analyze_command_with_baseline_and_boxes(tmp_path, checkpoint):
+    shards = write_shards(tmp_path / "shards", num_shards=1, per_shard=12, size=64)
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    with open(tmp_path / "boxes.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "phrase", "x0", "y0", "x1", "y1"])
+        for i in range(3):
+            Image.fromarray(np.full((64, 64), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+            writer.writerow([f"images/{i}.png", "left pleural effusion", 0, 0, 63, 63])  # the whole image: always a hit
+            writer.writerow([f"images/{i}.png", "cardiomegaly", -10, -10, -5, -5])  # outside: never a hit
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--model", "TIER-tiny", "--pretrained", checkpoint, "--baseline", checkpoint,
+                 "--data", shards, "--num-samples", "10", "--boxes", str(tmp_path / "boxes.csv"),
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "analysis.json").read_text())
+    assert set(results) == {"tier", "baseline"}
+    assert results["tier"]["pairs"] == 10
+    assert results["tier"]["entropy_token_to_patch"] == pytest.approx(results["baseline"]["entropy_token_to_patch"])
+    pointing = results["tier"]["pointing_game"]
+    assert pointing["per_phrase"]["left pleural effusion"]["accuracy"] == 1.0
+    assert pointing["per_phrase"]["cardiomegaly"]["accuracy"] == 0.0
+    assert pointing["accuracy"] == 0.5 and pointing["boxes"] == 6
+    assert (out / "rank_curves.png").is_file()

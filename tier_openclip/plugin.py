@@ -13,6 +13,7 @@ is imported, or explicitly by ``python -m tier_openclip.train``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import logging
@@ -116,7 +117,6 @@ def build_loss(args: argparse.Namespace):
             temperature=args.lu_temperature,
             t=args.lu_t,
         )
-    dist = adapter.contrastive_args_from(args)
     return TierLoss(
         lambda_text=args.tier_lambda_text,
         lambda_image=args.tier_lambda_image,
@@ -126,13 +126,7 @@ def build_loss(args: argparse.Namespace):
         extra_terms=extra,
         include_tier=args.loss == "tier",
         siglip=args.siglip,
-        local_loss=dist.local_loss,
-        gather_with_grad=dist.gather_with_grad,
-        cache_labels=dist.cache_labels,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        use_horovod=dist.use_horovod,
-        dist_impl=dist.dist_impl,
+        **dataclasses.asdict(adapter.contrastive_args_from(args)),
     )
 
 

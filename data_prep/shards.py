@@ -273,19 +273,24 @@ class OrderedPool:
     ``imap``), robust to a worker that dies: when the next result in order does not arrive
     within ``timeout`` seconds, that item yields :class:`Lost`, the pool is replaced and the
     items after it are submitted again. ``workers=0`` runs in this process (no isolation).
+    ``context``: the multiprocessing context that starts the workers (default: the platform's
+    default start method); e.g. ``multiprocessing.get_context("spawn")`` for a caller that may
+    hold threads (torch, OpenMP) which a fork can deadlock.
 
     Use as a context manager, entered before starting threads (progress bars): the pool's
     processes are started on entry.
     """
 
     def __init__(self, function: Callable[[T], R], items: Sequence[T], workers: int,
-                 timeout: float | None = DEFAULT_SAMPLE_TIMEOUT) -> None:  # fmt: skip
+                 timeout: float | None = DEFAULT_SAMPLE_TIMEOUT,
+                 context: multiprocessing.context.BaseContext | None = None) -> None:  # fmt: skip
         self.function, self.items, self.workers, self.timeout = function, items, workers, timeout
+        self.context = context
         self.pool = None
 
     def _start(self) -> None:
         if self.workers > 0 and self.items:
-            self.pool = multiprocessing.get_context().Pool(self.workers)
+            self.pool = (self.context or multiprocessing.get_context()).Pool(self.workers)
 
     def _stop(self) -> None:
         if self.pool is not None:
@@ -368,6 +373,7 @@ def write_shards(
     progress: bool,
     log: Callable[[str], None],
     sample_timeout: float | None = DEFAULT_SAMPLE_TIMEOUT,
+    context: multiprocessing.context.BaseContext | None = None,
 ) -> dict[str, ShardRecord]:
     """Write every planned shard that is not already finished and verified; return the records
     of all planned shards by name.
@@ -375,7 +381,8 @@ def write_shards(
     ``render(task)`` must be picklable and return an object with ``key``, ``files`` (extension
     -> bytes, or None when the sample failed), ``reason``, ``detail`` and ``notes``. It runs in
     ``workers`` processes (0: in this process); a sample whose worker dies or exceeds
-    ``sample_timeout`` seconds fails with reason ``worker_crashed``.
+    ``sample_timeout`` seconds fails with reason ``worker_crashed``. ``context``: see
+    :class:`OrderedPool`.
     """
     from tqdm import tqdm
 
@@ -403,7 +410,7 @@ def write_shards(
         log(f"{len(records)} finished shard(s) verified and kept ({done} planned samples)")
     kill = _kill_hook()
     tasks = [task for plan in pending for task in plan.tasks]
-    with OrderedPool(render, tasks, workers, sample_timeout) as pool:
+    with OrderedPool(render, tasks, workers, sample_timeout, context) as pool:
         results = iter(pool)
         bar = tqdm(total=total, initial=done, unit="img", desc="prep", smoothing=0.05, disable=not progress,
                    dynamic_ncols=True)  # fmt: skip

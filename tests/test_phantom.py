@@ -9,6 +9,7 @@ import dataclasses
 import itertools
 import json
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from tier_openclip import phantom
+from tier_openclip.data_prep import shards
 from tier_openclip.phantom import FINDINGS, FINDING_NAMES, PhantomConfig, PlannedFinding
 
 HAS_REAL = phantom.real_anatomy_path() is not None
@@ -106,6 +108,33 @@ def test_rewriting_a_smaller_dataset_leaves_no_stale_shards(tmp_path):
     phantom.write_phantom_dataset(tmp_path, tiny(num_train=3, num_test=2), progress=False)
     assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["train-000000.tar"]
     assert len(list((tmp_path / "test_eval" / "images").iterdir())) == 2
+
+
+def test_shards_come_from_data_preps_writer_and_a_rerun_keeps_them(written, tmp_path):
+    out, summary = written
+    for split, total in (("train", 10), ("test", 8)):
+        for index in range(-(-total // 4)):
+            name = shards.shard_name(split, index)
+            with tarfile.open(out / split / name) as tar:
+                headers = {(m.uname, m.gname, m.mode, m.mtime) for m in tar.getmembers()}
+            assert headers == {(shards.TAR_USER, shards.TAR_GROUP, shards.TAR_MODE, shards.TAR_MTIME)}
+            record = shards.ShardRecord.load(out / shards.STATE_DIR / f"{split}-{index:06d}.json")
+            assert record is not None and record.sha256 == shards.file_sha256(out / split / name)
+            assert record.keys == [f"{split}-{i:06d}" for i in range(4 * index, min(4 * index + 4, total))]
+            assert record.failures == [] and record.extensions == ["json", "png", "txt"]
+
+    rerun = tmp_path / "rerun"  # a copy, so the shared fixture stays as written
+    shutil.copytree(out, rerun)
+    before = files(rerun)
+    stats = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in rerun.glob("*/*.tar")}
+    (rerun / "test_eval" / "images" / "test-000005.png").unlink()  # test_eval is rebuilt from the shards
+    (rerun / "test_eval" / "labels.csv").write_text("damaged")
+    (rerun / "test_eval" / "images" / "test-000099.png").write_bytes(b"stale")
+    again = phantom.write_phantom_dataset(rerun, tiny(), progress=False)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in rerun.glob("*/*.tar")} == stats  # kept as they were
+    assert files(rerun) == before
+    assert again["test_shards"] == str(rerun / "test" / "test-{000000..000001}.tar")
+    assert (again["counts"], again["num_train"], again["num_test"]) == (summary["counts"], 10, 8)
 
 
 # ------------------------------------------------------------------ labels and sampling

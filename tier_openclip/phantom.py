@@ -37,8 +37,8 @@ the background reads as a normal chest and every finding in a caption is one thi
 Every sample varies the background (small affine, brightness/contrast/gamma, noise).
 
 Everything is a pure function of a ``numpy.random.Generator`` and a :class:`PhantomConfig`,
-except :func:`write_phantom_dataset`, which writes WebDataset shards (through webdataset's
-``ShardWriter``) and a zero-shot evaluation folder.
+except :func:`write_phantom_dataset`, which writes WebDataset shards (through data_prep's shard
+writer, the one ``tier-openclip prep`` uses) and a zero-shot evaluation folder.
 
 Pipeline of one sample: :func:`plan_sample` draws everything random (findings, severities, shape
 seeds, jitter, caption) -> :func:`render_sample` turns a plan into pixels and boxes. A plan with a
@@ -49,20 +49,24 @@ each box holds its drawing.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
+import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
+import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+
+from .data_prep import shards
 
 __all__ = [
     "Anatomy",
@@ -1149,6 +1153,13 @@ def split_labels(config: PhantomConfig, split: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Writing (the only side effects)
 # --------------------------------------------------------------------------------------------
+#
+# Shards go through data_prep's writer (data_prep/shards.py), the one `tier-openclip prep` uses:
+# a shard is written under a temporary name and renamed when complete, its record (plan digest,
+# keys, size, SHA-256) lands in OUT/.prep-state/, tar headers are fixed (owner, mode, mtime 0),
+# and a later run into the same folder verifies finished shards and keeps the good ones.
+
+_COUNT_FIELDS = ("num_train", "num_test", "shard_size")  # decide which samples, not their bytes
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
@@ -1164,25 +1175,33 @@ def _json_bytes(obj) -> bytes:
 
 
 @dataclass(frozen=True)
-class _Encoded:
-    """One sample ready for the tar and the evaluation folder."""
+class _ShardTask:
+    """One sample to render, as data_prep's shard planner and writer take it."""
+
+    key: str  # f"{split}-{index:06d}": the sample's __key__
+    config: PhantomConfig
+    split: str
+    index: int
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """A rendered sample, in the shape data_prep's ``write_shards`` expects of a render result."""
 
     key: str
-    png: bytes
-    caption: str
-    record: bytes  # the sample's json
-    labels: tuple[int, ...]
-    findings: tuple[Finding, ...]
+    files: dict[str, bytes]  # "png", "txt" (caption), "json" (findings, boxes, labels)
+    reason: str | None = None
+    detail: str = ""
+    notes: tuple[str, ...] = ()
 
 
-def _encode_sample(job: tuple[PhantomConfig, str, int]) -> _Encoded:
-    """Render and encode sample ``index`` of ``split`` (top level, so worker processes can run it)."""
-    config, split, index = job
+def _render_task(task: _ShardTask) -> _Rendered:
+    """Render and encode one sample (top level, so worker processes can run it)."""
+    config, split, index = task.config, task.split, task.index
     background = build_background(config)
     sample = make_sample(sample_rng(config.seed, split, index), config, background)
-    key = f"{split}-{index:06d}"
     record = {
-        "key": key,
+        "key": task.key,
         "split": split,
         "index": index,
         "seed": config.seed,
@@ -1193,21 +1212,29 @@ def _encode_sample(job: tuple[PhantomConfig, str, int]) -> _Encoded:
         "boxes": {name: list(box) for name, box in sample.boxes.items()},
         "labels": sample.labels(),
     }
-    return _Encoded(key, _png_bytes(sample.image), sample.caption, _json_bytes(record),
-                    tuple(sample.labels().values()), tuple(sample.findings))
+    files = {"png": _png_bytes(sample.image), "txt": sample.caption.encode("utf-8"), "json": _json_bytes(record)}
+    return _Rendered(task.key, files)
 
 
-def _encoded_samples(config: PhantomConfig, workers: int) -> Iterator[_Encoded]:
-    """All samples, train then test, in index order whatever the number of workers."""
-    counts = (("train", config.num_train), ("test", config.num_test))
-    jobs = [(config, split, i) for split, n in counts for i in range(n)]
-    if workers <= 1:
-        yield from map(_encode_sample, jobs)
-        return
-    # spawn, not fork: the caller may hold torch/OpenMP threads, which a fork can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        yield from pool.map(_encode_sample, jobs, chunksize=32)
+def _render_inputs(config: PhantomConfig, background: str) -> str:
+    """What a sample's bytes depend on besides its split and index: the config (less the counts),
+    the background, this module's code and the encoders' versions. Part of every shard's plan
+    digest, so a rerun keeps a finished shard only when it would render it the same."""
+    import PIL
+
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in _COUNT_FIELDS}
+    if settings["finding_weights"] is not None:
+        settings["finding_weights"] = dict(sorted(settings["finding_weights"].items()))
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return json.dumps({"config": settings, "background": background, "code": code, "numpy": np.__version__,
+                       "pillow": PIL.__version__}, sort_keys=True)
+
+
+def _plan_digest(tasks: Sequence[_ShardTask], inputs: str) -> str:
+    digest = hashlib.sha256(inputs.encode("utf-8"))
+    for task in tasks:
+        digest.update(task.key.encode("utf-8") + b"\0")
+    return digest.hexdigest()
 
 
 def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: bool = True,
@@ -1217,7 +1244,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
     - ``train/train-{000000..}.tar`` and ``test/test-{000000..}.tar``: WebDataset shards of
       ``config.shard_size`` samples (``png`` 8-bit grayscale, ``txt`` caption, ``json`` with
       findings, boxes in pixels, labels, split, seed), plus ``sizes.json`` (shard -> count) in
-      each split folder, which open_clip reads for the sample count;
+      each split folder, which open_clip reads for the sample count; written by data_prep's
+      shard writer, which keeps its records in ``.prep-state/``;
     - ``test_eval/``: the test split for zero-shot evaluation: ``images/*.png``, ``labels.csv``
       (``image`` relative to test_eval, then one 1/0 column per finding), ``boxes.csv`` (image,
       finding, x0, y0, x1, y1, prompt) for the pointing game, and ``meta.json`` (labels,
@@ -1226,54 +1254,98 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
 
     Same config -> byte-identical files, whatever ``workers`` (tar mtimes are 0, owners fixed;
     every sample has its own generator). ``workers`` > 1 renders in that many spawned processes
-    (None: one per CPU, at most 4). Shards and images left by an earlier run into the same
-    folders are removed first.
+    (None: one per CPU, at most 4). A run into a folder that holds an earlier run keeps the
+    finished shards that verify against this config (same samples, same code) and rewrites the
+    rest; shards and evaluation images the config no longer plans are removed.
 
     Returns ``{"train_shards", "test_shards"`` (brace patterns for open_clip's ``--train-data``),
     ``"num_train", "num_test", "eval_dir", "labels", "prompts", "counts"`` (positives and
     negatives per finding in the test split), ``"background", "image_size", "seed", "out_dir"}``.
     """
-    import webdataset as wds
-    from tqdm.auto import tqdm
-
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     out = Path(out_dir)
     source = build_background(config).source  # fails early when the CR study is required but absent
-    eval_dir = out / "test_eval"
-    (eval_dir / "images").mkdir(parents=True, exist_ok=True)
-    _clear_previous(eval_dir / "images", "test-*.png")
     summary: dict = {"out_dir": str(out), "image_size": config.image_size, "seed": config.seed,
                      "background": source, "labels": list(FINDING_NAMES),
                      "prompts": {s.name: s.prompt for s in FINDINGS}}
+    counts = {"train": config.num_train, "test": config.num_test}
+    digest = functools.partial(_plan_digest, inputs=_render_inputs(config, source))
+    plans = {
+        split: shards.plan_shards(
+            split, [_ShardTask(f"{split}-{i:06d}", config, split, i) for i in range(count)], config.shard_size, digest
+        )
+        for split, count in counts.items()
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with shards.run_lock(out / shards.STATE_DIR):
+        records = shards.write_shards(
+            out,
+            plans["train"] + plans["test"],
+            _render_task,
+            workers=workers if workers > 1 else 0,  # data_prep: 0 renders in this process
+            progress=progress,
+            log=print if progress else _quiet,
+            # spawn, not fork: the caller may hold torch/OpenMP threads, which a fork can deadlock.
+            context=multiprocessing.get_context("spawn"),
+        )
+        _check_complete(out, plans, records)
+        for split, split_plans in plans.items():
+            shards.write_sizes(out / split, split_plans, records)
+            summary[f"{split}_shards"] = str(out / shards.shard_urls(split, len(split_plans)))
+            summary[f"num_{split}"] = counts[split]
+        eval_dir, label_counts = _write_eval_set(out, plans["test"], records, config, summary)
+    summary.update(eval_dir=str(eval_dir), counts=label_counts)
+    return summary
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _check_complete(out: Path, plans: Mapping[str, Sequence[shards.ShardPlan]],
+                    records: Mapping[str, shards.ShardRecord]) -> None:
+    """Every planned sample must be in its shard: data_prep's writer records a sample whose
+    worker died or hung as a failure and goes on, which a dataset defined by its indices cannot.
+    The shards with failures are removed, so that the next run renders them again."""
+    failures = []
+    for plan in (plan for split_plans in plans.values() for plan in split_plans):
+        record = records[plan.name]
+        if record.failures:
+            failures += record.failures
+            (out / plan.split / plan.name).unlink(missing_ok=True)
+            (out / shards.STATE_DIR / f"{Path(plan.name).stem}.json").unlink(missing_ok=True)
+    if failures:
+        key, reason, detail = failures[0]
+        raise RuntimeError(f"{len(failures)} phantom sample(s) not rendered, e.g. {key}: {reason} ({detail})")
+
+
+def _test_samples(split_dir: Path, plans: Sequence[shards.ShardPlan],
+                  records: Mapping[str, shards.ShardRecord]) -> Iterator[tuple[str, bytes, dict]]:
+    """(key, png bytes, json record) of every sample in the written shards, in order."""
+    for plan in plans:
+        with tarfile.open(split_dir / plan.name, "r:") as tar:
+            members = {member.name: tar.extractfile(member).read() for member in tar.getmembers()}
+        for key in records[plan.name].keys:
+            yield key, members[f"{key}.png"], json.loads(members[f"{key}.json"])
+
+
+def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mapping[str, shards.ShardRecord],
+                    config: PhantomConfig, summary: Mapping) -> tuple[Path, dict]:
+    """``test_eval/`` from the test shards as written. Read back rather than kept from rendering:
+    data_prep's writer consumes the render results itself, a rerun keeps finished shards without
+    rendering them, and the boxes exist only once a sample is rendered. Reading the shards (small
+    PNGs) makes the folder a copy of exactly what the test shards hold, on every run."""
+    eval_dir = out / "test_eval"
+    (eval_dir / "images").mkdir(parents=True, exist_ok=True)
+    _clear_previous(eval_dir / "images", "test-*.png")
     label_rows: list[list] = []
     box_rows: list[list] = []
-    total = config.num_train + config.num_test
-    with closing(_encoded_samples(config, workers)) as samples, \
-            tqdm(total=total, desc="phantom", unit="img", disable=not progress) as bar:
-        for split, count in (("train", config.num_train), ("test", config.num_test)):
-            split_dir = out / split
-            split_dir.mkdir(parents=True, exist_ok=True)
-            _clear_previous(split_dir, f"{split}-*.tar")
-            with wds.ShardWriter(str(split_dir / f"{split}-%06d.tar"), maxcount=config.shard_size,
-                                 verbose=0, mtime=0.0, encoder=False) as sink:
-                for _ in range(count):
-                    sample = next(samples)
-                    sink.write({"__key__": sample.key, "png": sample.png, "txt": sample.caption.encode("utf-8"),
-                                "json": sample.record})
-                    if split == "test":
-                        image = f"images/{sample.key}.png"
-                        (eval_dir / image).write_bytes(sample.png)
-                        label_rows.append([image, *sample.labels])
-                        box_rows += [[image, f.name, *f.box, f.prompt] for f in sample.findings]
-                    bar.update()
-            num_shards = -(-count // config.shard_size)
-            sizes = {f"{split}-{i:06d}.tar": min(config.shard_size, count - i * config.shard_size)
-                     for i in range(num_shards)}
-            (split_dir / "sizes.json").write_bytes(_json_bytes(sizes))
-            pattern = f"{split}-{{000000..{num_shards - 1:06d}}}.tar" if num_shards > 1 else f"{split}-000000.tar"
-            summary[f"{split}_shards"] = str(split_dir / pattern)
-            summary[f"num_{split}"] = count
+    for key, png, record in _test_samples(out / "test", plans, records):
+        image = f"images/{key}.png"
+        (eval_dir / image).write_bytes(png)
+        label_rows.append([image, *(record["labels"][name] for name in FINDING_NAMES)])
+        box_rows += [[image, f["name"], *f["box"], f["prompt"]] for f in record["findings"]]
 
     labels = np.array([row[1:] for row in label_rows], dtype=np.int64)
     counts = {name: {"positive": int(labels[:, j].sum()), "negative": int(len(labels) - labels[:, j].sum()),
@@ -1292,12 +1364,11 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
         "patient_side_convention": "PA view: the patient's right is on the image left (small x)",
         "box_format": "x0, y0, x1, y1 in pixels, half-open (image[y0:y1, x0:x1])",
         "regions": {s.name: s.region for s in FINDINGS},
-        "background": source,
+        "background": summary["background"],
         "seed": config.seed,
     }
     (eval_dir / "meta.json").write_bytes(_json_bytes(meta))
-    summary.update(eval_dir=str(eval_dir), counts=counts)
-    return summary
+    return eval_dir, counts
 
 
 def _clear_previous(directory: Path, pattern: str) -> None:

@@ -75,9 +75,7 @@ def training_command(options: DemoOptions, data: dict, loss: str, seed: int, log
     ]
     if loss in ("tier", "tier+uniformity"):
         command += ["--tier-lambda-text", str(options.tier_lambda), "--tier-lambda-image", str(options.tier_lambda)]
-    if loss == "tier+uniformity":
-        command += ["--lu-uniform-weight", str(options.uniform_weight)]
-    if loss == "local-uniformity":
+    if loss in ("tier+uniformity", "local-uniformity"):
         command += ["--lu-uniform-weight", str(options.uniform_weight)]
     return command
 

@@ -36,12 +36,6 @@ def load_image(path: str | Path):
     return Image.open(path).convert("RGB")
 
 
-def token_labels(tokenizer, token_ids: Sequence[int]) -> list[str]:
-    from tier_openclip.openclip_adapter import decode_tokens
-
-    return decode_tokens(tokenizer, token_ids)
-
-
 def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[str] = (), tokens: Sequence[str] = (),
                     device: str = "cpu") -> tuple[np.ndarray, list[SimilarityMap]]:
     """(the model's input image as uint8 H×W×3, one map per chosen token or prompt).
@@ -54,6 +48,7 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
 
     from tier_openclip.analyze import square_grid
     from tier_openclip.features import token_features
+    from tier_openclip.openclip_adapter import decode_tokens
 
     pixels = loaded.preprocess(image).unsqueeze(0).to(device)
     maps: list[tuple[str, torch.Tensor]] = []
@@ -62,7 +57,7 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
         if text:
             ids = loaded.tokenizer([text]).to(device)
             out = token_features(loaded.model, texts=ids)
-            labels = token_labels(loaded.tokenizer, ids[0].tolist())
+            labels = decode_tokens(loaded.tokenizer, ids[0].tolist())
             wanted = {t.lower() for t in tokens}
             for position in out["text_mask"][0].nonzero().flatten().tolist():
                 label = labels[position]

@@ -30,15 +30,10 @@ from pathlib import Path, PurePosixPath
 
 from . import images
 from .errors import PrepError
-from .mimic import read_csv
+from .mimic import CHEXPERT_LABELS, read_csv
 
 FORMAT = "tier-openclip-eval/1"
 
-CHEXPERT_LABELS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)  # fmt: skip
 CHEXPERT_COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
 

@@ -40,11 +40,12 @@ METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv"
 REPORTS_ZIP = "mimic-cxr-reports.zip"
 
-# The 14 CheXpert labels, in the column order of mimic-cxr-2.0.0-chexpert.csv.
+# The 14 CheXpert labels in the CheXpert dataset's column order. Both mimic-cxr-2.0.0-chexpert.csv
+# and CheXpert's own CSVs are read by column name; eval_sets.py uses this tuple too.
 CHEXPERT_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
-    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
-    "Pneumonia", "Pneumothorax", "Support Devices",
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices",
 )  # fmt: skip
 
 # The only fields a sample's json ever holds. Nothing comes from a DICOM header: the view is

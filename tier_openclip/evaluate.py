@@ -36,8 +36,6 @@ from tier_openclip import openclip_adapter as adapter
 from tier_openclip.prompts import PromptsArg, PromptSet, resolve_prompts
 
 DATASETS = ("chexpert", "padchest")
-# The CheXpert competition tasks (Irvin et al., 2019), used when meta.json does not list them.
-CHEXPERT_COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 # PadChest has many rare labels: an AUC over a handful of positives is noise.
 DEFAULT_MIN_POSITIVES = {"chexpert": 1, "padchest": 10}
 GROUP_TITLES = {"competition": "CheXpert competition labels", "all": "all labels"}
@@ -107,7 +105,10 @@ def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) ->
     if missing:
         raise FileNotFoundError(f"{len(missing)} images listed in {csv_path} do not exist, e.g. {missing[:3]}")
     dataset = meta.get("dataset")
-    competition = list(meta.get("competition_labels") or (CHEXPERT_COMPETITION if dataset == "chexpert" else []))
+    # The CheXpert competition tasks (Irvin et al., 2019), when meta.json does not list them.
+    from tier_openclip.data_prep.eval_sets import CHEXPERT_COMPETITION_LABELS
+
+    competition = list(meta.get("competition_labels") or (CHEXPERT_COMPETITION_LABELS if dataset == "chexpert" else []))
     return EvalSet(directory, dataset, selected, images, targets, [c for c in competition if c in selected])
 
 

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # In a source checkout kernels/ and data_prep/ sit beside this folder; the wheel maps them
 # inside it (pyproject's force-include). Let the same import names work in both.
-_checkout_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_checkout_root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 if not os.path.isdir(os.path.join(os.path.dirname(__file__), "kernels")) and os.path.isfile(
     os.path.join(_checkout_root, "kernels", "reference.py")
 ):

@@ -17,6 +17,14 @@ SHIPPED = {  # name -> (patches, shared dim, context length)
     "TIER-CheXzero-ViT-B-32": (49, 512, 77),
     "TIER-tiny": (64, 64, 64),
 }
+# Is the global image feature the mean of the patch tokens TIER reads (model_configs/README.md)?
+# Only then does the contrastive loss train exactly those patch embeddings.
+POOLED_IS_MEAN_OF_PATCHES = {
+    "TIER-BioViL-RN50-CXR-BERT": False,  # MLP(mean of cells), not mean of MLP(cell)
+    "TIER-BiomedCLIP-ViT-B-16": False,  # class token
+    "TIER-CheXzero-ViT-B-32": False,  # class token (OpenAI ViT-B/32 shapes)
+    "TIER-tiny": True,  # pool_type avg
+}
 
 
 def shipped_config(name: str) -> dict:
@@ -44,12 +52,15 @@ def test_config_builds_offline_with_the_documented_shapes(name, tmp_path, tiny_b
     model = open_clip.create_model(offline_name, output_dict=True).eval()
     tokenizer = open_clip.get_tokenizer(offline_name)
     size = config["vision_cfg"]["image_size"]
-    with torch.no_grad():
-        out = token_features(model, torch.randn(1, 3, size, size), tokenizer(["left pleural effusion"]))
+    torch.manual_seed(0)
+    with torch.no_grad():  # image_features is encode_image's output (tests/test_features.py)
+        out = token_features(model, torch.randn(1, 3, size, size), tokenizer(["left pleural effusion"]), normalize=False)
     patches, dim, context = SHIPPED[name]
     assert out["image_tokens"].shape == (1, patches, dim)
     assert out["text_tokens"].shape == (1, context, dim)
     assert text_cfg["context_length"] == context
+    mean_of_patches = out["image_tokens"].mean(dim=1)
+    assert torch.allclose(mean_of_patches, out["image_features"], rtol=1e-4, atol=1e-5) == POOLED_IS_MEAN_OF_PATCHES[name]
 
 
 def test_chexzero_config_takes_openai_vit_b_32_weights():

@@ -13,9 +13,14 @@ How each tower's tokens reach the shared space:
   attends to, so a cell's token is what the pooled feature would be if all attention went there.
 - timm towers: ``forward_features`` without prefix tokens, each token through the trunk's head
   (norm, classifier) and the adapter's projection; CNN maps go through ``forward_head`` cell by
-  cell as 1×1 maps, where global pooling is the identity.
-- CLIP text transformer: every position after ``ln_final`` through ``text_projection``; valid
-  tokens are those up to and including end-of-text.
+  cell as 1×1 maps, where global pooling is the identity. Channels-last trunks (Swin, any
+  ``output_fmt == 'NHWC'``) get their 1×1 cells channels-last too, as their head expects.
+- CLIP text transformer (``CLIP``'s inline tower or ``TextTransformer``): every position after
+  ``ln_final`` through ``text_projection``; valid tokens run from position 1 up to and including
+  end-of-text. Under the causal mask position 0 attends only to itself, so its output depends on
+  the start-of-text token alone and is the same for every caption: it carries no content and is
+  left out. (A tower built with ``no_causal_mask`` keeps it.) ``--tier-token-mask all`` still
+  uses it, as the authors' code uses BERT's [CLS].
 - Hugging Face text towers: ``last_hidden_state`` through the tower's ``proj``; valid tokens are
   those of the attention mask (padding excluded; [CLS] and [SEP] kept).
 """
@@ -72,10 +77,13 @@ def _timm_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     features = trunk.forward_features(images)
     pooled = visual.head(trunk.forward_head(features))
     if features.ndim == 4:
-        if getattr(trunk, "output_fmt", "NCHW") == "NHWC":  # e.g. Swin
-            features = features.permute(0, 3, 1, 2)
-        n, c, h, w = features.shape
-        cells = features.permute(0, 2, 3, 1).reshape(n * h * w, c, 1, 1)
+        # Every cell as its own 1×1 map, in the layout the trunk's head pools (Swin: channels-last).
+        channels_last = getattr(trunk, "output_fmt", "NCHW") == "NHWC"
+        grid = features if channels_last else features.permute(0, 2, 3, 1)  # (N, H, W, C)
+        n, h, w, c = grid.shape
+        cells = grid.reshape(n * h * w, 1, 1, c)
+        if not channels_last:
+            cells = cells.permute(0, 3, 1, 2)
         tokens = visual.head(trunk.forward_head(cells)).reshape(n, h * w, -1)
         return pooled, tokens
     if getattr(trunk, "attn_pool", None) is not None:
@@ -105,16 +113,24 @@ def encode_image_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tens
     )
 
 
-def clip_text_mask(text: Tensor, pool_type: str, eos_id: int | None, pad_id: int = 0) -> Tensor:
-    """True for tokens up to and including end-of-text (as open_clip's pooling finds it)."""
-    if pool_type == "argmax":  # CLIP's end-of-text token has the largest id
-        end = text.argmax(dim=-1)
-    elif pool_type == "eos" and eos_id is not None:
-        end = (text == eos_id).int().argmax(dim=-1)
-    else:
-        return text != pad_id
+def clip_text_mask(
+    text: Tensor, pool_type: str, eos_id: int | None, pad_id: int = 0, causal: bool = True
+) -> Tensor:
+    """True for tokens up to and including end-of-text (as open_clip's pooling finds it).
+
+    With ``causal`` (open_clip's default text tower) position 0 is False: it sees only the
+    start-of-text token, so its output is one constant vector shared by every caption.
+    """
     positions = torch.arange(text.shape[1], device=text.device)
-    return positions[None, :] <= end[:, None]
+    if pool_type == "argmax":  # CLIP's end-of-text token has the largest id
+        mask = positions[None, :] <= text.argmax(dim=-1)[:, None]
+    elif pool_type == "eos" and eos_id is not None:
+        mask = positions[None, :] <= (text == eos_id).int().argmax(dim=-1)[:, None]
+    else:
+        mask = text != pad_id
+    if causal:
+        mask = mask & (positions[None, :] > 0)
+    return mask
 
 
 def _clip_text_tokens(model: nn.Module, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,7 +140,7 @@ def _clip_text_tokens(model: nn.Module, text: Tensor) -> tuple[Tensor, Tensor, T
     x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
     eos_id = getattr(model, "text_eos_id", None)
     pooled = symbol("text_global_pool")(x, text, model.text_pool_type, eos_token_id=eos_id)
-    mask = clip_text_mask(text, model.text_pool_type, eos_id)
+    mask = clip_text_mask(text, model.text_pool_type, eos_id, causal=model.attn_mask is not None)
     return _project(pooled, model.text_projection), _project(x, model.text_projection), mask
 
 
@@ -137,7 +153,7 @@ def _text_transformer_tokens(tower: nn.Module, text: Tensor) -> tuple[Tensor, Te
     else:
         tokens = tower.ln_final(x)
         pooled = symbol("text_global_pool")(tokens, text, tower.pool_type, eos_token_id=eos_id)
-    mask = clip_text_mask(text, tower.pool_type, eos_id, pad_id=tower.pad_id)
+    mask = clip_text_mask(text, tower.pool_type, eos_id, pad_id=tower.pad_id, causal=tower.attn_mask is not None)
     return _project(pooled, tower.text_projection), _project(tokens, tower.text_projection), mask
 
 

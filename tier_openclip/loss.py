@@ -8,8 +8,10 @@ because open_clip's training loop sums every value; raw entropies go to ``metric
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal
 
+import torch
 from torch import Tensor, nn
 
 from tier_openclip.entropy import Impl, token_patch_entropy
@@ -17,7 +19,27 @@ from tier_openclip.openclip_adapter import ContrastiveArgs, make_contrastive_los
 
 TokenMask = Literal["valid", "all"]
 TOKEN_MASKS: tuple[str, ...] = ("valid", "all")
+Scale = float | Literal["logit"]
 MetricsHook = Callable[[dict[str, Tensor]], None]
+
+
+def check_scale(scale: Scale) -> Scale:
+    """``scale`` if it is a positive finite number or 'logit', else ValueError."""
+    if scale == "logit":
+        return scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number or 'logit', got {scale!r}")
+    return float(scale)
+
+
+def authors_token_window(text_mask: Tensor) -> int:
+    """Length of the batch as the authors' tokenizer pads it (``padding='longest'``).
+
+    Positions up to the last valid token of the longest caption (its end token included); the
+    shorter captions' padding inside that window stays in, as in the authors' ``attn_penalty``.
+    """
+    positions = torch.arange(1, text_mask.shape[1] + 1, device=text_mask.device)
+    return int((text_mask.bool() * positions).amax()) if text_mask.numel() else 0
 
 
 class TokenTerms(nn.Module):
@@ -35,9 +57,14 @@ class TierLoss(nn.Module):
     Args:
         lambda_text: weight of the mean token→patch entropy.
         lambda_image: weight of the mean patch→token entropy.
-        scale: similarity scale inside the entropies (the paper: 1, raw cosine similarity).
+        scale: similarity scale inside the entropies: a positive number (the paper: 1, raw cosine
+            similarity; anything else departs from it) or 'logit', the model's own learned logit
+            scale, detached so that the TIER terms never move it.
         impl: entropy implementation, 'auto' | 'torch' | 'triton'.
-        token_mask: 'valid' ignores padding tokens; 'all' uses every position (the authors' code).
+        token_mask: 'valid' uses the tower's valid tokens (``text_mask``: no padding, no constant
+            start token of causal towers); 'all' reproduces the authors' code, which pads each
+            batch to its longest caption and keeps every position up to there: start/[CLS], end/[SEP]
+            and the shorter captions' padding (see ``authors_token_window``).
         extra_terms: more token losses added to the same dict (e.g. local alignment/uniformity).
         siglip: use open_clip's SigLipLoss as the contrastive part.
         local_loss, gather_with_grad, cache_labels, rank, world_size, use_horovod, dist_impl:
@@ -48,7 +75,7 @@ class TierLoss(nn.Module):
         self,
         lambda_text: float = 0.1,
         lambda_image: float = 0.1,
-        scale: float = 1.0,
+        scale: Scale = 1.0,
         impl: Impl = "auto",
         token_mask: TokenMask = "valid",
         extra_terms: TokenTerms | None = None,
@@ -67,7 +94,7 @@ class TierLoss(nn.Module):
             raise ValueError(f"token_mask must be one of {TOKEN_MASKS}, got {token_mask!r}")
         self.lambda_text = lambda_text
         self.lambda_image = lambda_image
-        self.scale = scale
+        self.scale = check_scale(scale)
         self.impl = impl
         self.token_mask = token_mask
         self.include_tier = include_tier
@@ -101,10 +128,16 @@ class TierLoss(nn.Module):
 
         # TIER only compares each image with its own report, and both are on this rank:
         # unlike the contrastive part, it needs no gather across ranks.
-        mask = text_mask if self.token_mask == "valid" else None
+        mask = text_mask
+        if self.token_mask == "all":
+            mask = None  # every position of the authors' padded batch
+            if text_mask is not None:
+                text_tokens = text_tokens[:, : authors_token_window(text_mask)]
+        # open_clip hands the loss exp(logit_scale); detached, TIER borrows it without training it.
+        scale = logit_scale.detach() if self.scale == "logit" else self.scale
         metrics: dict[str, Tensor] = {}
         if self.include_tier:
-            h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, self.scale, self.impl)
+            h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, scale, self.impl)
             losses["tier_text_loss"] = self.lambda_text * h_text.mean()
             losses["tier_image_loss"] = self.lambda_image * h_image.mean()
             metrics["tier_text_entropy"] = h_text.detach().mean()

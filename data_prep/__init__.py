@@ -9,6 +9,8 @@ at the edges:
 - :mod:`.images`: DICOM/JPEG/PNG decoding, modality and VOI LUTs, resizing, encoding;
 - :mod:`.shards`: shard planning, writing, verification and resumption;
 - :mod:`.eval_sets`: CheXpert and PadChest;
+- :mod:`.paths`: paths and WebDataset keys built from data, kept inside their folders;
+- :mod:`.limits`: the resource bounds (image size, pixel count, sample timeout);
 - :mod:`.cli`: ``tier-openclip prep ...`` (also ``python -m tier_openclip.data_prep``).
 
 Importing this package imports nothing heavy.

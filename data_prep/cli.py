@@ -1,18 +1,21 @@
-"""``tier-openclip prep``: MIMIC-CXR shards for training, CheXpert and PadChest for evaluation.
+"""``tier-openclip prep``: MIMIC-CXR shards for training, CheXpert and PadChest for evaluation,
+MS-CXR for phrase grounding.
 
-:func:`add_prep_parser` adds the ``prep`` subcommand (with ``mimic-cxr``, ``chexpert`` and
-``padchest``) to the main command's subparsers; :func:`main` runs it alone
+:func:`add_prep_parser` adds the ``prep`` subcommand (with ``mimic-cxr``, ``chexpert``,
+``padchest`` and ``ms-cxr``) to the main command's subparsers; :func:`main` runs it alone
 (``python -m tier_openclip.data_prep``). Heavy imports happen inside the functions that run.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from .errors import PrepError
+from .limits import DEFAULT_MAX_PIXELS, IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, SAMPLE_TIMEOUT_MAX
 from .reports import TEXT_MODES
 
 MIMIC_SPLITS = ("train", "validate", "test")
@@ -39,12 +42,33 @@ def _positive(value: str) -> int:
     return number
 
 
+def _image_size(value: str) -> int:
+    number = int(value)
+    if not IMAGE_SIZE_MIN <= number <= IMAGE_SIZE_MAX:
+        raise argparse.ArgumentTypeError(f"must be between {IMAGE_SIZE_MIN} and {IMAGE_SIZE_MAX}, got {number}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)  # "inf" and "nan" parse: refused below (a wait of inf overflows)
+    if not (math.isfinite(number) and 0 < number <= SAMPLE_TIMEOUT_MAX):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most {SAMPLE_TIMEOUT_MAX:g}, got {value}")
+    return number
+
+
+def _megapixels(value: str) -> int:
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of megapixels, got {value}")
+    return max(1, round(number * 1e6))
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions as written; each optional argument's help ends with its default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.required or action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "(default" in text:
             return text
         default = ",".join(action.default) if isinstance(action.default, tuple) else str(action.default)
         return f"{text} (default: {default.replace('%', '%%')})"
@@ -52,22 +76,27 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _add_image_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("images")
-    group.add_argument("--image-size", type=_positive, default=512, metavar="PIXELS",
-                       help="side of the square output images")
+    group.add_argument("--image-size", type=_image_size, default=512, metavar="PIXELS",
+                       help=f"side of the square output images, {IMAGE_SIZE_MIN} to {IMAGE_SIZE_MAX}")
     group.add_argument("--resize", choices=("pad", "crop"), default="pad",
                        help="pad: long side to --image-size, short side padded with black (CheXzero; "
                        "keeps the whole film); crop: short side to --image-size, long side centre-cropped (BioViL)")
     group.add_argument("--workers", type=_positive, default=_default_workers(), metavar="N",
                        help="worker processes; the default is the number of CPUs this process may use, here")
-    group.add_argument("--sample-timeout", type=float, default=600.0, metavar="SECONDS",
+    group.add_argument("--sample-timeout", type=_seconds, default=600.0, metavar="SECONDS",
                        help="a sample whose worker gives no result for this long (a worker killed by a crash in "
                        "a native decoder, or hung) fails with reason worker_crashed and the run goes on")
+    group.add_argument("--max-megapixels", dest="max_pixels", type=_megapixels, default=DEFAULT_MAX_PIXELS, metavar="MP",
+                       help="an image whose header declares more than this many megapixels (rows x columns x frames "
+                       f"x samples per pixel) fails with reason image_too_large before it is decoded "
+                       f"(default: {DEFAULT_MAX_PIXELS / 1e6:g})")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 MIMIC_DESCRIPTION = """\
 Turn MIMIC-CXR into WebDataset shards for open_clip:
-OUT/<split>/<split>-000000.tar ... with, per sample, __key__ = dicom_id, an 8-bit grayscale
+OUT/<split>/<split>-000000.tar ... with, per sample, __key__ = dicom_id (made safe: see
+data_prep/README.md), an 8-bit grayscale
 image (jpg or png), txt = the chosen report section, json = subject_id, study_id, dicom_id,
 view, split and the 14 CheXpert labels (1.0/0.0/-1.0/null); OUT/<split>/sizes.json for
 open_clip; OUT/manifest.json (options, counts written/filtered/skipped/failed per reason);
@@ -120,6 +149,22 @@ images; they are written as OUT/images/<ImageDir>/<ImageID>.
 
 {EVAL_FORMAT}"""
 
+MS_CXR_DESCRIPTION = """\
+MS-CXR (MS_CXR_Local_Alignment_v1.1.0.csv: phrase-box pairs on MIMIC-CXR-JPG images) as a
+phrase-grounding set for `tier-openclip eval grounding`. Images are resized like the
+training images; every box (x, y, w, h in the original JPG's pixels) is carried through the
+same resize and pad/crop. Rows with the same image and label_text are one phrase with
+several boxes.
+
+Output:
+  OUT/images/<dicom_id>.png  8-bit grayscale PNGs (ids made safe: see data_prep/ms_cxr.py)
+  OUT/boxes.csv      image,finding,phrase,x0,y0,x1,y1: finding = category_name, phrase =
+                     label_text, the box in pixels of the PNG (half-open)
+  OUT/meta.json      format, dataset, labels, image_size, box_format, phrases and boxes
+                     per finding, skipped/failed/dropped counts per reason, options
+  OUT/sources.csv    image, dicom_id, path of each PNG
+  OUT/failures.csv   every skipped or failed row, and every dropped box, with its reason"""
+
 
 def add_prep_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``prep`` and its subcommands to ``subparsers`` (from ``add_subparsers``)."""
@@ -127,15 +172,16 @@ def add_prep_parser(subparsers: argparse._SubParsersAction) -> None:
     populate_prep_parser(prep)
 
 
-PREP_HELP = "prepare data: MIMIC-CXR training shards, CheXpert and PadChest evaluation sets"
+PREP_HELP = "prepare data: MIMIC-CXR training shards, CheXpert and PadChest evaluation sets, MS-CXR grounding set"
 PREP_DESCRIPTION = (
     "Prepare data: MIMIC-CXR as WebDataset shards for open_clip training; CheXpert and PadChest as "
-    "evaluation sets for the zero-shot evaluator (labels.csv + images/ + meta.json)."
+    "evaluation sets for the zero-shot evaluator (labels.csv + images/ + meta.json); MS-CXR as a "
+    "phrase-grounding set (boxes.csv + images/ + meta.json)."
 )
 
 
 def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
-    """Add the ``mimic-cxr``, ``chexpert`` and ``padchest`` subcommands to ``prep``."""
+    """Add the ``mimic-cxr``, ``chexpert``, ``padchest`` and ``ms-cxr`` subcommands to ``prep``."""
     commands = prep.add_subparsers(dest="prep_command", metavar="DATASET", required=True)
 
     mimic = commands.add_parser("mimic-cxr", help="MIMIC-CXR (DICOM or JPG release) -> WebDataset shards",
@@ -194,6 +240,20 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     _add_image_options(padchest)
     padchest.set_defaults(func=run_padchest)
 
+    ms_cxr = commands.add_parser(
+        "ms-cxr", help="MS-CXR phrase-box CSV + MIMIC-CXR-JPG -> grounding set", formatter_class=_Formatter,
+        description=MS_CXR_DESCRIPTION,
+    )
+    ms_cxr.add_argument("--csv", type=Path, required=True, metavar="FILE",
+                        help="MS_CXR_Local_Alignment_v1.1.0.csv as published (PhysioNet ms-cxr)")
+    ms_cxr.add_argument("--image-root", type=Path, required=True, metavar="DIR",
+                        help="MIMIC-CXR-JPG root: the folder the CSV's path column (files/pXX/...) is relative to")
+    ms_cxr.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    ms_cxr.add_argument("--splits", type=_csv_list, default=("all",), metavar="LIST",
+                        help="values of the CSV's split column to keep, comma-separated (train,val,test), or 'all'")
+    _add_image_options(ms_cxr)
+    ms_cxr.set_defaults(func=run_ms_cxr)
+
 
 def _all_or(values: tuple[str, ...]) -> tuple[str, ...] | None:
     return None if any(v.lower() == "all" for v in values) else values
@@ -232,6 +292,7 @@ def run_mimic(args: argparse.Namespace) -> int:
         text=args.text, views=_all_or(args.views), splits=tuple(args.splits), image_size=args.image_size,
         resize=args.resize, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
         shard_size=args.shard_size, workers=args.workers, sample_timeout=args.sample_timeout,
+        max_pixels=args.max_pixels,
     )  # fmt: skip
     manifest = prepare_mimic(options, progress=not args.quiet, log=_log)
     for split, info in manifest["splits"].items():
@@ -249,7 +310,7 @@ def _eval(args: argparse.Namespace, dataset: str) -> int:
         dataset=dataset, csv=args.csv, image_root=args.image_root, out=args.out, image_size=args.image_size,
         resize=args.resize, workers=args.workers, frontal_only=not getattr(args, "all_views", False),
         projections=_all_or(getattr(args, "projections", ("all",))), min_positives=getattr(args, "min_positives", 1),
-        sample_timeout=args.sample_timeout,
+        sample_timeout=args.sample_timeout, max_pixels=args.max_pixels,
     )  # fmt: skip
     meta = prepare_eval_set(options, progress=not args.quiet, log=_log)
     _log(f"{dataset}: {meta['images']} images, {len(meta['labels'])} labels -> {args.out / 'labels.csv'}; "
@@ -267,6 +328,23 @@ def run_chexpert(args: argparse.Namespace) -> int:
 def run_padchest(args: argparse.Namespace) -> int:
     """``prep padchest``."""
     return _eval(args, "padchest")
+
+
+@_report_errors
+def run_ms_cxr(args: argparse.Namespace) -> int:
+    """``prep ms-cxr``."""
+    from .ms_cxr import MsCxrOptions, prepare_ms_cxr
+
+    options = MsCxrOptions(
+        csv=args.csv, image_root=args.image_root, out=args.out, image_size=args.image_size, resize=args.resize,
+        splits=_all_or(args.splits), workers=args.workers, sample_timeout=args.sample_timeout,
+        max_pixels=args.max_pixels,
+    )  # fmt: skip
+    meta = prepare_ms_cxr(options, progress=not args.quiet, log=_log)
+    _log(f"ms-cxr: {meta['phrases']} phrases, {meta['boxes']} boxes on {meta['images']} images, "
+         f"{len(meta['labels'])} findings -> {args.out / 'boxes.csv'}; skipped {sum(meta['skipped'].values())} rows, "
+         f"failed {sum(meta['failed'].values())} images, dropped {sum(meta['dropped_boxes'].values())} boxes")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,13 @@ Output format (``format: "tier-openclip-eval/1"``), the same for both::
 Rows of labels.csv are in the CSV's order; only images written successfully are listed.
 Images are re-rendered on every run and written under a temporary name then renamed, so a
 killed run never leaves a truncated PNG.
+
+Files: every image path built from the CSV must stay inside its folder (the source inside
+``--image-root``, the output inside ``OUT/images``), or the row is skipped with reason
+``unsafe_path``. ``OUT/.prep-state/images.json`` lists the images this tool wrote (saved
+before rendering, so a killed run's are listed too); a rerun removes the listed images it no
+longer writes and nothing else, and a row whose output name is held by a file the list does
+not name is skipped (``output_exists``). The run lock is ``prep mimic-cxr``'s.
 """
 
 from __future__ import annotations
@@ -22,15 +29,18 @@ from __future__ import annotations
 import ast
 import csv
 import functools
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import images
+from . import images, shards
 from .errors import PrepError
+from .limits import DEFAULT_MAX_PIXELS, check_render_limits
 from .mimic import CHEXPERT_LABELS, read_csv
+from .paths import UNSAFE_PATH, UnsafePathError, normalized_relative, refuse_overlap, resolve_inside
 
 FORMAT = "tier-openclip-eval/1"
 
@@ -43,7 +53,11 @@ SKIP_LABELS_INVALID = "labels_invalid"
 SKIP_NOT_PHYSICIAN = "not_physician_labelled"
 SKIP_LABELS_EMPTY = "labels_empty"
 SKIP_EXCLUDED = "labelled_exclude"
+SKIP_UNSAFE_PATH = UNSAFE_PATH  # the CSV's image path leaves --image-root or OUT/images
+SKIP_OUTPUT_EXISTS = "output_exists"  # the output name is held by a file this tool did not write
+SKIP_DUPLICATE = "duplicate_image"  # a second row for the same image
 FAIL_UNEXPECTED = "unexpected_error"
+IMAGES_RECORD = "images.json"  # in OUT/.prep-state: the images this tool wrote
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class EvalRender:
     out: str
     image_size: int
     resize: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -69,22 +84,23 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
 
 
-def load_gray(path: str, min_size: int) -> images.GrayImage:
+def load_gray(path: str, min_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> images.GrayImage:
     """Decode by file type: DICOM, PNG (any bit depth) or JPEG."""
     suffix = Path(path).suffix.lower()
     if suffix in (".dcm", ".dicom"):
-        return images.dicom_to_uint8(path)
+        return images.dicom_to_uint8(path, max_pixels)
     if suffix == ".png":
-        return images.png_to_gray(path)
-    return images.jpeg_to_gray(path, min_size)
+        return images.png_to_gray(path, max_pixels)
+    return images.jpeg_to_gray(path, min_size, max_pixels)
 
 
 def render_eval_image(item: EvalImage, options: EvalRender) -> EvalResult:
     """Decode, resize and write one PNG (temporary name, then rename). Never raises."""
     try:
-        square = images.resize_square(load_gray(item.source, options.image_size), options.image_size, options.resize)  # type: ignore[arg-type]
+        gray = load_gray(item.source, options.image_size, options.max_pixels)
+        square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
         data = images.encode_image(square.image, "png")
-        target = Path(options.out) / item.image
+        target = resolve_inside(options.out, item.image)  # selection checked it; a second look is cheap
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.tmp")
         temporary.write_bytes(data)
@@ -115,27 +131,34 @@ def parse_chexpert_value(value: str) -> int | None:
     raise ValueError(f"unexpected label value {value!r}")
 
 
+def _chexpert_parts(path: str) -> tuple[str, ...]:
+    """The CSV's Path, normalised, checked to stay below its folder (UnsafePathError)."""
+    return normalized_relative(path.replace("\\", "/")).parts
+
+
 def chexpert_output_path(path: str) -> str:
     """``CheXpert-v1.0/valid/patient1/study1/view1_frontal.jpg`` ->
     ``images/valid/patient1/study1/view1_frontal.png`` (a leading ``CheXpert-v1.0*`` folder
-    is dropped; the rest of the path is kept, so names stay unique)."""
-    parts = PurePosixPath(path.replace("\\", "/")).parts
+    is dropped; the rest of the path is kept, so names stay unique). An absolute path or one
+    that climbs out of its folder raises UnsafePathError."""
+    parts = _chexpert_parts(path)
     if parts and parts[0].lower().startswith("chexpert"):
         parts = parts[1:]
-    if not parts or any(part in ("..", "") for part in parts):
-        raise ValueError(f"unusable image path {path!r}")
+    if not parts:
+        raise UnsafePathError(f"{path!r} names a folder, not an image")
     return str(PurePosixPath("images", *parts).with_suffix(".png"))
 
 
 def resolve_image(image_root: Path, path: str) -> Path:
     """``image_root / path``; when that does not exist and ``path`` starts with a
-    ``CheXpert-v1.0*`` folder, ``image_root`` may be that folder itself."""
-    direct = image_root / path
+    ``CheXpert-v1.0*`` folder, ``image_root`` may be that folder itself. Either way inside
+    ``image_root``, or UnsafePathError."""
+    direct = resolve_inside(image_root, path.replace("\\", "/"))
     if direct.exists():
         return direct
-    parts = PurePosixPath(path.replace("\\", "/")).parts
+    parts = _chexpert_parts(path)
     if len(parts) > 1 and parts[0].lower().startswith("chexpert"):
-        return image_root.joinpath(*parts[1:])
+        return resolve_inside(image_root, PurePosixPath(*parts[1:]))
     return direct
 
 
@@ -162,13 +185,18 @@ def select_chexpert(rows: Sequence[dict[str, str]], image_root: Path, *, frontal
             selection.skipped[SKIP_NOT_FRONTAL] += 1
             continue
         try:
+            image, resolved = chexpert_output_path(source), resolve_image(image_root, source)
+        except UnsafePathError as error:
+            selection.skipped[SKIP_UNSAFE_PATH] += 1
+            selection.rows.append([source, "skipped", SKIP_UNSAFE_PATH, error.detail])
+            continue
+        try:
             labels = tuple(parse_chexpert_value(row.get(name, "")) for name in CHEXPERT_LABELS)
-            image = chexpert_output_path(source)
         except ValueError as error:
             selection.skipped[SKIP_LABELS_INVALID] += 1
             selection.rows.append([source, "skipped", SKIP_LABELS_INVALID, str(error)])
             continue
-        selection.items.append(EvalImage(str(resolve_image(image_root, source)), image, labels))
+        selection.items.append(EvalImage(str(resolved), image, labels))
     return selection
 
 
@@ -218,14 +246,17 @@ def select_padchest(
             selection.rows.append([source, "skipped", reason, ""])
             continue
         image_dir, image_id = row.get("ImageDir", "").strip(), row.get("ImageID", "").strip()
-        if not image_id or "/" in image_id or ".." in (image_dir, image_id):
-            selection.skipped[SKIP_LABELS_INVALID] += 1
-            selection.rows.append([source, "skipped", SKIP_LABELS_INVALID, "unusable ImageDir/ImageID"])
+        try:
+            if not image_id or "/" in image_id:
+                raise UnsafePathError(f"ImageID {image_id!r} is not a file name")
+            relative = normalized_relative(f"{image_dir}/{image_id}" if image_dir else image_id)
+            resolved = resolve_inside(image_root, relative)
+        except UnsafePathError as error:
+            selection.skipped[SKIP_UNSAFE_PATH] += 1
+            selection.rows.append([source, "skipped", SKIP_UNSAFE_PATH, error.detail])
             continue
-        image = str(PurePosixPath("images", image_dir, image_id).with_suffix(".png")) if image_dir else str(
-            PurePosixPath("images", image_id).with_suffix(".png")
-        )
-        selection.items.append(EvalImage(str(image_root / image_dir / image_id), image, tuple(labels)))
+        image = str(PurePosixPath("images", relative).with_suffix(".png"))
+        selection.items.append(EvalImage(str(resolved), image, tuple(labels)))
     return selection
 
 
@@ -252,6 +283,7 @@ class EvalOptions:
     projections: tuple[str, ...] | None = PADCHEST_FRONTAL  # PadChest
     min_positives: int = 1  # PadChest
     sample_timeout: float = 600.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def as_json(self) -> dict:
         data = {
@@ -261,6 +293,7 @@ class EvalOptions:
             "image_size": self.image_size,
             "resize": self.resize,
             "workers": self.workers,
+            "max_pixels": self.max_pixels,
         }
         if self.dataset == "chexpert":
             data["frontal_only"] = self.frontal_only
@@ -280,18 +313,19 @@ def _check(options: EvalOptions, required: Sequence[str], rows: list[dict[str, s
 
 def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run ``prep chexpert`` or ``prep padchest``; returns meta.json's content."""
-    from tqdm import tqdm
-
-    from .shards import WORKER_LOST, Lost, OrderedPool, write_json_atomic
-
     if not options.csv.is_file():
         raise PrepError(f"--csv {options.csv} does not exist: pass the {options.dataset} labels CSV")
     if not options.image_root.is_dir():
         raise PrepError(f"--image-root {options.image_root} is not a folder: pass the folder the CSV's image paths are relative to")
-    if options.image_size < 8 or options.workers < 1 or options.min_positives < 1:
-        raise PrepError("--image-size must be >= 8, --workers and --min-positives >= 1")
+    check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
+    if options.workers < 1 or options.min_positives < 1:
+        raise PrepError("--workers and --min-positives must be at least 1")
     if options.resize not in images.RESIZE_MODES:
         raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
+    refuse_overlap(options.out, {"--image-root": options.image_root}, both_ways=True)
+    if options.csv.resolve() in {(options.out / name).resolve() for name in ("labels.csv", "meta.json", "failures.csv")}:
+        raise PrepError(f"--csv {options.csv} is a file this command writes in --out: choose another --out")
+    shards.refuse_foreign_out(options.out)
     rows = read_csv(options.csv)
     if options.dataset == "chexpert":
         _check(options, ("Path", *CHEXPERT_LABELS), rows)
@@ -303,16 +337,60 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
         raise ValueError(f"unknown evaluation set {options.dataset!r}")
 
     options.out.mkdir(parents=True, exist_ok=True)
+    state_dir = options.out / shards.STATE_DIR
+    with shards.run_lock(state_dir):
+        return _write_eval_set(options, selection, state_dir, progress, log)
+
+
+def _written_before(state_dir: Path) -> set[str]:
+    """The images an earlier run wrote (its IMAGES_RECORD); entries outside images/ are ignored."""
+    try:
+        listed = json.loads((state_dir / IMAGES_RECORD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as error:
+        raise PrepError(f"{state_dir / IMAGES_RECORD} is damaged ({error}): choose a new --out") from None
+    written = set()
+    for entry in listed if isinstance(listed, list) else []:
+        try:
+            if isinstance(entry, str) and normalized_relative(entry).parts[0] == "images":
+                written.add(str(normalized_relative(entry)))
+        except UnsafePathError:
+            continue
+    return written
+
+
+def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path, progress: bool,
+                    log: Callable[[str], None]) -> dict:  # fmt: skip
+    from tqdm import tqdm
+
+    from .shards import WORKER_LOST, Lost, OrderedPool, write_json_atomic
+
+    before = _written_before(state_dir)
+    items, planned = [], set()
+    for item in selection.items:
+        if item.image in planned:  # two rows, one image: labels.csv would count it twice
+            selection.skipped[SKIP_DUPLICATE] += 1
+            selection.rows.append([item.source, "skipped", SKIP_DUPLICATE, f"{item.image} is listed by an earlier row"])
+        elif item.image not in before and resolve_inside(options.out, item.image).exists():  # not ours: keep it
+            selection.skipped[SKIP_OUTPUT_EXISTS] += 1
+            selection.rows.append([item.source, "skipped", SKIP_OUTPUT_EXISTS,
+                                   f"{item.image} is in --out but was not written by tier-openclip prep"])  # fmt: skip
+        else:
+            items.append(item)
+            planned.add(item.image)
+    recorded = before | {item.image for item in items}
+    write_json_atomic(state_dir / IMAGES_RECORD, sorted(recorded))  # before any image is written
     render = functools.partial(
-        render_eval_image, options=EvalRender(str(options.out), options.image_size, options.resize)
+        render_eval_image, options=EvalRender(str(options.out), options.image_size, options.resize, options.max_pixels)
     )
     failed: Counter = Counter()
     notes: Counter = Counter()
     written: list[EvalImage] = []
-    with OrderedPool(render, selection.items, options.workers, options.sample_timeout) as pool:
-        bar = tqdm(pool, total=len(selection.items), unit="img", desc=options.dataset, disable=not progress,
+    with OrderedPool(render, items, options.workers, options.sample_timeout) as pool:
+        bar = tqdm(pool, total=len(items), unit="img", desc=options.dataset, disable=not progress,
                    dynamic_ncols=True)  # fmt: skip
-        for item, result in zip(selection.items, bar, strict=True):
+        for item, result in zip(items, bar, strict=True):
             if isinstance(result, Lost):
                 result = EvalResult(item.image, False, WORKER_LOST, result.detail)
             notes.update(result.notes)
@@ -321,6 +399,12 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
             else:
                 failed[result.reason] += 1
                 selection.rows.append([item.source, "failed", result.reason, result.detail])
+    kept = {item.image for item in written}
+    for stale in sorted(recorded - kept):  # listed as ours, not in this labels.csv: remove
+        target = resolve_inside(options.out, stale)
+        for path in (target, target.with_name(f".{target.name}.tmp")):
+            path.unlink(missing_ok=True)
+    write_json_atomic(state_dir / IMAGES_RECORD, sorted(kept))
 
     if options.dataset == "chexpert":
         labels = list(CHEXPERT_LABELS)

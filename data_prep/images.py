@@ -39,17 +39,28 @@ PIL widens by the reduction factor when shrinking (antialiasing), in one of two 
 
 Images smaller than the target are upsampled with the same filter (note ``upsampled``), not
 failed: they are rare, usually small secondary captures, and still correct images.
+
+Size limit. Before any pixel is decoded, the header's Rows x Columns x frames x samples per
+pixel (a PNG's or JPEG's width x height x bands) must not exceed ``max_pixels`` (default 30
+megapixels, ``--max-megapixels``; the largest chest detectors, 43 x 43 cm at 100 um, give
+about 18.5), else the sample fails with ``image_too_large``: a 70 KB file can declare an
+image of tens of gigabytes. A deflated DICOM is inflated whole by pydicom before its header
+can be read, so it is first inflated here in chunks that are thrown away, stopping once it
+is larger than any image within the limit can be (8 bytes a value, plus 16 MiB of header).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
+
+from .limits import DEFAULT_MAX_PIXELS
 
 RESIZE_MODES = ("pad", "crop")
 IMAGE_FORMATS = ("jpg", "png")
@@ -62,6 +73,10 @@ PIXEL_DATA_CORRUPT = "pixel_data_corrupt"  # header fine, pixel data truncated o
 NO_PIXEL_DATA = "no_pixel_data"  # a DICOM without an image (e.g. a structured report)
 PHOTOMETRIC_UNSUPPORTED = "photometric_unsupported"  # e.g. PALETTE COLOR: not a radiograph
 IMAGE_BLANK = "image_blank"  # a single grey level after windowing: nothing to learn from
+IMAGE_TOO_LARGE = "image_too_large"  # the header declares more than max_pixels values
+
+_HEADER_SLACK = 16 << 20  # bytes of a deflated DICOM besides its pixel data, at most
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 
 # Notes: handled conditions, counted in the manifest; the sample is written.
 NOTE_MULTI_FRAME = "multi_frame_first_frame"
@@ -167,15 +182,71 @@ def monochrome_to_uint8(pixels: np.ndarray, ds, notes: list[str]) -> np.ndarray:
     return _to_uint8(display_values(pixels.astype(np.float64), ds, notes))
 
 
-def dicom_to_uint8(source: str | os.PathLike | BinaryIO) -> GrayImage:
+def check_pixel_count(rows: int, columns: int, frames: int = 1, samples: int = 1,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> None:  # fmt: skip
+    """ImageError ``image_too_large`` when the declared image has more than ``max_pixels`` values."""
+    total = max(rows, 0) * max(columns, 0) * max(frames, 1) * max(samples, 1)
+    if total > max_pixels:
+        raise ImageError(
+            IMAGE_TOO_LARGE,
+            f"{rows} x {columns} pixels x {max(frames, 1)} frame(s) x {max(samples, 1)} sample(s) = {total / 1e6:g} "
+            f"megapixels declared, above the limit of {max_pixels / 1e6:g} (--max-megapixels raises it)",
+        )
+
+
+def _dataset_offset(path: str | os.PathLike) -> int | None:
+    """Where a DICOM file's dataset starts (after the preamble and the file meta group), from
+    the meta group's required group-length element; None when the file does not say."""
+    with open(path, "rb") as handle:
+        head = handle.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        return None
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+def _check_deflated_size(path: str | os.PathLike, max_pixels: int) -> None:
+    """For a deflated DICOM: ImageError ``image_too_large`` when its dataset inflates beyond
+    what an image of ``max_pixels`` values can take (see the module docstring)."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        if read_file_meta_info(path).get("TransferSyntaxUID", "") != _DEFLATED:
+            return
+        offset = _dataset_offset(path)
+    except Exception:  # not a DICOM file meta: dcmread names the problem
+        return
+    if offset is None:
+        return
+    limit = max_pixels * 8 + _HEADER_SLACK
+    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                while block and not inflater.eof:  # after the end, zlib keeps bytes in unconsumed_tail
+                    inflated += len(inflater.decompress(block, 1 << 24))
+                    if inflated > limit:
+                        raise ImageError(IMAGE_TOO_LARGE, f"the deflated dataset inflates to more than {limit / 1e6:g} MB, "
+                                         f"more than an image within the limit of {max_pixels / 1e6:g} megapixels needs")
+                    block = inflater.unconsumed_tail
+            except zlib.error:
+                return  # damaged stream: dcmread names the problem
+            if inflater.eof:
+                return
+
+
+def dicom_to_uint8(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> GrayImage:
     """Decode a DICOM file to an 8-bit grayscale image, windowed as the file asks.
 
-    Raises :class:`ImageError` with a reason for everything that is not a correct radiograph.
+    Raises :class:`ImageError` with a reason for everything that is not a correct radiograph,
+    including ``image_too_large`` (checked before decoding, see the module docstring).
     """
     import pydicom
     from pydicom.pixels import pixel_array
 
     notes: list[str] = []
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+        _check_deflated_size(source, max_pixels)
     try:
         ds = pydicom.dcmread(source)
     except FileNotFoundError as error:
@@ -192,6 +263,11 @@ def dicom_to_uint8(source: str | os.PathLike | BinaryIO) -> GrayImage:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         frames = 1
+    try:
+        rows, columns, samples = (int(ds.get(name, 0) or 0) for name in ("Rows", "Columns", "SamplesPerPixel"))
+    except (TypeError, ValueError):
+        rows = columns = samples = 0  # the decoder will fail on it: pixel_data_corrupt
+    check_pixel_count(rows, columns, frames, samples, max_pixels)
     try:
         pixels = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
     except Exception as error:  # decoders raise ValueError, RuntimeError, ... on bad streams
@@ -216,7 +292,12 @@ def dicom_to_uint8(source: str | os.PathLike | BinaryIO) -> GrayImage:
     return GrayImage(Image.fromarray(np.ascontiguousarray(gray), mode="L"), notes)
 
 
-def jpeg_to_gray(path: str | os.PathLike, min_size: int) -> GrayImage:
+def _check_pil_size(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    check_pixel_count(height, width, 1, len(image.getbands()), max_pixels)
+
+
+def jpeg_to_gray(path: str | os.PathLike, min_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> GrayImage:
     """Read a JPEG (MIMIC-CXR-JPG's, already windowed to 8 bits) as 8-bit grayscale.
 
     ``draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale in the DCT domain when that keeps
@@ -225,11 +306,16 @@ def jpeg_to_gray(path: str | os.PathLike, min_size: int) -> GrayImage:
     """
     try:
         with Image.open(path) as image:
+            _check_pil_size(image, max_pixels)
             if image.format == "JPEG":
                 image.draft("L", (min_size, min_size))
             image.load()
             notes = [NOTE_COLOR] if image.mode not in ("L", "I;16", "I", "1") else []
             gray = image.convert("L")
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:  # PIL's own limit, when --max-megapixels is above it
+        raise ImageError(IMAGE_TOO_LARGE, str(error)) from None
     except FileNotFoundError as error:
         raise ImageError(IMAGE_MISSING, str(error)) from None
     except Exception as error:  # UnidentifiedImageError, truncated file (OSError), ...
@@ -240,7 +326,7 @@ def jpeg_to_gray(path: str | os.PathLike, min_size: int) -> GrayImage:
     return GrayImage(gray, notes)
 
 
-def png_to_gray(path: str | os.PathLike) -> GrayImage:
+def png_to_gray(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> GrayImage:
     """Read a PNG of any bit depth (PadChest's are 16-bit) as 8-bit grayscale.
 
     Images with more than 8 bits are scaled min-max over the image (PadChest ships no window);
@@ -248,6 +334,7 @@ def png_to_gray(path: str | os.PathLike) -> GrayImage:
     """
     try:
         with Image.open(path) as image:
+            _check_pil_size(image, max_pixels)
             image.load()
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -262,6 +349,8 @@ def png_to_gray(path: str | os.PathLike) -> GrayImage:
                 gray = image.convert("L")
     except ImageError:
         raise
+    except Image.DecompressionBombError as error:
+        raise ImageError(IMAGE_TOO_LARGE, str(error)) from None
     except FileNotFoundError as error:
         raise ImageError(IMAGE_MISSING, str(error)) from None
     except Exception as error:
@@ -272,25 +361,35 @@ def png_to_gray(path: str | os.PathLike) -> GrayImage:
     return GrayImage(gray, notes)
 
 
-def resize_square(gray: GrayImage, size: int, mode: Literal["pad", "crop"] = "pad") -> GrayImage:
-    """Aspect-preserving resize to ``size`` x ``size`` (see the module docstring for the modes)."""
+def square_geometry(width: int, height: int, size: int, mode: str = "pad") -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where :func:`resize_square` puts a ``width`` x ``height`` image: resized to ``(w, h)``,
+    its top-left corner at ``(ox, oy)`` of the square (negative: cropped off). A point (x, y)
+    of the input lands at (x·w/width + ox, y·h/height + oy): images and the boxes drawn on them
+    (MS-CXR) go through this one geometry."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
-    image = gray.image
-    width, height = image.size
-    notes = list(gray.notes)
     scale = size / (max(width, height) if mode == "pad" else min(width, height))
-    if scale > 1:
-        notes.append(NOTE_UPSAMPLED)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if mode == "crop":  # rounding must not leave a side short of the crop
         new_size = (max(size, new_size[0]), max(size, new_size[1]))
+        return new_size, (-((new_size[0] - size) // 2), -((new_size[1] - size) // 2))
+    return new_size, ((size - new_size[0]) // 2, (size - new_size[1]) // 2)
+
+
+def resize_square(gray: GrayImage, size: int, mode: Literal["pad", "crop"] = "pad") -> GrayImage:
+    """Aspect-preserving resize to ``size`` x ``size`` (see the module docstring for the modes)."""
+    image = gray.image
+    width, height = image.size
+    new_size, (offset_x, offset_y) = square_geometry(width, height, size, mode)
+    notes = list(gray.notes)
+    if size > (max(width, height) if mode == "pad" else min(width, height)):
+        notes.append(NOTE_UPSAMPLED)
     resized = image.resize(new_size, RESAMPLE) if new_size != image.size else image.copy()
     if mode == "pad":
         canvas = Image.new("L", (size, size), 0)
-        canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+        canvas.paste(resized, (offset_x, offset_y))
         return GrayImage(canvas, notes)
-    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    left, top = -offset_x, -offset_y
     return GrayImage(resized.crop((left, top, left + size, top + size)), notes)
 
 

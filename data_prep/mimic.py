@@ -18,6 +18,7 @@ two images of one report in a batch (a false negative for a contrastive loss).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import gzip
@@ -31,8 +32,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import images, reports
+from . import images, reports, shards
 from .errors import PrepError
+from .limits import DEFAULT_MAX_PIXELS, check_render_limits
+from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, resolve_inside, safe_key
 
 SPLITS = ("train", "validate", "test")
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
@@ -59,6 +62,8 @@ SKIP_METADATA_MISSING = "metadata_missing"  # in the split CSV, not in the metad
 SKIP_REPORT_MISSING = "report_missing"  # no sXXXXXXXX.txt in files/ nor in the zip
 SKIP_SECTION_MISSING = reports.REPORT_SECTION_MISSING
 SKIP_SECTION_EMPTY = reports.REPORT_SECTION_EMPTY
+SKIP_DUPLICATE_ID = "duplicate_id"  # a dicom_id listed again in the split CSV: the first row is used
+SKIP_UNSAFE_PATH = UNSAFE_PATH  # a dicom_id that would name a file outside its study folder
 NOTE_REPORT_NOT_UTF8 = "report_not_utf8"
 NOTE_LABELS_MISSING = "labels_missing"  # study absent from the CheXpert CSV: labels all null
 # Processing failure for anything the image module did not foresee (the run goes on).
@@ -78,14 +83,29 @@ def find_csv(directories: Iterable[Path], stem: str) -> Path | None:
     return None
 
 
+def _csv_encoding(head: bytes) -> str:
+    """UTF-16 or UTF-8 by the byte-order mark (spreadsheet programs write both); UTF-8 without."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8-sig"  # drops a UTF-8 BOM, which would otherwise stick to the first column's name
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV, gzip'ed (``.gz``) or not, as dicts of stripped strings."""
+    """Rows of a CSV, gzip'ed (``.gz``) or not, UTF-8 (with or without BOM) or UTF-16 (with
+    BOM), as dicts of stripped strings. An empty file (no header line) is an error."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as handle:
-            return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(handle)]
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
+        with opener(path, "rb") as raw:
+            head = raw.read(4)
+        with opener(path, "rt", encoding=_csv_encoding(head), newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+            header = reader.fieldnames
+    except (OSError, EOFError, UnicodeError, csv.Error) as error:
         raise PrepError(f"cannot read {path}: {error}. Download it again from PhysioNet.") from None
+    if not header:
+        raise PrepError(f"{path} is empty (not even a header line): is it the file as published?")
+    return rows
 
 
 def _require_columns(rows: list[dict[str, str]], path: Path, columns: Iterable[str]) -> None:
@@ -139,7 +159,9 @@ def study_dir(subject_id: int, study_id: int) -> str:
 
 
 def image_path(root: Path, record: Record, extension: str) -> Path:
-    return root / study_dir(record.subject_id, record.study_id) / f"{record.dicom_id}.{extension}"
+    """``root/files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.<extension>``. The dicom_id is data: one
+    that would leave its study folder (``../x``, ``/tmp/x``, a NUL byte) raises UnsafePathError."""
+    return resolve_inside(root / study_dir(record.subject_id, record.study_id), f"{record.dicom_id}.{extension}")
 
 
 class ReportStore:
@@ -189,12 +211,13 @@ class ReportStore:
 class SampleTask:
     """Everything a worker needs to render one sample (small and picklable)."""
 
-    key: str  # the dicom_id: the sample's __key__
+    key: str  # the sample's __key__: the dicom_id, made safe and unique (paths.safe_key)
     image_path: str
     text: str
     meta_json: bytes
     subject_id: int
     study_id: int
+    dicom_id: str = ""  # as the split CSV has it (kept in the json and in failures.csv)
 
 
 @dataclass
@@ -244,17 +267,33 @@ def select_samples(
 ) -> dict[str, SplitSelection]:
     """Choose the samples of each requested split, in their final order.
 
-    ``views=None`` keeps every view. Reports are read once per study.
+    ``views=None`` keeps every view. Reports are read once per study. Keys are assigned over
+    all records in CSV order (whatever ``splits``), so a sample's key does not depend on the
+    options; a dicom_id met a second time is skipped (``duplicate_id``), and one whose image
+    path would leave its study folder is skipped (``unsafe_path``).
     """
     wanted_views = None if views is None else {v.upper() for v in views}
     selections = {split: SplitSelection() for split in splits}
     texts: dict[tuple[int, int], tuple[reports.TextChoice, bool] | None] = {}
+    ids: set[str] = set()
+    keys: set[str] = set()
     for record in progress(records):
+        duplicate = record.dicom_id in ids
+        ids.add(record.dicom_id)
+        key = "" if duplicate else safe_key(record.dicom_id, keys)
         selection = selections.get(record.split)
         if selection is None:
             continue
         study = (record.subject_id, record.study_id)
         skip = functools.partial(_skip, selection, record)
+        if duplicate:
+            skip(SKIP_DUPLICATE_ID, f"listed again in {SPLIT_CSV}: only its first row is used")
+            continue
+        try:
+            image = image_for(record)
+        except UnsafePathError as error:
+            skip(SKIP_UNSAFE_PATH, error.detail)
+            continue
         if record.view is None:
             skip(SKIP_METADATA_MISSING, f"{record.dicom_id} is not in {METADATA_CSV}")
             continue
@@ -284,12 +323,13 @@ def select_samples(
             study_labels = {}
         selection.tasks.append(
             SampleTask(
-                key=record.dicom_id,
-                image_path=image_for(record),
+                key=key,
+                image_path=image,
                 text=choice.text,
                 meta_json=sample_json(record, study_labels),
                 subject_id=record.subject_id,
                 study_id=record.study_id,
+                dicom_id=record.dicom_id,
             )
         )
     for selection in selections.values():
@@ -308,6 +348,7 @@ class RenderOptions:
     resize: str
     image_format: str
     jpeg_quality: int
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -323,9 +364,9 @@ def render_sample(task: SampleTask, options: RenderOptions) -> SampleResult:
     """Decode, window, resize and encode one sample. Never raises: a failure is a result."""
     try:
         if options.source == "dicom":
-            gray = images.dicom_to_uint8(task.image_path)
+            gray = images.dicom_to_uint8(task.image_path, options.max_pixels)
         else:
-            gray = images.jpeg_to_gray(task.image_path, options.image_size)
+            gray = images.jpeg_to_gray(task.image_path, options.image_size, options.max_pixels)
         square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
         encoded = images.encode_image(square.image, options.image_format, options.jpeg_quality)
     except images.ImageError as error:
@@ -378,6 +419,7 @@ class MimicOptions:
     shard_size: int = 1000
     workers: int = 1
     sample_timeout: float = 600.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def render(self) -> RenderOptions:
@@ -387,6 +429,7 @@ class MimicOptions:
             resize=self.resize,
             image_format=self.image_format,
             jpeg_quality=self.jpeg_quality,
+            max_pixels=self.max_pixels,
         )
 
     def as_json(self) -> dict:
@@ -405,6 +448,7 @@ class MimicOptions:
             "shard_size": self.shard_size,
             "workers": self.workers,
             "sample_timeout": self.sample_timeout,
+            "max_pixels": self.max_pixels,
         }
 
 
@@ -415,14 +459,11 @@ def check_options(options: MimicOptions) -> None:
     unknown = [s for s in options.splits if s not in SPLITS]
     if unknown or not options.splits:
         raise PrepError(f"--splits: {', '.join(unknown) or '(none)'} is not a MIMIC-CXR split; use some of {','.join(SPLITS)}")
-    if options.image_size < 8:
-        raise PrepError("--image-size must be at least 8 pixels")
+    check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
     if options.shard_size < 1:
         raise PrepError("--shard-size must be at least 1")
     if options.workers < 1:
         raise PrepError("--workers must be at least 1")
-    if not options.sample_timeout > 0:
-        raise PrepError("--sample-timeout must be a positive number of seconds")
     if not 1 <= options.jpeg_quality <= 100:
         raise PrepError("--jpeg-quality must be between 1 and 100")
     if options.resize not in images.RESIZE_MODES:
@@ -476,7 +517,7 @@ def _failure_rows(split: str, selection: SplitSelection, plans, records, tasks_b
     for plan in plans:
         for key, reason, detail in records[plan.name].failures:
             task = tasks_by_key[key]
-            rows.append([split, key, task.subject_id, task.study_id, "failed", reason, detail])
+            rows.append([split, task.dicom_id or key, task.subject_id, task.study_id, "failed", reason, detail])
     return rows
 
 
@@ -485,10 +526,10 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
     manifest.json. Returns the manifest. Resumes a killed run in the same ``--out``."""
     from tqdm import tqdm
 
-    from . import shards
-
     check_options(options)
-    inputs = locate_inputs(options)
+    inputs = locate_inputs(options)  # writes nothing; says first what is wrong with the inputs
+    refuse_overlap(options.out, {"--mimic-root": options.mimic_root, "--image-root": options.image_root})
+    shards.refuse_foreign_out(options.out)
     split_rows = read_csv(inputs.split_csv)
     _require_columns(split_rows, inputs.split_csv, ("dicom_id", "study_id", "subject_id", "split"))
     metadata_rows = read_csv(inputs.metadata_csv)

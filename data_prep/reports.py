@@ -14,6 +14,7 @@ Everything here is a pure function of its input; nothing reads files.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,10 +95,17 @@ class DecodedText:
 
 
 def decode_report(raw: bytes) -> DecodedText:
-    """Decode report bytes: UTF-8 (a BOM is dropped); if that fails, Windows-1252; if that fails
-    too (the five bytes cp1252 leaves undefined), Latin-1, which decodes every byte. MIMIC-CXR
-    reports are ASCII, so a fallback marks a damaged or foreign file; it is counted in the
-    manifest (note ``report_not_utf8``) rather than failed, since the text is still usable."""
+    """Decode report bytes: UTF-16 when the file starts with a UTF-16 byte-order mark (what
+    Windows editors save as "Unicode"); else UTF-8 (a BOM is dropped); if that fails,
+    Windows-1252; if that fails too (the five bytes cp1252 leaves undefined), Latin-1, which
+    decodes every byte. MIMIC-CXR reports are ASCII, so anything but UTF-8 marks a damaged or
+    foreign file; it is counted in the manifest (note ``report_not_utf8``) rather than failed,
+    since the text is still usable."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return DecodedText(raw.decode("utf-16"), "utf-16")
+        except UnicodeDecodeError:
+            pass  # a BOM-like start of a cp1252/latin-1 file ("\xff\xfe" is "ÿþ")
     for encoding in ("utf-8-sig", "cp1252", "latin-1"):
         try:
             return DecodedText(raw.decode(encoding), "utf-8" if encoding == "utf-8-sig" else encoding)
@@ -120,10 +128,11 @@ def normalize_section_name(header: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """Collapse every run of whitespace (spaces, tabs, line breaks) to one space and strip.
-    ``___`` (de-identified spans) is kept as written: it marks where a name or date was and
-    appears in every MIMIC-CXR text a model will ever see."""
-    return _WHITESPACE.sub(" ", text).strip()
+    """Drop NUL characters (a damaged file's; a caption is C-string text to many tools), collapse
+    every run of whitespace (spaces, tabs, line breaks) to one space and strip. ``___``
+    (de-identified spans) is kept as written: it marks where a name or date was and appears in
+    every MIMIC-CXR text a model will ever see."""
+    return _WHITESPACE.sub(" ", text.replace("\0", "")).strip()
 
 
 def parse_sections(text: str) -> dict[str, str]:
@@ -134,7 +143,7 @@ def parse_sections(text: str) -> dict[str, str]:
     an empty template line followed by the real one, so an empty later section does not replace
     a non-empty earlier one of the same name). A ``FINAL REPORT`` title line is dropped.
     """
-    text = _TITLE_LINE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _TITLE_LINE.sub("", text.replace("\0", "").replace("\r\n", "\n").replace("\r", "\n"))
     sections: dict[str, str] = {}
     matches = list(_HEADER.finditer(text))
     preamble = clean_text(text[: matches[0].start()] if matches else text)

@@ -8,7 +8,7 @@ Layout of one split, ``OUT/<split>/``::
 
 and ``OUT/.prep-state/<split>-000000.json``: one record per finished shard (its plan digest,
 the keys written, the samples that failed with their reasons, the handled-condition notes, its
-size and SHA-256).
+size and SHA-256); ``OUT/.prep-state/<split>-000003.writing`` while its ``.partial`` exists.
 
 Plan. A split's samples are in a fixed order (see mimic.py); shard ``k`` holds samples
 ``[k * shard_size, (k + 1) * shard_size)`` of that order minus the ones that fail to render, so
@@ -34,6 +34,13 @@ carry the current plan digest, its size and SHA-256 must match the record, and r
 with ``tarfile`` must give exactly the recorded keys, each with its members. Verified shards
 are kept as they are; anything else is rewritten. Shards of an older plan beyond the current
 one are removed, so ``sizes.json`` and the directory agree.
+
+Never deleting what this tool did not write: a file is removed or replaced only when a record
+in ``.prep-state/`` says this tool wrote it (a shard: its record, with the same size and
+SHA-256 for a shard beyond the plan; a ``.partial``: its ``.writing`` marker). A planned shard
+name held by a file without a record stops the run with a message; an unplanned one is left
+where it is. Every member name is ``<key>.<extension>`` with a key of ``[A-Za-z0-9_-]`` only
+(``paths.safe_key``), so no member can extract outside its folder.
 """
 
 from __future__ import annotations
@@ -56,10 +63,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import PrepError
+from .paths import is_safe_key
 
 STATE_DIR = ".prep-state"
 SIZES_FILE = "sizes.json"
 PARTIAL_SUFFIX = ".partial"
+WRITING_SUFFIX = ".writing"  # marker in STATE_DIR: this run created the shard's .partial
 # Fixed tar header fields: no time, no user of this machine ends up in a shard.
 TAR_MTIME = 0
 TAR_USER = TAR_GROUP = "tier-openclip"
@@ -192,13 +201,17 @@ class ShardFile:
         self.path = split_dir / plan.name
         self.partial = split_dir / f".{plan.name}{PARTIAL_SUFFIX}"
         self.record_path = state_dir / f"{Path(plan.name).stem}.json"
+        self.marker = state_dir / f"{Path(plan.name).stem}{WRITING_SUFFIX}"
         self.record = ShardRecord(plan.name, plan.digest, [], [])
+        self.marker.touch()  # before the partial exists: a rerun may then remove the partial
         self.handle = open(self.partial, "wb")
         self.writer = wds.TarWriter(
             self.handle, user=TAR_USER, group=TAR_GROUP, mode=TAR_MODE, mtime=TAR_MTIME, encoder=False
         )
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
+        if not is_safe_key(key) or not all(is_safe_key(ext.replace(".", "_")) for ext in files):
+            raise ValueError(f"unsafe sample key or extension {key!r} {sorted(files)}: keys come from paths.safe_key")
         extensions = sorted(files)
         if not self.record.extensions:
             self.record.extensions = extensions
@@ -225,6 +238,7 @@ class ShardFile:
         self.record.save(self.record_path)
         os.replace(self.partial, self.path)
         _fsync_dir(self.path.parent)
+        self.marker.unlink(missing_ok=True)
         return self.record
 
     def abort(self) -> None:
@@ -234,6 +248,7 @@ class ShardFile:
             self.handle.close()
         with contextlib.suppress(FileNotFoundError):
             self.partial.unlink()
+        self.marker.unlink(missing_ok=True)
 
 
 def _kill_hook() -> tuple[str, str] | None:
@@ -347,21 +362,49 @@ def run_lock(state_dir: Path) -> Iterator[None]:
 _SHARD_FILE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
 
 
+def refuse_foreign_out(out: Path) -> None:
+    """PrepError unless ``out`` is new, empty, or an earlier prep run's (it has STATE_DIR):
+    a run overwrites manifest.json, sizes.json, ... in its --out, which must therefore be its own."""
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"--out {out} is a file, not a folder: choose a new or empty folder")
+    if out.is_dir() and not (out / STATE_DIR).is_dir() and any(out.iterdir()):
+        raise PrepError(
+            f"--out {out} is not empty and was not written by tier-openclip prep (it has no {STATE_DIR}/): "
+            "prep writes and removes files in its --out, so choose a new or empty folder"
+        )
+
+
+def _recorded(path: Path, state_dir: Path) -> bool:
+    """Whether a record says this tool wrote the shard at ``path`` with exactly these bytes."""
+    record = ShardRecord.load(state_dir / f"{path.stem}.json")
+    return (record is not None and record.name == path.name and path.stat().st_size == record.size
+            and file_sha256(path) == record.sha256)  # fmt: skip
+
+
 def prepare_split_dir(split_dir: Path, state_dir: Path, split: str, plans: Sequence[ShardPlan], log: Callable[[str], None]) -> None:
-    """Delete ``.partial`` leftovers and shards (with records) that the current plan lacks."""
+    """Delete this tool's ``.partial`` leftovers and its shards that the current plan lacks
+    (only files its records say it wrote; anything else is left where it is)."""
     split_dir.mkdir(parents=True, exist_ok=True)
     planned = {plan.name for plan in plans}
     for path in sorted(split_dir.iterdir()):
-        if path.name.endswith(PARTIAL_SUFFIX) and path.name.startswith("."):
-            path.unlink()
-            log(f"removed the unfinished {path.name} of an interrupted run")
+        if path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIX):
+            marker = state_dir / f"{Path(path.name[1 : -len(PARTIAL_SUFFIX)]).stem}{WRITING_SUFFIX}"
+            if marker.is_file():
+                path.unlink()
+                marker.unlink()
+                log(f"removed the unfinished {path.name} of an interrupted run")
             continue
         match = _SHARD_FILE.match(path.name)
         if match and match.group("split") == split and path.name not in planned:
+            if not _recorded(path, state_dir):
+                log(f"left {path.name} in place: no record says this tool wrote it (it is not in sizes.json)")
+                continue
             path.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                (state_dir / f"{path.stem}.json").unlink()
+            (state_dir / f"{path.stem}.json").unlink(missing_ok=True)
             log(f"removed {path.name}: the current inputs plan fewer shards")
+    for marker in state_dir.glob(f"{split}-*{WRITING_SUFFIX}"):  # a run killed before its partial existed
+        if not (split_dir / f".{marker.stem}.tar{PARTIAL_SUFFIX}").exists():
+            marker.unlink()
 
 
 def write_shards(
@@ -400,6 +443,11 @@ def write_shards(
             assert record is not None
             records[plan.name] = record
             continue
+        if problem == "no record of it":
+            raise PrepError(
+                f"{path} exists but no record in {state_dir} says tier-openclip prep wrote it: "
+                "move it away (or choose another --out) and run again"
+            )
         if problem != "missing":
             log(f"rewriting {plan.split}/{plan.name}: {problem}")
             path.unlink(missing_ok=True)

@@ -359,3 +359,86 @@ def render_or_die(task):
     if task.key == "die":
         os._exit(3)
     return SampleResult(task.key, {"txt": task.key.encode()})
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny release with arbitrary dicom_ids (tests/test_security_data.py)
+
+
+def id_path_is_inside(study: Path, dicom_id: str, extension: str = "dcm") -> bool:
+    """The test's own oracle for 'the image path of this id stays in its study folder'
+    (posixpath, independent of data_prep.paths)."""
+    import posixpath
+
+    name = f"{dicom_id}.{extension}"
+    if "\0" in name or name.startswith("/"):
+        return False
+    return posixpath.normpath(posixpath.join(str(study), name)).startswith(str(study) + "/")
+
+
+def tiny_dicom_bytes(rows: int = 20, cols: int = 24, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    dicom_dataset(smooth_image(rows, cols, seed, 4095), bits_stored=12, window=(2048, 4096)).save_as(
+        buffer, enforce_file_format=True
+    )
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, header: list[str], rows: list[list], encoding: str = "utf-8") -> Path:
+    """A CSV in ``encoding``; gzip'ed when ``path`` ends in .gz."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    data = buffer.getvalue().encode(encoding)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+    return path
+
+
+def build_tiny_mimic(root: Path, dicom_ids: list[str], *, report: bytes = REPORT_NORMAL_BYTES,
+                     csv_encoding: str = "utf-8", images: dict[str, bytes] | None = None,
+                     jpg: bool = False) -> tuple[Path, Path, dict[str, bool]]:  # fmt: skip
+    """``root/mimic`` (files/ with one study per id, each with ``report``; with ``jpg`` the
+    images are JPEGs, so the same folder is the ``--image-root``) and ``root/meta`` (split CSV,
+    all train, and metadata CSV, all PA, in ``csv_encoding``; no CheXpert CSV).
+
+    The image of each id (a small DICOM, or ``images[id]``; a JPEG with ``jpg``) is written
+    where the id names it, when that stays inside its study folder (:func:`id_path_is_inside`)
+    and the file system takes the name. Returns both roots and {id: image written} (first
+    occurrence of an id).
+    """
+    from PIL import Image
+
+    mimic, meta = root / "mimic", root / "meta"
+    extension = "jpg" if jpg else "dcm"
+    if jpg:
+        buffer = io.BytesIO()
+        Image.fromarray(smooth_image(20, 24, 0, 255).astype(np.uint8), mode="L").save(buffer, format="JPEG")
+        default = buffer.getvalue()
+    else:
+        default = tiny_dicom_bytes()
+    created: dict[str, bool] = {}
+    split_rows, metadata_rows = [], []
+    for i, dicom_id in enumerate(dicom_ids):
+        subject, study = 10000000 + i, 50000000 + i
+        folder = study_dir(mimic, subject, study)
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.with_suffix(".txt").write_bytes(report)
+        split_rows.append([dicom_id, study, subject, "train"])
+        metadata_rows.append([dicom_id, subject, study, "PA"])
+        if dicom_id in created:
+            continue
+        created[dicom_id] = False
+        if id_path_is_inside(folder, dicom_id, extension):
+            target = Path(f"{folder}/{dicom_id}.{extension}")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes((images or {}).get(dicom_id, default))
+                created[dicom_id] = True
+            except OSError:  # a name the file system refuses, or a file where a folder must be
+                pass
+    write_csv(meta / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"], split_rows, csv_encoding)
+    write_csv(meta / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"],
+              metadata_rows, csv_encoding)  # fmt: skip
+    return mimic, meta, created

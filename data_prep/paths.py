@@ -1,0 +1,122 @@
+"""Paths and keys built from data, made safe in one place.
+
+A CSV cell is data, not a path the person running the command chose: an id like
+``../../tmp/x`` or ``/tmp/x`` must not read or write outside the folder the path belongs to,
+and a WebDataset key must not carry a dot (webdataset splits a member name at its first dot,
+so the sample falls apart) or a slash (a member inside a folder, or outside the extraction
+folder). Every subcommand builds such paths and keys through this module.
+
+Paths are checked lexically (``..`` and absolute parts), not by following symlinks: datasets
+often live in symlinked trees, and a symlink is something the user made, not the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePath, PurePosixPath
+
+from .errors import PrepError
+
+UNSAFE_PATH = "unsafe_path"  # the named reason of a row whose path would leave its folder
+
+KEY_MAX = 80
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_HASH_CHARS = 12
+
+
+class UnsafePathError(ValueError):
+    """A path built from data does not stay inside its folder; ``reason`` is UNSAFE_PATH."""
+
+    reason = UNSAFE_PATH
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def normalized_relative(relative: str | PurePath) -> PurePosixPath:
+    """``relative`` normalised lexically (``a/./b/../c`` -> ``a/c``), when it is a relative
+    path that stays below its folder; otherwise :class:`UnsafePathError` (empty, absolute, NUL
+    byte, or ``..`` parts that climb out)."""
+    text = str(relative)
+    if not text or "\0" in text:
+        raise UnsafePathError(f"{text!r} is empty or holds a NUL byte")
+    if PurePath(text).is_absolute() or text.startswith("/"):
+        raise UnsafePathError(f"{text!r} is an absolute path")
+    normal = posixpath.normpath(text)
+    if normal in (".", "..") or normal.startswith("../"):
+        raise UnsafePathError(f"{text!r} climbs out of its folder")
+    return PurePosixPath(normal)
+
+
+def resolve_inside(root: str | os.PathLike, relative: str | PurePath) -> Path:
+    """``root / relative`` (absolute, normalised lexically), when ``relative`` names something
+    strictly inside ``root``; otherwise :class:`UnsafePathError` naming ``root``."""
+    try:
+        return Path(os.path.abspath(root)) / normalized_relative(relative)
+    except UnsafePathError as error:
+        raise UnsafePathError(f"{error.detail}: it must name a file inside {root}") from None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def safe_key(original_id: str, seen: set[str]) -> str:
+    """A WebDataset key for ``original_id``, unique among ``seen`` (and added to it).
+
+    An id made of ``[A-Za-z0-9_-]``, starting with a letter or digit and at most KEY_MAX long,
+    is its own key (MIMIC-CXR's dicom_ids are). Anything else has its unsafe characters
+    replaced by ``_`` and ``-`` plus 12 hex digits of the id's SHA-256 appended, so two ids
+    that sanitise alike still differ; a key already taken gets a further suffix until it is new.
+    """
+    key = original_id
+    if not (_KEY.fullmatch(key) and len(key) <= KEY_MAX and key not in seen):
+        stem = _UNSAFE_KEY_CHARS.sub("_", original_id)[: KEY_MAX - _HASH_CHARS - 1].lstrip("_-")
+        key = f"{stem or 'id'}-{_digest(original_id)[:_HASH_CHARS]}"
+        attempt = 0
+        while key in seen:  # only a repeated id or a 48-bit collision gets here
+            attempt += 1
+            salted = f"{original_id}\x00{attempt}"
+            key = f"{stem or 'id'}-{_digest(salted)[:_HASH_CHARS]}"
+    seen.add(key)
+    return key
+
+
+def is_safe_key(key: str) -> bool:
+    """Whether ``key`` is a WebDataset key that survives webdataset's and open_clip's readers:
+    ``[A-Za-z0-9_-]``, starting with a letter or digit (no dot, no slash, no ``__meta__``)."""
+    return _KEY.fullmatch(key) is not None
+
+
+def is_safe_member_name(name: str) -> bool:
+    """A tar member name that extracts inside the extraction folder: non-empty, relative, no
+    NUL, no backslash, no empty, ``.`` or ``..`` part."""
+    if not name or "\0" in name or "\\" in name or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _inside_or_same(path: Path, root: Path) -> bool:
+    path, root = path.resolve(), root.resolve()
+    return path == root or root in path.parents
+
+
+def refuse_overlap(out: Path, flag_roots: Mapping[str, Path | None], *, out_flag: str = "--out",
+                   both_ways: bool = False) -> None:  # fmt: skip
+    """PrepError when ``out`` is one of the input roots or inside one, or (``both_ways``) a root
+    is inside ``out``. Symlinks are resolved: this is about the real files a run writes or removes."""
+    for flag, root in flag_roots.items():
+        if root is None:
+            continue
+        if _inside_or_same(out, root):
+            raise PrepError(f"{out_flag} {out} is inside {flag} {root}: prep would write among (and could "
+                            f"overwrite) its inputs; choose an {out_flag} outside it")  # fmt: skip
+        if both_ways and _inside_or_same(root, out):
+            raise PrepError(f"{flag} {root} is inside {out_flag} {out}: prep writes and removes files there; "
+                            f"keep the inputs outside {out_flag}")  # fmt: skip

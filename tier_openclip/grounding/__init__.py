@@ -1,0 +1,78 @@
+"""Phrase grounding, the field's way (BioViL on MS-CXR: Boecking et al., ECCV 2022).
+
+A grounding set (``tier-openclip prep ms-cxr``, or the phantom's test set) is a folder in the
+evaluation layout ``tier-openclip-eval/1``:
+
+    meta.json        {"format": "tier-openclip-eval/1", "dataset", "labels", "image_size", "box_format"}
+    images/...       the images (paths relative to the folder)
+    boxes.csv        image,finding,phrase,x0,y0,x1,y1: one row per box, in pixels of the stored
+                     image, half-open; the rows of one (image, phrase) are one phrase whose region
+                     is the union of its boxes
+    prior_boxes.csv  optional finding,x0,y0,x1,y1: boxes of a training split (image-free prior)
+
+A pixel (column c, row r) is inside a box when its centre (c + ½, r + ½) is.
+
+Maps. Each phrase gets a similarity map over the model's patch grid (patch tokens of
+``features.token_features``, all L2-normalised):
+- ``tokens`` (default): the mean over the phrase's valid tokens (the tower's ``text_mask``: no
+  padding, and no start token for causal CLIP text, whose output is the same for every text) of
+  each token's cosine similarity to each patch — what TIER's entropies act on;
+- ``pooled``: the cosine similarity of the pooled phrase embedding (the one zero-shot scores
+  use) to each patch.
+The grid map is interpolated bilinearly at every pixel centre of the stored image, undoing
+open_clip's validation preprocessing (resize keeping the aspect ratio + centre crop; its
+``longest`` and ``squash`` modes too): one interpolation, equal to
+``F.interpolate(mode="bilinear", align_corners=False)`` when the stored image is the model's input.
+Pixels the model never saw (cut off by the crop) are NaN and left out of every metric.
+
+Metrics, per phrase (pure functions of a map and a region mask):
+- CNR = |μ_in − μ_out| / √(σ²_in + σ²_out + ε) over the pixels inside / outside the region,
+  population variances, ε = CNR_EPS = 1e-8: a map constant on each side (the ideal map) gets
+  |Δμ|·10⁴ instead of a division by zero. 0 when either side has no pixel. BioViL reports it.
+- pointing game: 1 when the map's maximum lies in the region. When pixels tie for the maximum,
+  the share of them inside (the expected hit of picking one at random): a flat map scores the
+  region's share of the image, not whatever pixel comes first.
+- mIoU: the map min–max normalised to [0, 1]; the IoU of {map ≥ t} with the region, averaged
+  over t = 0.1, 0.2, 0.3, 0.4, 0.5. A constant map predicts nothing: 0.
+Means over phrases, per finding and overall, with percentile bootstrap intervals that resample
+the phrases (seeded; per finding within that finding's phrases).
+
+Baselines, always beside them, from the same metric functions on the same regions:
+- random patch: pointing = the share of the patch centres (in stored pixels) whose pixel lies in
+  the region, the expected pointing of a uniformly random patch; CNR and mIoU: the mean over
+  ``random_draws`` maps of i.i.d. uniform patch values (seeded), upsampled like the model's.
+- image-free prior: the finding's mean box-indicator map, from prior_boxes.csv (training boxes,
+  in the frame of meta.json's image_size) or, without it, leave-one-image-out over the set itself
+  (the finding's boxes on the other images; each box scaled from its image's size to the one it
+  is drawn on). A reader sees whether a model beats "pointing where the finding usually is".
+
+Modules: ``layout`` (the set, read and written), ``metrics`` (pure), ``maps`` (patch grid to
+stored image), ``baselines``, ``evaluator`` (model maps, results, markdown, training hook, CLI).
+Used three ways, with one results schema: ``tier-openclip eval grounding`` (JSON + markdown),
+``grounding_evaluate`` (Python) and ``grounding_during_training`` (``--tier-grounding DIR``).
+"""
+
+from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_pointing, random_map_metrics
+from tier_openclip.grounding.evaluator import (
+    PHRASE_MODES, add_grounding_parser, check_training_dir, grounding_during_training, grounding_evaluate,
+    grounding_markdown, phrase_embeddings, run_grounding, summarise, training_metrics,
+)
+from tier_openclip.grounding.layout import (
+    BOX_COLUMNS, BOX_FORMAT, BOXES_CSV, FORMAT, META_JSON, PRIOR_BOXES_CSV, PRIOR_COLUMNS, Box, GroundingPhrase,
+    GroundingSet, box_covers_pixels, grounding_meta, read_grounding_set, region_mask, write_boxes_csv,
+    write_prior_boxes_csv,
+)
+from tier_openclip.grounding.maps import MapGeometry, grid_shape, input_frame, resize_mode_of, upsample_maps
+from tier_openclip.grounding.metrics import (
+    CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, cnr, grounding_metrics, miou, pointing_game,
+)
+
+__all__ = [
+    "BOX_COLUMNS", "BOX_FORMAT", "BOXES_CSV", "CNR_EPS", "FORMAT", "META_JSON", "METRICS", "PHRASE_MODES",
+    "PRIOR_BOXES_CSV", "PRIOR_COLUMNS", "PRIOR_SOURCES", "THRESHOLDS", "Box", "GroundingPhrase", "GroundingSet",
+    "MapGeometry", "PriorMaps", "add_grounding_parser", "bootstrap_means", "box_covers_pixels", "chance_pointing",
+    "check_training_dir", "cnr", "grid_shape", "grounding_during_training", "grounding_evaluate",
+    "grounding_markdown", "grounding_meta", "grounding_metrics", "input_frame", "miou", "phrase_embeddings",
+    "pointing_game", "random_map_metrics", "read_grounding_set", "region_mask", "resize_mode_of", "run_grounding",
+    "summarise", "training_metrics", "upsample_maps", "write_boxes_csv", "write_prior_boxes_csv",
+]

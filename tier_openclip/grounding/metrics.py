@@ -1,0 +1,76 @@
+"""Grounding metrics: pure functions of a map (NaN where the model saw nothing) and a region
+mask, numpy in, numbers out, and the bootstrap of their means. Definitions in the package docstring."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from tier_openclip.grounding.layout import Box, region_mask
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+CNR_EPS = 1e-8
+METRICS = ("cnr", "pointing_game", "miou")
+
+
+def cnr(saliency: np.ndarray, region: np.ndarray, eps: float = CNR_EPS) -> float:
+    """|μ_in − μ_out| / √(σ²_in + σ²_out + eps) over the map's non-NaN pixels; 0 if a side is empty."""
+    valid = ~np.isnan(saliency)
+    inside, outside = saliency[region & valid], saliency[~region & valid]
+    if inside.size == 0 or outside.size == 0:
+        return 0.0
+    return float(abs(inside.mean() - outside.mean()) / math.sqrt(inside.var() + outside.var() + eps))
+
+
+def pointing_game(saliency: np.ndarray, region: np.ndarray) -> float:
+    """1 when the maximum is in the region; with ties, the share of the maximal pixels inside."""
+    valid = ~np.isnan(saliency)
+    if not valid.any():
+        return 0.0
+    top = valid & (saliency == np.nanmax(saliency))
+    return float((top & region).sum() / top.sum())
+
+
+def miou(saliency: np.ndarray, region: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> float:
+    """Mean over thresholds t of IoU({normalised map ≥ t}, region), on the non-NaN pixels."""
+    valid = ~np.isnan(saliency)
+    if not valid.any():
+        return 0.0
+    low, high = np.nanmin(saliency), np.nanmax(saliency)
+    if not high > low:  # a flat map predicts no region
+        return 0.0
+    normalised = (saliency - low) / (high - low)
+    target = region & valid
+    in_target = np.count_nonzero(target)
+    ious = []
+    for threshold in thresholds:
+        predicted = normalised >= threshold  # False where NaN
+        both = np.count_nonzero(predicted & target)
+        union = np.count_nonzero(predicted) + in_target - both
+        ious.append(both / union if union else 0.0)
+    return float(np.mean(ious))
+
+
+def grounding_metrics(saliency: np.ndarray, region: np.ndarray | Sequence[Box]) -> dict[str, float]:
+    """CNR, pointing game and mIoU of one map; ``region`` is a bool mask or boxes (x0, y0, x1, y1)."""
+    saliency = np.asarray(saliency, dtype=np.float64)
+    if not isinstance(region, np.ndarray) or region.dtype != bool:
+        region = region_mask(region, *saliency.shape)
+    if region.shape != saliency.shape:
+        raise ValueError(f"region {region.shape} and map {saliency.shape} differ in shape")
+    return {"cnr": cnr(saliency, region), "pointing_game": pointing_game(saliency, region), "miou": miou(saliency, region)}
+
+
+def bootstrap_means(values: np.ndarray, resamples: int, seed: int, confidence: float = 0.95) -> list[list[float] | None]:
+    """Percentile intervals of the column means of ``values`` (phrases, metrics) over resamples
+    of the phrases with replacement (seeded); None per column without resamples."""
+    from tier_openclip.evaluate import resample_counts
+
+    n = values.shape[0]
+    if resamples <= 0 or n == 0:
+        return [None] * values.shape[1]
+    means = np.concatenate([counts @ values / n for counts in resample_counts(n, resamples, seed)])
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
+    return [[float(lo), float(hi)] for lo, hi in zip(low, high)]

@@ -386,7 +386,9 @@ def test_cli_help_and_wrong_dataset(chexpert_set, capsys):
     for flag in ("--model", "--pretrained", "--dataset", "--data", "--labels", "--prompts", "--out", "--bootstrap",
                  "--min-positives"):
         assert flag in help_text
-    with pytest.raises(SystemExit, match="holds a chexpert set, not padchest; pass --dataset chexpert"):
+    from tier_openclip.errors import UsageError
+
+    with pytest.raises(UsageError, match="holds a chexpert set, not padchest; pass --dataset chexpert"):
         run_cli(["eval", "zeroshot", "--model", "TIER-tiny", "--dataset", "padchest", "--data", str(chexpert_set)])
 
 

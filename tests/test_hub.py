@@ -21,6 +21,7 @@ from PIL import Image
 
 from helpers import register_config, tower_configs
 from tier_openclip import hub
+from tier_openclip.errors import CommandError, UsageError
 
 REPO = "tier-lab/tier-test"
 TEXTS = ["pleural effusion", "no pleural effusion", "mild cardiomegaly with small left effusion"]
@@ -121,7 +122,10 @@ def test_clip_text_model_round_trips_through_local_dir_and_hf_hub(tmp_path, xray
     assert run_cli(["push", "--checkpoint", str(checkpoint), "--model", "TIER-tiny", "--repo-id", REPO,
                     "--local-dir", str(out)]) == 0
     assert "Wrote" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "open_clip_config.json", "open_clip_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".cache", "README.md", "open_clip_config.json",
+                                                     "open_clip_model.safetensors"]
+    record = json.loads((out / hub.EXPORT_RECORD).read_text())  # where huggingface_hub never uploads from
+    assert record["files"] == ["README.md", "open_clip_config.json", "open_clip_model.safetensors"]
     config = json.loads((out / "open_clip_config.json").read_text())
     assert config["model_cfg"] == open_clip.get_model_config("TIER-tiny")
     assert set(config["preprocess_cfg"]) >= {"mean", "std"}
@@ -267,29 +271,31 @@ def test_upload_without_a_token_says_how_to_log_in(tmp_path, monkeypatch):
     register_model_configs()
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.instances.clear()
     model, _, _ = build("TIER-tiny")
     checkpoint = save_train_checkpoint(model, tmp_path / "run")
-    with pytest.raises(SystemExit, match="set HF_TOKEN or run `hf auth login`"):
+    with pytest.raises(UsageError, match="set HF_TOKEN or run `hf auth login`"):
         run_cli(["push", "--checkpoint", str(checkpoint), "--model", "TIER-tiny", "--repo-id", REPO])
+    assert FakeHfApi.instances == []  # refused before any export or upload
 
 
 def test_errors_say_what_was_wrong(tmp_path, capsys):
     from tier_openclip.plugin import register_model_configs
 
     register_model_configs()
-    with pytest.raises(SystemExit, match="must be ORG/NAME"):
+    with pytest.raises(UsageError, match="must be ORG/NAME"):
         run_cli(["push", "--checkpoint", "x.pt", "--model", "TIER-tiny", "--repo-id", "just-a-name"])
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(UsageError, match="no such file"):
         run_cli(["push", "--checkpoint", str(tmp_path / "missing.pt"), "--model", "TIER-tiny", "--repo-id", REPO,
                  "--local-dir", str(tmp_path / "out")])
     model, _, _ = build("TIER-tiny")
     checkpoint = save_train_checkpoint(model, tmp_path / "run", params={"model": "TIER-tiny"})
     name = register_config(tmp_path / "configs", "hubtest-other", tower_configs()["vit"])
-    with pytest.raises(SystemExit, match="does not fit model 'hubtest-other' \\(params.txt says the run trained 'TIER-tiny'\\)"):
+    with pytest.raises(CommandError, match="does not fit model 'hubtest-other' \\(params.txt says the run trained 'TIER-tiny'\\)"):
         run_cli(["push", "--checkpoint", str(checkpoint), "--model", name, "--repo-id", REPO, "--local-dir", str(tmp_path / "o")])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "old.bin").write_bytes(b"")
-    with pytest.raises(SystemExit, match="not empty; choose a new folder or pass --overwrite"):
+    with pytest.raises(UsageError, match="not empty; choose a new folder or pass --overwrite"):
         run_cli(["push", "--checkpoint", str(checkpoint), "--model", "TIER-tiny", "--repo-id", REPO,
                  "--local-dir", str(tmp_path / "full")])
     with pytest.raises(SystemExit):

@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from tier_openclip.errors import CommandError, UsageError, input_file
+
 TOP_K_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
 
 
@@ -124,14 +126,20 @@ class BoxRow:
 
 
 def read_boxes(path: Path) -> list[BoxRow]:
-    """Rows of image, phrase (or finding + prompt), x0, y0, x1, y1; images relative to the CSV."""
+    """Rows of image, phrase (or finding + prompt), x0, y0, x1, y1; images relative to the CSV.
+
+    CommandError naming the row when a column is missing or a coordinate is not a number."""
     rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
             phrase = row.get("prompt") or row.get("phrase") or row.get("finding")
-            if not phrase:
-                raise ValueError(f"{path}: each row needs a 'phrase' (or 'prompt'/'finding') column")
-            box = tuple(float(row[key]) for key in ("x0", "y0", "x1", "y1"))
+            if not phrase or not row.get("image"):
+                raise CommandError(f"{path} row {number}: each row needs an 'image' and a 'phrase' (or "
+                                   "'prompt'/'finding') column")
+            try:
+                box = tuple(float(row[key]) for key in ("x0", "y0", "x1", "y1"))
+            except (KeyError, TypeError, ValueError):
+                raise CommandError(f"{path} row {number}: x0, y0, x1, y1 must be numbers (pixels of the image)") from None
             rows.append(BoxRow(path.parent / row["image"], phrase, box))  # type: ignore[arg-type]
     return rows
 
@@ -213,20 +221,36 @@ def plot_rank_curves(summaries: dict[str, dict], out_path: Path) -> None:
 
 
 def analyze(args: argparse.Namespace) -> int:
-    from tier_openclip.models import load_model
+    from tier_openclip.models import check_pretrained, load_model
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = {"model": args.pretrained}
     if args.baseline:
+        if args.label == args.baseline_label:
+            raise UsageError(f"--label and --baseline-label are both {args.label!r}: the two checkpoints need "
+                             "different names in analysis.json and the plots")
         checkpoints = {args.label: args.pretrained, args.baseline_label: args.baseline}
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise UsageError(f"--num-samples and --batch-size must be >= 1 (got {args.num_samples} and {args.batch_size})")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder for analysis.json and rank_curves.png")
+    boxes = read_boxes(input_file(args.boxes, "--boxes")) if args.boxes else None
+    for pretrained in checkpoints.values():
+        check_pretrained(args.model, pretrained)
+    out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for label, pretrained in checkpoints.items():
         loaded = load_model(args.model, pretrained, device=args.device)
-        batches = shard_batches(args.data, loaded.preprocess, loaded.tokenizer, args.num_samples, args.batch_size)
-        results[label] = accumulate_similarity_stats(loaded.model, batches, device=args.device).summary()
-        if args.boxes:
-            results[label]["pointing_game"] = pointing_game(loaded, read_boxes(Path(args.boxes)), device=args.device)
+        try:
+            batches = shard_batches(args.data, loaded.preprocess, loaded.tokenizer, args.num_samples, args.batch_size)
+            results[label] = accumulate_similarity_stats(loaded.model, batches, device=args.device).summary()
+        except (OSError, ValueError) as exc:  # missing or broken shards, samples without image or text
+            raise CommandError(f"--data {args.data}: {exc}") from None
+        if boxes is not None:
+            try:
+                results[label]["pointing_game"] = pointing_game(loaded, boxes, device=args.device)
+            except (OSError, ValueError) as exc:  # a box's image missing or unreadable
+                raise CommandError(f"--boxes {args.boxes}: {exc}") from None
     plot_rank_curves(results, out_dir / "rank_curves.png")
     (out_dir / "analysis.json").write_text(json.dumps(results, indent=2))
     for label, summary in results.items():

@@ -3,6 +3,10 @@
 Each subcommand lives in its own module, whose function below adds its parser (with
 ``set_defaults(func=...)``) and which keeps torch/open_clip imports inside the function it runs,
 so ``--help`` stays fast.
+
+Errors reach the user as one line, ``tier-openclip <command>: <message>``, never a traceback:
+subcommands raise ``tier_openclip.errors.UsageError`` (exit status 2: the command line is wrong)
+or ``CommandError`` (exit status 1: what the command read or did failed), and ``main`` prints them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib
 import sys
 
 from tier_openclip import __version__
+from tier_openclip.errors import TierOpenclipError
 
 # subcommand -> "module:function(subparsers)"
 SUBCOMMANDS = {
@@ -41,7 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    command = " ".join(filter(None, (args.command, getattr(args, "eval_task", None))))
+    try:
+        return int(args.func(args) or 0)
+    except TierOpenclipError as exc:
+        print(f"tier-openclip {command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # disk full, permissions, a vanished mount: the environment, not a bug
+        print(f"tier-openclip {command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tier-openclip {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -69,6 +69,36 @@ def _parse_target(value: str, where: str) -> float:
     return number
 
 
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """An evaluation set's meta.json ({} when it has none); ValueError when it is not the object
+    `tier-openclip prep` writes."""
+    path = Path(directory) / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); make the set again with `tier-openclip prep`") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not the object `tier-openclip prep` writes")
+    for key in ("labels", "competition_labels"):
+        if meta.get(key) is not None and not (isinstance(meta[key], list) and all(isinstance(x, str) for x in meta[key])):
+            raise ValueError(f"{path}: {key!r} must be a list of label names")
+    if meta.get("dataset") is not None and not isinstance(meta["dataset"], str):
+        raise ValueError(f"{path}: 'dataset' must be a name such as 'chexpert'")
+    return meta
+
+
+def _image_inside(directory: Path, relative: str, where: str) -> Path:
+    """An image path of labels.csv, which must name a file inside the set's folder."""
+    from tier_openclip.data_prep.paths import UnsafePathError, resolve_inside
+
+    try:
+        return resolve_inside(directory, relative)
+    except UnsafePathError as error:
+        raise ValueError(f"{where}: image {error.detail}") from None
+
+
 def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) -> EvalSet:
     """labels.csv and meta.json of an evaluation set; ``labels`` selects columns (default: meta's labels)."""
     import numpy as np
@@ -77,7 +107,7 @@ def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) ->
     csv_path, meta_path = directory / "labels.csv", directory / "meta.json"
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path} not found: make the evaluation set with `tier-openclip prep chexpert|padchest`")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_meta(directory)
     with csv_path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = [c for c in reader.fieldnames or [] if c != "image"]
@@ -100,7 +130,7 @@ def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) ->
         [[_parse_target(row[name] or "", f"{csv_path} row {i + 2}, {name}") for name in selected] for i, row in enumerate(rows)],
         dtype=np.float64,
     ).reshape(len(rows), len(selected))
-    images = [directory / row["image"] for row in rows]
+    images = [_image_inside(directory, row["image"] or "", f"{csv_path} row {i + 2}") for i, row in enumerate(rows)]
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images listed in {csv_path} do not exist, e.g. {missing[:3]}")
@@ -257,8 +287,21 @@ class _ImageFiles:
     def __getitem__(self, i: int):
         from PIL import Image
 
-        with Image.open(self.paths[i]) as image:
-            return self.preprocess(image.convert("RGB"))
+        # A file that is not an image comes back as its message (collated by _stack_or_errors):
+        # raised inside a DataLoader worker, its error would reach the user wrapped in a traceback.
+        try:
+            with Image.open(self.paths[i]) as image:
+                return self.preprocess(image.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 -- UnidentifiedImageError, truncated files (OSError), ...
+            return f"{self.paths[i]} is not a readable image ({type(exc).__name__}: {exc})"
+
+
+def _stack_or_errors(items: list):
+    """The batch tensor, or the list of messages of the images that could not be read."""
+    import torch
+
+    errors = [item for item in items if isinstance(item, str)]
+    return errors if errors else torch.stack(items)
 
 
 def prompt_embeddings(model: Any, tokenizer: Callable, prompt_sets: Mapping[str, PromptSet], device: str):
@@ -293,12 +336,14 @@ def zeroshot_scores(
     model = adapter.unwrap_model(model)
     dtype = next(model.visual.parameters()).dtype  # fp16/bf16 models take images in their dtype
     loader = torch.utils.data.DataLoader(_ImageFiles(images, preprocess), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
+                                         num_workers=num_workers, shuffle=False, collate_fn=_stack_or_errors)
     with torch.inference_mode():
         classes = prompt_embeddings(model, tokenizer, prompt_sets, device)
         logit_scale = model.logit_scale.exp().float()
         scores = []
         for batch in loader:
+            if isinstance(batch, list):
+                raise ValueError(batch[0] + (f" (and {len(batch) - 1} more in this batch)" if len(batch) > 1 else ""))
             features = model.encode_image(batch.to(device=device, dtype=dtype), normalize=True).float()
             logits = logit_scale * torch.einsum("ne,lke->nlk", features, classes)
             scores.append(logits.softmax(dim=-1)[..., 0].cpu())
@@ -414,23 +459,35 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
         return {}
 
     inner = adapter.unwrap_model(model)
-    tokenizer = adapter.symbol("get_tokenizer")(args.model)
-    preprocess_cfg = adapter.symbol("PreprocessCfg")(**adapter.symbol("get_model_preprocess_cfg")(inner))
-    preprocess = adapter.symbol("image_transform_v2")(preprocess_cfg, is_train=False)
     was_training = inner.training
-    inner.eval()
     metrics: dict[str, float] = {}
     try:
+        tokenizer = adapter.symbol("get_tokenizer")(args.model)
+        preprocess_cfg = adapter.symbol("PreprocessCfg")(**adapter.symbol("get_model_preprocess_cfg")(inner))
+        preprocess = adapter.symbol("image_transform_v2")(preprocess_cfg, is_train=False)
+        inner.eval()
         for dataset, directory in sets:
-            results = zeroshot_evaluate(
-                inner, preprocess, tokenizer, directory, bootstrap=0, batch_size=getattr(args, "batch_size", 64),
-                device=str(getattr(args, "device", "cpu")), num_workers=getattr(args, "workers", 0),
-            )
-            if results["dataset"] not in (None, dataset):
-                raise ValueError(f"--tier-zeroshot-{dataset} {directory} holds a {results['dataset']} set (meta.json)")
+            # The folders were checked at start-up (check_training_set); whatever still fails here
+            # (a file changed since, memory) is logged: it must not cost the run its checkpoint.
+            try:
+                results = zeroshot_evaluate(
+                    inner, preprocess, tokenizer, directory, bootstrap=0, batch_size=getattr(args, "batch_size", 64),
+                    device=str(getattr(args, "device", "cpu")), num_workers=getattr(args, "workers", 0),
+                )
+                if results["dataset"] not in (None, dataset):
+                    raise ValueError(f"{directory} holds a {results['dataset']} set (meta.json)")
+            except Exception as exc:  # noqa: BLE001
+                logging.error(f"Zero-shot evaluation on --tier-zeroshot-{dataset} {directory} failed after epoch "
+                              f"{completed_epoch}; training goes on: {type(exc).__name__}: {exc}")
+                continue
             metrics.update(training_metrics(results, dataset))
+    except Exception as exc:  # noqa: BLE001 -- building the tokenizer or transform
+        logging.error(f"Zero-shot evaluation failed after epoch {completed_epoch}; training goes on: "
+                      f"{type(exc).__name__}: {exc}")
     finally:
         inner.train(was_training)
+    if not metrics:
+        return {}
 
     logging.info(f"Zero-shot Epoch: {completed_epoch} " + "\t".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
     if getattr(args, "save_logs", True) and getattr(args, "checkpoint_path", None):
@@ -446,12 +503,28 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
     return metrics
 
 
+def check_training_set(dataset: str, directory: str | None) -> str | None:
+    """Why --tier-zeroshot-<dataset> DIR cannot be evaluated (read at start-up, before any training), or None."""
+    if not directory:
+        return None
+    try:
+        eval_set = read_eval_set(directory)
+    except (OSError, ValueError) as exc:
+        return f"--tier-zeroshot-{dataset} {directory}: {exc}"
+    if eval_set.dataset not in (None, dataset):
+        return (f"--tier-zeroshot-{dataset} {directory} holds a {eval_set.dataset} set (meta.json); "
+                f"pass it as --tier-zeroshot-{eval_set.dataset}")
+    return None
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
 def add_eval_parser(subparsers: Any) -> None:
-    """`tier-openclip eval zeroshot ...`"""
-    parser = subparsers.add_parser("eval", help="Evaluate a model (zero-shot chest X-ray classification).",
+    """`tier-openclip eval zeroshot ...` and `tier-openclip eval grounding ...` (tier_openclip/grounding.py)"""
+    from tier_openclip.grounding import add_grounding_parser
+
+    parser = subparsers.add_parser("eval", help="Evaluate a model (zero-shot classification, phrase grounding).",
                                    description="Evaluate a trained model.")
     tasks = parser.add_subparsers(dest="eval_task", metavar="TASK", required=True)
     zs = tasks.add_parser(
@@ -489,39 +562,61 @@ def add_eval_parser(subparsers: Any) -> None:
     zs.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
     zs.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
     zs.set_defaults(func=run_zeroshot)
+    add_grounding_parser(tasks)
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     import torch
 
-    from tier_openclip.models import load_model
+    from tier_openclip.errors import CommandError, UsageError, input_file, output_file
+    from tier_openclip.models import check_pretrained, load_model
 
-    if args.bootstrap < 0 or not 0 < args.confidence < 1:
-        raise SystemExit("tier-openclip eval zeroshot: --bootstrap must be >= 0 and --confidence in (0, 1)")
+    # Everything the command line alone can show wrong is checked before the model loads.
+    if args.bootstrap < 0 or not 0 < args.confidence < 1 or args.batch_size < 1 or args.workers < 0:
+        raise UsageError("--bootstrap must be >= 0, --confidence in (0, 1), --batch-size >= 1 and --workers >= 0")
     data = Path(args.data)
-    meta_path = data / "meta.json"
-    if meta_path.is_file():  # check before loading a large model
-        found = json.loads(meta_path.read_text()).get("dataset")
-        if found and found != args.dataset:
-            raise SystemExit(f"tier-openclip eval zeroshot: --data {data} holds a {found} set, not {args.dataset}; "
-                             f"pass --dataset {found}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: no such folder")
+    if not (data / "labels.csv").is_file():
+        raise UsageError(f"--data {data} is not an evaluation set (no labels.csv): make one with "
+                         "`tier-openclip prep chexpert|padchest`")
+    if args.prompts:
+        input_file(args.prompts, "--prompts")
+    out = output_file(args.out, "--out", example="results.json", make_parent=True) if args.out else None
+    if out is not None and out.with_suffix(".md") == out:
+        raise UsageError(f"--out {out}: the table goes next to the JSON as {out.name}; name the JSON e.g. "
+                         f"{out.with_suffix('.json').name}")
+    check_pretrained(args.model, args.pretrained)
     try:
-        loaded = load_model(args.model, args.pretrained, device=device)
+        eval_set = read_eval_set(data)
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    if eval_set.dataset and eval_set.dataset != args.dataset:
+        raise UsageError(f"--data {data} holds a {eval_set.dataset} set, not {args.dataset}; pass --dataset {eval_set.dataset}")
+    known = {label.lower() for label in eval_set.labels}
+    unknown = [label for label in args.labels or () if label.lower() not in known]
+    if unknown:
+        raise UsageError(f"--labels {unknown} are not labels of {data}; it has: {', '.join(eval_set.labels)}")
+    try:
+        resolve_prompts(eval_set.labels, args.prompts)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--prompts {args.prompts}: {exc}") from None
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_model(args.model, args.pretrained, device=device)
+    try:
         results = zeroshot_evaluate(
             loaded.model, loaded.preprocess, loaded.tokenizer, data, labels=args.labels, prompts=args.prompts,
             bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=device,
             min_positives=args.min_positives, confidence=args.confidence, num_workers=args.workers,
         )
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"tier-openclip eval zeroshot: {exc}") from None
+    except (OSError, ValueError) as exc:  # an image that cannot be read, a file changed meanwhile
+        raise CommandError(str(exc)) from None
     results = {"model": args.model, "pretrained": args.pretrained, "prompts_file": args.prompts, **results}
     results["dataset"] = results["dataset"] or args.dataset
     table = results_markdown(results)
     print(table, end="")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")
         out.with_suffix(".md").write_text(table)
         print(f"\nWrote {out} and {out.with_suffix('.md')}")

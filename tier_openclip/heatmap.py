@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tier_openclip.errors import CommandError, UsageError, input_file, output_file
+
 
 @dataclass
 class SimilarityMap:
@@ -23,17 +25,25 @@ class SimilarityMap:
 
 
 def load_image(path: str | Path):
-    """An RGB PIL image from a .dcm (LUTs applied, MONOCHROME1 inverted), .png or .jpg file."""
+    """An RGB PIL image from a .dcm (LUTs applied, MONOCHROME1 inverted), .png or .jpg file.
+
+    UsageError when there is no such file, CommandError when it cannot be read as an image."""
     from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--image {path}: no such file")
+    path = input_file(path, "--image")
     if path.suffix.lower() in (".dcm", ".dicom"):
-        from tier_openclip.data_prep.images import dicom_to_uint8
+        from tier_openclip.data_prep.images import ImageError, dicom_to_uint8
 
-        return dicom_to_uint8(path).image.convert("RGB")
-    return Image.open(path).convert("RGB")
+        try:
+            return dicom_to_uint8(path).image.convert("RGB")
+        except ImageError as exc:
+            raise CommandError(f"--image {path}: not a usable DICOM radiograph ({exc})") from None
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 -- UnidentifiedImageError, truncated files (OSError), bombs ...
+        raise CommandError(f"--image {path} is not an image PIL can read (.png, .jpg, or a .dcm): "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[str] = (), tokens: Sequence[str] = (),
@@ -58,17 +68,22 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
             ids = loaded.tokenizer([text]).to(device)
             out = token_features(loaded.model, texts=ids)
             labels = decode_tokens(loaded.tokenizer, ids[0].tolist())
+            positions = [p for p in out["text_mask"][0].nonzero().flatten().tolist() if labels[p] not in SPECIAL_TOKENS]
             wanted = {t.lower() for t in tokens}
-            for position in out["text_mask"][0].nonzero().flatten().tolist():
-                label = labels[position]
-                if label in SPECIAL_TOKENS or (wanted and label.lower() not in wanted):
-                    continue
-                maps.append((label, patches @ out["text_tokens"][0, position]))
+            missing = sorted(wanted - {labels[p].lower() for p in positions})
+            if missing:
+                raise UsageError(f"--tokens {' '.join(missing)}: not among the tokens of --text, which the tokenizer "
+                                 f"splits into: {' '.join(labels[p] for p in positions)}")
+            for position in positions:
+                if not wanted or labels[position].lower() in wanted:
+                    maps.append((labels[position], patches @ out["text_tokens"][0, position]))
+        elif tokens:
+            raise UsageError("--tokens picks tokens of --text; give --text too")
         if prompts:
             features = token_features(loaded.model, texts=loaded.tokenizer(list(prompts)).to(device))["text_features"]
             maps += [(prompt, patches @ feature) for prompt, feature in zip(prompts, features)]
     if not maps:
-        raise ValueError("nothing to draw: give --text (optionally with --tokens that occur in it) or --prompt")
+        raise UsageError("nothing to draw: give --text (optionally with --tokens that occur in it) or --prompt")
     rows, cols = square_grid(patches.shape[0])
     size = tuple(pixels.shape[-2:])
     upsampled = [
@@ -122,16 +137,35 @@ def draw_heatmaps(image: np.ndarray, maps: Sequence[SimilarityMap], out_path: st
 
 
 def heatmap(args: argparse.Namespace) -> int:
-    from tier_openclip.models import load_model
+    from tier_openclip.models import check_pretrained, load_model
 
+    # Everything the command line alone can show wrong is checked before the model loads.
     if not args.text and not args.prompt:
-        raise SystemExit("tier-openclip heatmap: give --text (the report) and/or --prompt (one or more phrases)")
+        raise UsageError("give --text (the report) and/or --prompt (one or more phrases)")
+    if args.tokens and not args.text:
+        raise UsageError("--tokens picks tokens of --text; give --text too")
+    out = output_file(args.out, "--out", example="map.png")
+    formats = _figure_formats()
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise UsageError(f"--out {out}: cannot draw a figure as {out.suffix or 'a file without a suffix'}; "
+                         f"name it .png (or any of .{', .'.join(sorted(formats))})")
+    input_file(args.image, "--image")
+    check_pretrained(args.model, args.pretrained)
+    image = load_image(args.image)
     loaded = load_model(args.model, args.pretrained, device=args.device)
-    image, maps = similarity_maps(loaded, load_image(args.image), args.text, args.prompt or (), args.tokens or (),
-                                  device=args.device)
-    draw_heatmaps(image, maps, args.out, title=f"{args.model} · {Path(args.pretrained or 'untrained').name}")
-    print(f"wrote {args.out} ({len(maps)} panels)")
+    try:
+        pixels, maps = similarity_maps(loaded, image, args.text, args.prompt or (), args.tokens or (), device=args.device)
+    except ValueError as exc:  # e.g. a model whose patches form no square grid
+        raise CommandError(str(exc)) from None
+    draw_heatmaps(pixels, maps, out, title=f"{args.model} · {Path(args.pretrained or 'untrained').name}")
+    print(f"wrote {out} ({len(maps)} panels)")
     return 0
+
+
+def _figure_formats() -> set[str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return set(FigureCanvasAgg.get_supported_filetypes())
 
 
 def add_heatmap_parser(subparsers) -> None:

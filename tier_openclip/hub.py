@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from tier_openclip import openclip_adapter as adapter
+from tier_openclip.errors import CommandError, UsageError, input_file
+from tier_openclip.models import check_pretrained, load_weights, read_checkpoint
 
 logger = logging.getLogger("tier_openclip")
 TOKEN_MASK_MEANING = {"valid": "padding tokens ignored", "all": "every position, as the authors' code does"}
@@ -114,7 +117,7 @@ def hub_model_config(model_name: str, kwargs: Mapping[str, Any], repo_id: str, h
     """The model_cfg that makes open_clip build the model create_model built with ``kwargs``."""
     base = adapter.symbol("get_model_config")(model_name)
     if not base:
-        raise ValueError(f"no open_clip config for model {model_name!r}; pass the --model the run was trained with")
+        raise UsageError(f"no open_clip config for model {model_name!r}; pass the --model the run was trained with")
     config = copy.deepcopy(base)
     if kwargs.get("force_quick_gelu"):
         config["quick_gelu"] = True
@@ -163,26 +166,23 @@ class Export:
 
 def export_model(checkpoint: str | Path, model_name: str, out_dir: str | Path, repo_id: str,
                  params: Mapping[str, Any] | None = None) -> Export:
-    """Write the open_clip hub folder (config, safetensors weights, tokenizer files) for a checkpoint."""
-    import torch
+    """Write the open_clip hub folder (config, safetensors weights, tokenizer files) for a checkpoint.
 
+    UsageError for a missing checkpoint or an unknown model, CommandError for a checkpoint that
+    cannot be read or does not fit the model."""
     from tier_openclip.plugin import register_model_configs
 
     register_model_configs()
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file (expected logs/NAME/checkpoints/epoch_N.pt)")
+    checkpoint, out_dir = input_file(checkpoint, "--checkpoint"), Path(out_dir)
+    saved = read_checkpoint(checkpoint)  # a truncated or foreign file fails before the model is built
     kwargs = creation_args(model_name, params or {})
     # Weights come from the checkpoint: build the bare architecture (no base weight downloads).
     model, _, _ = adapter.symbol("create_model_and_transforms")(
         model_name, load_weights=False, pretrained_text=False, pretrained_image=False, output_dict=True, **kwargs
     )
-    try:
-        adapter.symbol("load_checkpoint")(model, str(checkpoint), strict=True)
-    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:  # shape checks raise all of these
-        trained = (params or {}).get("model")
-        hint = f" (params.txt says the run trained {trained!r})" if trained and trained != model_name else ""
-        raise ValueError(f"{checkpoint} does not fit model {model_name!r}{hint}: {str(exc)[:500] or type(exc).__name__}") from None
+    trained = (params or {}).get("model")
+    hint = f" (params.txt says the run trained {trained!r})" if trained and trained != model_name else ""
+    load_weights(model, checkpoint, model_name, hint)
     tokenizer = adapter.symbol("get_tokenizer")(model_name, context_length=kwargs.get("force_context_length"))
     hf_tokenizer = hasattr(tokenizer, "save_pretrained")
     config = hub_model_config(model_name, kwargs, repo_id, hf_tokenizer)
@@ -197,8 +197,7 @@ def export_model(checkpoint: str | Path, model_name: str, out_dir: str | Path, r
         hf_config = getattr(getattr(model, "text", None), "config", None)
         if hf_config is not None:  # transformers >= 5's AutoTokenizer reads the model's config.json first
             hf_config.save_pretrained(out_dir)
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    epoch = saved.get("epoch") if isinstance(saved.get("epoch"), int) else None
     return Export(out_dir, sorted(p.name for p in out_dir.iterdir()), config, epoch)
 
 
@@ -303,19 +302,90 @@ def model_card(repo_id: str, model_name: str, epoch: int | None, settings: TierS
 # --- upload -------------------------------------------------------------------------------------
 
 
-def upload(folder: str | Path, repo_id: str, private: bool = False, commit_message: str = "Add model") -> str:
-    """Create the repo if needed and upload the folder; returns the commit URL. The token comes from
-    huggingface_hub (HF_TOKEN or `hf auth login`) and stays in memory."""
+def hub_token() -> str:
+    """The token huggingface_hub finds (HF_TOKEN or `hf auth login`), or UsageError saying how to log in."""
     import huggingface_hub
 
     token = huggingface_hub.get_token()
     if not token:
-        raise SystemExit("tier-openclip push: no Hugging Face token found; set HF_TOKEN or run `hf auth login` "
+        raise UsageError("no Hugging Face token found; set HF_TOKEN or run `hf auth login` "
                          "(or use --local-dir to only write the folder)")
-    api = huggingface_hub.HfApi(token=token)
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message=commit_message)
+    return token
+
+
+def upload(folder: str | Path, repo_id: str, private: bool = False, commit_message: str = "Add model") -> str:
+    """Create the repo if needed and upload the folder; returns the commit URL. The token comes from
+    huggingface_hub (HF_TOKEN or `hf auth login`) and stays in memory. CommandError when the Hub
+    cannot be reached or refuses the upload."""
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi(token=hub_token())
+    try:
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
+                                   commit_message=commit_message)
+    except Exception as exc:  # noqa: BLE001 -- httpx/requests network errors, HfHubHTTPError, ...
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise CommandError(f"uploading to https://huggingface.co/{repo_id} failed ({type(exc).__name__}"
+                           f"{': ' + detail if detail else ''}); nothing was published unless the Hub says "
+                           "otherwise. Check the network and run the same command again, or write the folder with "
+                           "--local-dir and upload it later with `hf upload`") from None
     return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+
+
+# --- the export folder --------------------------------------------------------------------------
+
+# What an export wrote, kept in the folder where huggingface_hub keeps local metadata: neither
+# HfApi.upload_folder nor `hf upload` ever uploads .cache/huggingface/.
+EXPORT_RECORD = ".cache/huggingface/tier-openclip-push.json"
+
+
+def _files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _recorded_files(folder: Path) -> set[str] | None:
+    try:
+        record = json.loads((folder / EXPORT_RECORD).read_text())
+        return {str(name) for name in record["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_export_folder(out_dir: Path, overwrite: bool) -> list[str]:
+    """The files of an earlier export to replace in ``out_dir``; UsageError when it holds anything
+    tier-openclip push did not write (or anything at all, without --overwrite)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--local-dir {out_dir} is a file; give a folder")
+    present = _files_under(out_dir) - {EXPORT_RECORD} if out_dir.is_dir() else set()
+    if not present:
+        return []
+    if not overwrite:
+        raise UsageError(f"--local-dir {out_dir} is not empty; choose a new folder or pass --overwrite")
+    written = _recorded_files(out_dir)
+    foreign = sorted(present - (written or set()))
+    if foreign:
+        why = "an earlier export did not write" if written is not None else "tier-openclip push did not write"
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UsageError(f"--local-dir {out_dir} holds files {why} ({shown}); --overwrite only replaces an "
+                         "earlier export, so that nothing unrelated is published: choose an empty folder")
+    return sorted(present)
+
+
+def install_export(staged: Path, out_dir: Path, old_files: Sequence[str]) -> list[str]:
+    """Replace an earlier export's files in ``out_dir`` by the staged folder's, and record them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in old_files:  # only names check_export_folder found recorded and present
+        (out_dir / name).unlink(missing_ok=True)
+    files = sorted(_files_under(staged))
+    for name in files:
+        target = out_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged / name, target)
+    record = out_dir / EXPORT_RECORD
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"written_by": "tier-openclip push", "files": files}, indent=2) + "\n")
+    return files
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -340,7 +410,9 @@ def add_push_parser(subparsers: Any) -> None:
     parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     parser.add_argument("--local-dir", default=None, metavar="DIR",
                         help="Write the folder here and stop (no upload); load it with open_clip as local-dir:DIR.")
-    parser.add_argument("--overwrite", action="store_true", help="Allow writing into a non-empty --local-dir.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an earlier export in --local-dir: the files it wrote are removed first; a "
+                             "folder holding anything else is refused.")
     parser.add_argument("--results", action="append", default=[], metavar="FILE.json",
                         help="Results of `tier-openclip eval zeroshot --out` for the model card; repeat for more sets.")
     parser.add_argument("--lambda-text", type=float, default=None,
@@ -358,47 +430,63 @@ def add_push_parser(subparsers: Any) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
-        raise SystemExit(f"tier-openclip push: --repo-id {args.repo_id!r} must be ORG/NAME (the config names the repo "
-                         "so that hf-hub: loading finds its tokenizer)")
+    # Everything the command line alone can show wrong is checked before the export starts.
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"--repo-id {args.repo_id!r} is not a Hugging Face repository id: {exc}") from None
+    if args.repo_id.count("/") != 1:
+        raise UsageError(f"--repo-id {args.repo_id!r} must be ORG/NAME (the config names the repo so that hf-hub: "
+                         "loading finds its tokenizer)")
+    input_file(args.checkpoint, "--checkpoint")
+    check_pretrained(args.model, None)
     params_path = Path(args.params) if args.params else params_next_to(args.checkpoint)
-    if args.params and not params_path.is_file():
-        raise SystemExit(f"tier-openclip push: --params {params_path}: no such file")
-    params = read_params(params_path) if params_path else {}
+    if args.params:
+        input_file(params_path, "--params")
+    results_paths = [input_file(path, "--results") for path in args.results]
+    old_files = check_export_folder(Path(args.local_dir), args.overwrite) if args.local_dir else []
+    if not args.local_dir:
+        hub_token()
+    try:
+        params = read_params(params_path) if params_path else {}
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--params {params_path}: {exc}") from None
     if params_path:
         print(f"Run settings from {params_path}")
     results = []
-    for path in args.results:
+    for path in results_paths:
         try:
-            results.append(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"tier-openclip push: --results {path}: {exc}") from None
-    if args.local_dir:
-        out_dir = Path(args.local_dir)
-        if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
-            raise SystemExit(f"tier-openclip push: --local-dir {out_dir} is not empty; choose a new folder or pass --overwrite")
-        return _export_and_maybe_upload(args, params, results, out_dir, upload_after=False)
-    with tempfile.TemporaryDirectory(prefix="tier-openclip-push-") as tmp:
-        return _export_and_maybe_upload(args, params, results, Path(tmp), upload_after=True)
-
-
-def _export_and_maybe_upload(args: argparse.Namespace, params: dict, results: list, out_dir: Path, upload_after: bool) -> int:
+            results.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"--results {path}: not a results JSON of `tier-openclip eval zeroshot --out` ({exc})") from None
+    if not args.local_dir:
+        with tempfile.TemporaryDirectory(prefix="tier-openclip-push-") as tmp:
+            _export(args, params, results, Path(tmp))
+            url = upload(tmp, args.repo_id, private=args.private, commit_message=args.commit_message)
+        print(f"Uploaded to https://huggingface.co/{args.repo_id} ({url})")
+        return 0
+    out_dir = Path(args.local_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Export beside the folder first: a failed export leaves an earlier one as it was.
+    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tier-openclip-push-", dir=out_dir.parent))
     try:
-        exported = export_model(args.checkpoint, args.model, out_dir, args.repo_id, params)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"tier-openclip push: {exc}") from None
+        _export(args, params, results, staged)
+        files = install_export(staged, out_dir, old_files)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    print(f"Wrote {out_dir}: {', '.join(files)}")
+    print(f"Load it with open_clip.create_model_from_pretrained('local-dir:{out_dir}'); upload it with "
+          f"`tier-openclip push` without --local-dir, or `hf upload {args.repo_id} {out_dir}`.")
+    return 0
+
+
+def _export(args: argparse.Namespace, params: dict, results: list, out_dir: Path) -> None:
+    exported = export_model(args.checkpoint, args.model, out_dir, args.repo_id, params)
     settings = TierSettings.from_sources(params, args.lambda_text, args.lambda_image, args.token_mask)
     if settings.loss in ("tier", None) and None in (settings.lambda_text, settings.lambda_image, settings.token_mask):
         logger.warning("TIER settings not fully known (no params.txt next to the checkpoint's run?): pass "
                        "--lambda-text, --lambda-image and --token-mask for the model card")
     card = model_card(args.repo_id, args.model, exported.epoch, settings, params, results, exported.model_config, args.license)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
-    files = sorted(p.name for p in out_dir.iterdir())
-    print(f"Wrote {out_dir}: {', '.join(files)}")
-    if not upload_after:
-        print(f"Load it with open_clip.create_model_from_pretrained('local-dir:{out_dir}'); upload it with "
-              f"`tier-openclip push` without --local-dir, or `hf upload {args.repo_id} {out_dir}`.")
-        return 0
-    url = upload(out_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
-    print(f"Uploaded to https://huggingface.co/{args.repo_id} ({url})")
-    return 0

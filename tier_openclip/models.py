@@ -1,12 +1,19 @@
-"""Loading a trained model for the project's commands (eval, heatmap, analyze, push, demo)."""
+"""Loading a trained model for the project's commands (eval, heatmap, analyze, push, demo).
+
+A checkpoint file is checked in two steps, so each failure gets its own message: ``read_checkpoint``
+(can the file be read at all: not truncated, not random bytes or text, only tensors — torch's
+weights-only loader) and ``load_weights`` (does it fit the architecture: open_clip's strict load).
+"""
 
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from tier_openclip import openclip_adapter as adapter
+from tier_openclip.errors import CommandError, UsageError
 
 
 @dataclass
@@ -18,24 +25,103 @@ class LoadedModel:
     pretrained: str | None
 
 
+def _why_unreadable(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "its zip archive is incomplete (a truncated or partly copied file?)"
+    if "Weights only load failed" in text:
+        return "torch's weights-only loader refused its contents (not tensors saved with torch.save)"
+    detail = text.splitlines()[0].split(". ")[0][:200] if text else ""
+    return f"not a torch.save or safetensors file ({type(exc).__name__}{': ' + detail if detail else ''})"
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """What the checkpoint file holds (a training checkpoint's dict or a bare state dict), with
+    tensors memory-mapped where the format allows; CommandError when it cannot be a checkpoint."""
+    import torch
+
+    path = str(path)
+    if os.path.getsize(path) == 0:
+        raise CommandError(f"{path} is empty; expected a checkpoint such as epoch_N.pt")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            saved = load_file(path, device="cpu")
+        else:  # only the zip format can be memory-mapped; older files and garbage are read plainly
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # noqa: BLE001 -- torch and safetensors raise many types for a bad file
+        raise CommandError(f"{path} is not a readable checkpoint: {_why_unreadable(exc)}") from None
+    state = saved.get("state_dict", saved) if isinstance(saved, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CommandError(f"{path} holds no model weights (expected a state_dict of tensors, as "
+                           "open_clip_train's epoch_N.pt has)")
+    return saved
+
+
+# What open_clip's strict load raises for weights of another architecture (missing or unexpected
+# keys, shape mismatches, its position-embedding resizers' asserts).
+_MISFIT = (RuntimeError, AssertionError, KeyError, ValueError, IndexError)
+
+
+def _misfit(checkpoint: Any, model_name: str, hint: str, exc: BaseException) -> CommandError:
+    detail = str(exc).strip()[:500] or type(exc).__name__
+    return CommandError(f"{checkpoint} does not fit model {model_name!r}{hint}: {detail}; pass the --model the run "
+                        "was trained with")
+
+
+def load_weights(model: Any, checkpoint: str | os.PathLike, model_name: str, hint: str = "") -> None:
+    """Load a checkpoint into ``model`` strictly (open_clip's load_checkpoint), or CommandError saying
+    that the file cannot be read or which model it does not fit."""
+    read_checkpoint(checkpoint)
+    try:
+        adapter.symbol("load_checkpoint")(model, str(checkpoint), strict=True)
+    except _MISFIT as exc:
+        raise _misfit(checkpoint, model_name, hint, exc) from None
+
+
+def check_pretrained(model_name: str, pretrained: str | None) -> None:
+    """UsageError unless --model names a known model and --pretrained an existing file or a tag."""
+    from tier_openclip.plugin import register_model_configs
+
+    register_model_configs()  # no-op when the start-up hook already did it
+    if model_name.startswith("local-dir:"):
+        if not os.path.isdir(model_name[len("local-dir:"):]):
+            raise UsageError(f"--model {model_name}: no such folder")
+        return
+    if model_name.startswith("hf-hub:"):
+        return
+    if model_name not in adapter.symbol("list_models")():
+        raise UsageError(
+            f"unknown model {model_name!r}; see open_clip.list_models() (ours start with 'TIER-'), "
+            "or pass hf-hub:ORG/NAME or local-dir:PATH"
+        )
+    if not pretrained or os.path.isfile(pretrained):
+        return
+    if os.path.isdir(pretrained):
+        raise UsageError(f"--pretrained {pretrained} is a folder; expected a checkpoint file such as epoch_N.pt")
+    if os.sep in pretrained or not adapter.symbol("get_pretrained_cfg")(model_name, pretrained):
+        raise UsageError(f"--pretrained {pretrained}: no such file (expected a checkpoint such as epoch_N.pt), "
+                         f"and not an open_clip pretrained tag of {model_name}")
+
+
 def load_model(model_name: str, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
     """An open_clip model by name (ours are registered), with weights from a training checkpoint
     (``epoch_N.pt``), a ``.safetensors``/``.bin`` file, an open_clip pretrained tag, or the
     ``hf-hub:``/``local-dir:`` schemas as model_name."""
-    from tier_openclip.plugin import register_model_configs
-
-    register_model_configs()  # no-op when the start-up hook already did it
-    schema_given = model_name.startswith(("hf-hub:", "local-dir:"))
-    if pretrained and not schema_given and os.sep in pretrained and not os.path.isfile(pretrained):
-        raise FileNotFoundError(f"--pretrained {pretrained}: no such file (expected a checkpoint such as epoch_N.pt)")
-    if not schema_given and model_name not in adapter.symbol("list_models")():
-        raise ValueError(
-            f"unknown model {model_name!r}; see open_clip.list_models() (ours start with 'TIER-'), "
-            "or pass hf-hub:ORG/NAME or local-dir:PATH"
-        )
-    model, _, preprocess = adapter.symbol("create_model_and_transforms")(
-        model_name, pretrained=pretrained or None, device=device, precision=precision, output_dict=True
-    )
+    check_pretrained(model_name, pretrained)
+    create = adapter.symbol("create_model_and_transforms")
+    from_file = bool(pretrained) and os.path.isfile(pretrained) and not model_name.startswith(("hf-hub:", "local-dir:"))
+    if from_file:  # readable first (before building a possibly large model); then open_clip's strict load
+        read_checkpoint(pretrained)
+        try:
+            model, _, preprocess = create(model_name, pretrained=pretrained, device=device, precision=precision,
+                                          output_dict=True)
+        except _MISFIT as exc:
+            raise _misfit(pretrained, model_name, "", exc) from None
+    else:
+        model, _, preprocess = create(model_name, pretrained=pretrained or None, device=device, precision=precision,
+                                      output_dict=True)
     model.eval()
     tokenizer = adapter.symbol("get_tokenizer")(model_name)
     return LoadedModel(model, preprocess, tokenizer, model_name, pretrained)

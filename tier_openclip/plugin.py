@@ -4,7 +4,8 @@ Wrap, don't fork: before ``open_clip_train/main.py`` runs, ``activate`` replaces
 it imports by name — ``parse_args`` (our flags), ``open_clip.create_loss`` (our losses) and
 ``train_one_epoch`` (token outputs on the model, entropy logging, zero-shot chest X-ray eval) —
 each delegating to the original. With ``--loss clip`` (the default) every wrapper is a
-pass-through, so a run is stock open_clip.
+pass-through, so a run is stock open_clip. The plugin's flags are checked before any training
+(tier_openclip/plugin_args.py): abbreviations, flags the chosen loss ignores, numbers, folders.
 
 ``activate`` is called by the start-up hook (tier_openclip/_startup.py) when ``open_clip_train``
 is imported, or explicitly by ``python -m tier_openclip.train``.
@@ -17,11 +18,14 @@ import dataclasses
 import functools
 import importlib
 import logging
+import sys
 from typing import Any, Callable
 
 from tier_openclip import openclip_adapter as adapter
+from tier_openclip import plugin_args
 from tier_openclip.entropy import IMPLS
-from tier_openclip.loss import TOKEN_MASKS
+from tier_openclip.errors import UsageError
+from tier_openclip.loss import TOKEN_MASKS, check_scale
 
 LOSSES = ("clip", "tier", "local-uniformity")
 logger = logging.getLogger("tier_openclip")
@@ -39,12 +43,16 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="Weight of the mean token→patch entropy (default: 0.1).")
     group.add_argument("--tier-lambda-image", type=float, default=0.1,
                        help="Weight of the mean patch→token entropy (default: 0.1).")
-    group.add_argument("--tier-scale", type=float, default=1.0,
-                       help="Scale of the cosine similarities inside the entropies (default: 1, as in the paper).")
+    group.add_argument("--tier-scale", type=_tier_scale, default=1.0, metavar="{S,logit}",
+                       help="Scale of the cosine similarities inside the entropies: a positive number, or "
+                            "'logit' for the model's own learned logit scale (detached: TIER does not train "
+                            "it). Default: 1, the paper's raw cosine; any other value departs from the paper.")
     group.add_argument("--tier-impl", choices=IMPLS, default="auto",
                        help="Entropy implementation: auto (Triton on CUDA, else torch), torch or triton.")
     group.add_argument("--tier-token-mask", choices=TOKEN_MASKS, default="valid",
-                       help="valid: ignore padding tokens; all: every position, as the authors' code does.")
+                       help="valid: the tower's valid tokens (no padding, no constant start token of causal "
+                            "text towers); all: as the authors' code, every position up to the batch's "
+                            "longest caption, start/end tokens and shorter captions' padding included.")
     group.add_argument("--lu-align-weight", type=float, default=None,
                        help="Weight of the local alignment term (default: 1 with --loss local-uniformity, "
                             "0 with --loss tier).")
@@ -59,12 +67,28 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="CheXpert set from `tier-openclip prep chexpert`: zero-shot AUC every --zeroshot-frequency epochs.")
     group.add_argument("--tier-zeroshot-padchest", metavar="DIR", default=None,
                        help="PadChest set from `tier-openclip prep padchest`: zero-shot AUC every --zeroshot-frequency epochs.")
+    group.add_argument("--tier-grounding", metavar="DIR", default=None,
+                       help="Grounding set (`tier-openclip prep ms-cxr`, or the demo's phantom test set): CNR, "
+                            "pointing game and mIoU every --zeroshot-frequency epochs.")
     return parser
 
 
+def _tier_scale(text: str) -> float | str:
+    try:
+        return check_scale(text if text == "logit" else float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'logit', got {text!r}") from None
+
+
 def _uses_plugin_flags(argv: list[str]) -> bool:
-    flags = {opt for action in build_plugin_parser()._actions for opt in action.option_strings}
-    return any(arg.split("=", 1)[0] in flags for arg in argv)
+    flags = plugin_args.option_strings(build_plugin_parser())
+    return any(arg.split("=", 1)[0] in flags for arg in argv) or bool(plugin_args.abbreviated(argv, flags))
+
+
+def _stop(error: UsageError) -> None:
+    """A usage error as argparse reports one: one line on stderr, exit status 2, before any training."""
+    print(f"tier-openclip: {error}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Callable:
@@ -72,14 +96,23 @@ def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Call
     def parse_args(args: list[str]) -> argparse.Namespace:
         args = list(args)
         ours = build_plugin_parser()
+        flags = plugin_args.option_strings(ours)
         if "-h" in args or "--help" in args:
             ours.print_help()
             print()
-        plugin_args, rest = ours.parse_known_args(args)
+        try:
+            plugin_args.check_abbreviations(args, flags)  # before open_clip's parser can misread them
+        except UsageError as error:
+            _stop(error)
+        ours_parsed, rest = ours.parse_known_args(args)
         parsed = original(rest)
-        for name, value in vars(plugin_args).items():
+        for name, value in vars(ours_parsed).items():
             setattr(parsed, name, value)
         _resolve_local_uniformity_defaults(parsed)
+        try:
+            plugin_args.check_plugin_args(parsed, args, flags)
+        except UsageError as error:
+            _stop(error)
         return parsed
 
     parse_args.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
@@ -186,6 +219,10 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
             from tier_openclip.evaluate import zeroshot_during_training
 
             zeroshot_during_training(model, epoch + 1, args, tb_writer)
+        if getattr(args, "tier_grounding", None):
+            from tier_openclip.grounding import grounding_during_training
+
+            grounding_during_training(model, epoch + 1, args, tb_writer)  # logs its own failure, never raises
         return result
 
     train_one_epoch.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """``python -m tier_openclip.train ARGS``: open_clip_train.main with the plugin, hook or no hook.
 
-Use it where the start-up hook does not run (``python -I``/``-S``, or TIER_OPENCLIP_DISABLE=1);
+Use it where the start-up hook does not run (TIER_OPENCLIP_DISABLE=1, or ``python -S``);
 it takes exactly the flags of ``python -m open_clip_train.main --loss tier ...``.
 """
 

@@ -1,0 +1,312 @@
+"""Issue 11, "Training": every mistake in the plugin's flags stops the run at start-up with one
+message (exit status 2), and an evaluation that fails mid-run does not cost the epoch.
+
+Parse-time checks go through open_clip_train's real parse_args as the plugin wraps it; the
+mid-run failure through the plugin's train_one_epoch wrapper around a stand-in for open_clip's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tier_openclip import plugin
+from tier_openclip.plugin_args import MAX_TIER_SCALE
+
+LABELS = ["Cardiomegaly", "Edema"]
+
+
+@pytest.fixture(scope="module")
+def params():
+    plugin.activate(strict=True)
+    import open_clip_train.params
+
+    return open_clip_train.params
+
+
+def write_set(directory: Path, dataset: str = "chexpert", images: int = 4) -> Path:
+    """A small evaluation set in the layout `tier-openclip prep` writes."""
+    (directory / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = ["image," + ",".join(LABELS)]
+    for i in range(images):
+        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(directory / "images" / f"{i}.png")
+        lines.append(f"images/{i}.png,{i % 2},{(i // 2) % 2}")
+    (directory / "labels.csv").write_text("\n".join(lines) + "\n")
+    (directory / "meta.json").write_text(json.dumps({"dataset": dataset, "labels": LABELS}))
+    return directory
+
+
+def refused(params, argv: list[str], capsys) -> str:
+    """The one line the run stops with (exit status 2); fails if the arguments were accepted."""
+    with pytest.raises(SystemExit) as stop:
+        params.parse_args(["--model", "TIER-tiny", *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    return err
+
+
+# --- abbreviations (§6) ----------------------------------------------------------------------------
+
+
+def test_open_clip_alone_would_read_an_abbreviated_loss_as_its_dist_impl(params):
+    """Why abbreviations are refused: open_clip's parser prefix-matches --los to --loss-dist-impl."""
+    stock = params.parse_args.__tier_openclip_wrapped__(["--los", "tier"])
+    assert stock.loss_dist_impl == "tier" and not hasattr(stock, "loss")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--los", "tier"], "tier-openclip: --los is short for --loss: write the flag in full (open_clip's parser would "
+                        "read it as its --loss-dist-impl and train plain CLIP)\n"),
+    (["--los=tier"], "tier-openclip: --los is short for --loss: write the flag in full (open_clip's parser would "
+                     "read it as its --loss-dist-impl and train plain CLIP)\n"),
+    (["--loss", "tier", "--tier-lam", "0.5"],
+     "tier-openclip: --tier-lam is short for --tier-lambda-text or --tier-lambda-image: write the flag in full "
+     "(open_clip's parser would take it for one of its own flags or reject it)\n"),
+    (["--loss", "tier", "--tier-lambda-t", "0.5"],
+     "tier-openclip: --tier-lambda-t is short for --tier-lambda-text: write the flag in full "
+     "(open_clip's parser would take it for one of its own flags or reject it)\n"),
+    (["--loss", "local-uniformity", "--lu-temp", "0.5"],
+     "tier-openclip: --lu-temp is short for --lu-temperature: write the flag in full "
+     "(open_clip's parser would take it for one of its own flags or reject it)\n"),
+])
+def test_abbreviated_plugin_flags_stop_the_run(params, capsys, argv, message):
+    assert refused(params, argv, capsys) == message
+
+
+def test_full_flags_and_open_clips_own_abbreviations_still_parse(params):
+    args = params.parse_args(["--model", "TIER-tiny", "--loss", "tier", "--lu-t", "3", "--lu-uniform-weight", "0.5",
+                              "--loss-dist", "gather"])
+    assert (args.loss, args.lu_t, args.lu_uniform_weight, args.loss_dist_impl) == ("tier", 3.0, 0.5, "gather")
+
+
+# --- flags the chosen loss would ignore (§6) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, flag, allowed, loss", [
+    (["--loss", "clip", "--tier-lambda-text", "0.5"], "--tier-lambda-text", "tier", "clip"),
+    (["--tier-scale", "2"], "--tier-scale", "tier", "clip"),  # --loss left at its default
+    (["--loss", "local-uniformity", "--tier-lambda-image", "0.2"], "--tier-lambda-image", "tier", "local-uniformity"),
+    (["--loss", "local-uniformity", "--tier-impl", "torch"], "--tier-impl", "tier", "local-uniformity"),
+    (["--lu-uniform-weight", "1"], "--lu-uniform-weight", "tier or local-uniformity", "clip"),
+    (["--siglip", "--tier-token-mask", "all"], "--tier-token-mask", "tier or local-uniformity", "clip"),
+])
+def test_loss_flags_without_their_loss_stop_the_run(params, capsys, argv, flag, allowed, loss):
+    first = allowed.split(" or ")[0]
+    assert refused(params, argv, capsys) == (
+        f"tier-openclip: {flag} acts only with --loss {allowed}, and this run has --loss {loss}, which would "
+        f"ignore it: add --loss {first}, or drop {flag}\n")
+
+
+def test_local_term_settings_without_their_weight_stop_the_run(params, capsys):
+    assert refused(params, ["--loss", "tier", "--lu-temperature", "0.2"], capsys) == (
+        "tier-openclip: --lu-temperature sets a term whose weight --lu-align-weight is 0 in this run, so it would be "
+        "ignored: give --lu-align-weight a positive weight, or drop --lu-temperature\n")
+
+
+def test_flags_that_act_with_the_chosen_loss_parse(params, tmp_path):
+    both = params.parse_args(["--loss", "tier", "--lu-uniform-weight", "0.2", "--lu-t", "1", "--tier-token-mask", "all"])
+    assert (both.lu_uniform_weight, both.lu_t, both.tier_token_mask) == (0.2, 1.0, "all")
+    lu = params.parse_args(["--loss", "local-uniformity", "--tier-token-mask", "all", "--lu-temperature", "0.05"])
+    assert (lu.tier_token_mask, lu.lu_temperature) == ("all", 0.05)
+    clip = params.parse_args(["--tier-zeroshot-chexpert", str(write_set(tmp_path / "set"))])  # evaluation: any loss
+    assert clip.loss == "clip" and clip.tier_zeroshot_chexpert == str(tmp_path / "set")
+
+
+# --- numbers (§7) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tier-lambda-text", "-0.1"], "--tier-lambda-text -0.1: must be a finite number >= 0"),
+    (["--tier-lambda-image", "nan"], "--tier-lambda-image nan: must be a finite number >= 0"),
+    (["--tier-lambda-text", "inf"], "--tier-lambda-text inf: must be a finite number >= 0"),
+    (["--lu-uniform-weight", "-1"], "--lu-uniform-weight -1.0: must be a finite number >= 0"),
+    (["--lu-align-weight", "1", "--lu-temperature", "0"], "--lu-temperature 0.0: must be a finite number > 0"),
+    (["--lu-align-weight", "1", "--lu-temperature", "nan"], "--lu-temperature nan: must be a finite number > 0"),
+    (["--lu-uniform-weight", "1", "--lu-t", "-2"], "--lu-t -2.0: must be a finite number > 0"),
+    (["--tier-scale", "1e6"], "--tier-scale 1e+06 is above 100: with cosine similarities in [-1, 1] the softmaxes "
+                              "saturate and the entropies underflow to exactly 0, which switches TIER off. Use at "
+                              "most 100 (open_clip's cap on its own logit scale), or 'logit'"),
+    (["--tier-scale", "100.5"], "--tier-scale 100.5 is above 100"),
+])
+def test_bad_numbers_stop_the_run(params, capsys, argv, message):
+    err = refused(params, ["--loss", "tier", *argv], capsys)
+    assert err.startswith(f"tier-openclip: {message}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_non_positive_or_non_finite_scale_stops_the_run(params, capsys, value):
+    err = refused(params, ["--loss", "tier", "--tier-scale", value], capsys)
+    assert f"argument --tier-scale: expected a positive number or 'logit', got '{value}'" in err
+    assert "Traceback" not in err
+
+
+def test_scales_up_to_the_bound_and_logit_parse(params):
+    for value, expected in (("100", 100.0), ("0.5", 0.5), ("logit", "logit")):
+        assert params.parse_args(["--loss", "tier", "--tier-scale", value]).tier_scale == expected
+
+
+def test_the_scale_bound_is_where_tier_entropies_stop_vanishing():
+    """The measurement behind MAX_TIER_SCALE: 1e6 (the issue's case) zeroes every entropy, the bound does not."""
+    from tier_openclip.kernels.reference import token_patch_entropy_reference
+
+    generator = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(8, 32, 512, generator=generator), dim=-1)
+    image = F.normalize(torch.randn(8, 196, 512, generator=generator), dim=-1)
+    at_bound = token_patch_entropy_reference(text, image, None, MAX_TIER_SCALE)
+    saturated = token_patch_entropy_reference(text, image, None, 1e6)
+    assert all(bool((h > 0.1).all()) for h in at_bound)
+    assert all(bool((h == 0).all()) for h in saturated)
+
+
+# --- evaluation folders at start-up (§5) -----------------------------------------------------------
+
+
+def test_a_missing_evaluation_folder_stops_the_run_before_training(params, capsys, tmp_path):
+    missing = tmp_path / "no-such-set"
+    assert refused(params, ["--loss", "tier", "--tier-zeroshot-chexpert", str(missing)], capsys) == (
+        f"tier-openclip: --tier-zeroshot-chexpert {missing}: {missing / 'labels.csv'} not found: make the "
+        "evaluation set with `tier-openclip prep chexpert|padchest`\n")
+
+
+def test_a_set_of_the_other_dataset_stops_the_run(params, capsys, tmp_path):
+    chexpert = write_set(tmp_path / "chexpert")
+    assert refused(params, ["--tier-zeroshot-padchest", str(chexpert)], capsys) == (
+        f"tier-openclip: --tier-zeroshot-padchest {chexpert} holds a chexpert set (meta.json); pass it as "
+        "--tier-zeroshot-chexpert\n")
+
+
+def test_a_set_with_missing_images_or_broken_meta_stops_the_run(params, capsys, tmp_path):
+    broken = write_set(tmp_path / "set")
+    (broken / "images" / "2.png").unlink()
+    err = refused(params, ["--tier-zeroshot-chexpert", str(broken)], capsys)
+    assert err.startswith(f"tier-openclip: --tier-zeroshot-chexpert {broken}: 1 images listed in ")
+    (broken / "meta.json").write_text("{not json")
+    err = refused(params, ["--tier-zeroshot-chexpert", str(broken)], capsys)
+    assert err.startswith(f"tier-openclip: --tier-zeroshot-chexpert {broken}: {broken / 'meta.json'} is not valid JSON")
+
+
+def test_every_problem_folder_is_named_in_one_message(params, capsys, tmp_path):
+    err = refused(params, ["--tier-zeroshot-chexpert", str(tmp_path / "a"), "--tier-zeroshot-padchest",
+                           str(tmp_path / "b")], capsys)
+    assert err.count("\n") == 1 and "--tier-zeroshot-chexpert" in err and "--tier-zeroshot-padchest" in err
+
+
+def test_a_grounding_folder_is_checked_at_start_up(params, capsys, tmp_path):
+    if "--tier-grounding" not in plugin.plugin_args.option_strings(plugin.build_plugin_parser()):
+        pytest.skip("no --tier-grounding flag in this checkout")
+    err = refused(params, ["--tier-grounding", str(tmp_path / "none")], capsys)
+    assert err.startswith(f"tier-openclip: --tier-grounding {tmp_path / 'none'}: ")
+
+
+def test_evaluation_folders_never_evaluated_stop_the_run(params, capsys, tmp_path):
+    assert refused(params, ["--tier-zeroshot-chexpert", str(write_set(tmp_path / "set")), "--zeroshot-frequency", "0"],
+                   capsys) == (
+        "tier-openclip: --tier-zeroshot-chexpert is never evaluated with --zeroshot-frequency 0: give a frequency in "
+        "epochs (e.g. --zeroshot-frequency 1), or drop --tier-zeroshot-chexpert\n")
+
+
+# --- a failing evaluation mid-run (§5) -------------------------------------------------------------
+
+
+@pytest.fixture
+def epoch(tmp_path):
+    """The plugin's train_one_epoch around a stand-in for open_clip's, and the args of a run."""
+    from tier_openclip.models import load_model
+
+    calls = []
+
+    def open_clip_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
+        calls.append(epoch)
+        return {"trained": epoch}
+
+    wrapped = plugin.wrap_train_one_epoch(open_clip_train_one_epoch)
+    torch.manual_seed(0)
+    model = load_model("TIER-tiny").model.train()
+    (tmp_path / "checkpoints").mkdir()
+    args = SimpleNamespace(rank=0, zeroshot_frequency=1, epochs=2, model="TIER-tiny", device="cpu", batch_size=4,
+                           workers=0, save_logs=True, checkpoint_path=str(tmp_path / "checkpoints"), wandb=False,
+                           tier_zeroshot_chexpert=str(write_set(tmp_path / "set")), tier_zeroshot_padchest=None,
+                           tier_grounding=None)
+
+    def run(epoch_index: int = 0):
+        return wrapped(model, {}, object(), epoch_index, None, None, None, None, args, tb_writer=None)
+
+    return SimpleNamespace(run=run, calls=calls, model=model, args=args, set=Path(args.tier_zeroshot_chexpert),
+                           results=tmp_path / "checkpoints" / "results.jsonl")
+
+
+def test_the_evaluation_runs_after_the_epoch_when_the_set_is_good(epoch):
+    assert epoch.run(0) == {"trained": 0}
+    line = json.loads(epoch.results.read_text())
+    assert line["epoch"] == 1 and 0 <= line["chexpert-zeroshot-mean-auc"] <= 1
+
+
+@pytest.mark.parametrize("damage", ["image-replaced-by-text", "image-deleted", "labels-csv-deleted"])
+def test_an_evaluation_failing_mid_run_is_logged_and_the_epoch_returns(epoch, caplog, damage):
+    # The set was fine at start-up; it breaks during the epoch.
+    if damage == "image-replaced-by-text":
+        (epoch.set / "images" / "1.png").write_text("not an image")
+    elif damage == "image-deleted":
+        (epoch.set / "images" / "1.png").unlink()
+    else:
+        (epoch.set / "labels.csv").unlink()
+    with caplog.at_level(logging.ERROR):
+        result = epoch.run(0)
+    assert result == {"trained": 0} and epoch.calls == [0]  # open_clip goes on to save its checkpoint
+    assert epoch.model.training  # and trains on in train mode
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"Zero-shot evaluation on --tier-zeroshot-chexpert {epoch.set} failed after epoch 1; "
+                                "training goes on: ")
+    assert not epoch.results.exists()  # no metrics were invented
+
+
+# --- the hook switched off (§6) ---------------------------------------------------------------------
+
+
+def run_python(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+def test_open_clip_main_stops_on_an_abbreviation_before_writing_anything(tmp_path):
+    result = run_python(["-m", "open_clip_train.main", "--los", "tier", "--model", "TIER-tiny", "--train-data",
+                         str(tmp_path / "none.tar"), f"--logs={tmp_path / 'logs'}"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "tier-openclip: --los is short for --loss: write the flag in full (open_clip's parser would read it as its "
+        "--loss-dist-impl and train plain CLIP)")
+    assert "Traceback" not in result.stderr and not (tmp_path / "logs").exists()
+
+
+def test_with_the_hook_disabled_plugin_flags_stop_and_name_the_explicit_entry(tmp_path):
+    # One interpreter with the hook off: open_clip_train.main's parse_args, a stock run, then the
+    # explicit entry (python -m tier_openclip.train activates the plugin the same way).
+    code = ("import open_clip_train.params as p\n"
+            "try:\n"
+            "    p.parse_args(['--loss', 'tier', '--model', 'TIER-tiny'])\n"
+            "except SystemExit as stop:\n"
+            "    print('exit', stop.code)\n"
+            "print(p.parse_args(['--loss-dist-impl', 'gather']).loss_dist_impl)\n"
+            "from tier_openclip import plugin\n"
+            "plugin.activate(strict=True)\n"
+            "print(p.parse_args(['--loss', 'tier', '--tier-lambda-text', '0.3']).tier_lambda_text)\n")
+    result = run_python(["-c", code], tmp_path, TIER_OPENCLIP_DISABLE="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["exit", "2", "gather", "0.3"]
+    assert result.stderr == (
+        "tier-openclip: --loss is a tier-openclip flag, but the plugin is disabled (TIER_OPENCLIP_DISABLE=1), and "
+        "open_clip alone would train plain CLIP. Run the same command as `python -m tier_openclip.train ARGS` "
+        "(torchrun: -m tier_openclip.train), which loads the plugin explicitly.\n")

@@ -1,0 +1,68 @@
+"""The two error types a ``tier-openclip`` command reports to the person running it.
+
+Raise them where the problem is found, worded to say what was wrong and what to do; ``cli.main``
+prints ``tier-openclip <command>: <message>`` (no traceback) and exits with the type's status:
+
+- ``UsageError`` (exit 2): the command line itself is wrong, found before anything is loaded —
+  an invalid or contradictory flag value, a path that does not exist or is the wrong kind (a folder
+  where a file is expected, a missing output folder), a malformed repository id.
+- ``CommandError`` (exit 1): the command ran and something it read or did failed — a file whose
+  content cannot be used (a truncated or foreign checkpoint, a file that is not an image, a broken
+  DICOM or meta.json), or the environment (the network during an upload).
+
+Both are plain exceptions, so the Python API (``load_model``, ``export_model`` ...) raises them too
+and callers may catch them; nothing here exits the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class TierOpenclipError(Exception):
+    """Base of the errors a command reports as one message."""
+
+    exit_code = 1
+
+
+class UsageError(TierOpenclipError):
+    """The command line is wrong: exit status 2, like argparse's own errors."""
+
+    exit_code = 2
+
+
+class CommandError(TierOpenclipError):
+    """The command failed on what it read or on its environment: exit status 1."""
+
+    exit_code = 1
+
+
+# --- checks every command makes on the paths it is given ------------------------------------------
+
+
+def input_file(path: str | os.PathLike, flag: str) -> Path:
+    """``path`` as a Path, or UsageError unless it is an existing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; expected a file")
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+    return path
+
+
+def output_file(path: str | os.PathLike, flag: str, example: str, make_parent: bool = False) -> Path:
+    """``path`` as a Path that a file can be written to, checked before any work is done: not a
+    folder, and in an existing folder (created first with ``make_parent``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {path / example}")
+    parent = path.parent
+    if make_parent and not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"{flag} {path}: cannot create its folder ({exc.strerror or exc})") from None
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
+    return path

@@ -133,20 +133,16 @@ def _configs(names: tuple[str, ...], choices: list[tuple[int, ...]]) -> list[tri
     return [triton.Config(dict(zip(names, c[:-2])), num_warps=c[-2], num_stages=c[-1]) for c in choices]
 
 
-# (BLOCK_P, num_warps, num_stages); BLOCK_T is fixed on the host (it sets the statistics layout).
+# Short lists: a GPU machine starts with a cold cache, and the autotuner compiles every kept config
+# of every (dtype, D, mask, alignment) variant it meets: 1.5-3 s each on a 2-core VM, by
+# benchmarks/compile_check.py, which compiles them for sm_90 without a GPU. None of these spills
+# at the headline shape (N, T, P, D = 256, 128, 196, 512, bfloat16).
 # The first entry of each list is the smallest: the pruner's last resort when nothing else fits.
-_FWD_CONFIGS = _configs(
-    ("BLOCK_P",), [(16, 4, 1), (32, 4, 2), (32, 4, 3), (64, 4, 2), (64, 8, 2), (128, 8, 2)]
-)
+# (BLOCK_P, num_warps, num_stages); BLOCK_T is fixed on the host (it sets the statistics layout).
+_FWD_CONFIGS = _configs(("BLOCK_P",), [(16, 4, 1), (32, 4, 2), (64, 8, 2)])
 # (resident rows, streamed rows, num_warps, num_stages); 8 warps with 16 rows serve D = 1024.
-_BWD_TEXT_CONFIGS = _configs(
-    ("BLOCK_T", "BLOCK_P"),
-    [(16, 16, 4, 1), (16, 32, 8, 1), (16, 64, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2)],
-)
-_BWD_IMAGE_CONFIGS = _configs(
-    ("BLOCK_P", "BLOCK_T"),
-    [(16, 16, 4, 1), (16, 32, 8, 1), (16, 64, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2)],
-)
+_BWD_TEXT_CONFIGS = _configs(("BLOCK_T", "BLOCK_P"), [(16, 16, 4, 1), (16, 32, 8, 1), (32, 64, 8, 2)])
+_BWD_IMAGE_CONFIGS = _configs(("BLOCK_P", "BLOCK_T"), [(16, 16, 4, 1), (16, 32, 8, 1), (32, 64, 8, 2)])
 _KEY = ["T", "P", "D"]  # the autotuner adds the tensors' dtypes to the key
 
 
@@ -484,3 +480,30 @@ def token_patch_entropy_triton(
         text_mask = text_mask.bool()
     # Casting outside the Function lets autograd hand each input its gradient in its own dtype.
     return TokenPatchEntropyFunction.apply(text_tokens.to(dtype), image_tokens.to(dtype), text_mask, float(scale))
+
+
+_AUTOTUNED = {
+    "forward": "_tier_fwd_kernel",
+    "backward_text": "_tier_bwd_text_kernel",
+    "backward_image": "_tier_bwd_image_kernel",
+}
+
+
+def autotune_choices() -> list[dict]:
+    """The config each autotuned kernel chose, one entry per problem key it has met so far.
+
+    For benchmark records: {"kernel", "T", "P", "D", "dtypes", "config", "candidates"}, where
+    config holds the block sizes, num_warps and num_stages, and candidates is the list's length.
+    Empty before the first launch, and in the interpreter (one fixed config, nothing tuned).
+    """
+    choices = []
+    for label, name in _AUTOTUNED.items():
+        kernel = globals()[name]
+        for key, config in getattr(kernel, "cache", {}).items():
+            t, p, d, *dtypes = key
+            choices.append({
+                "kernel": label, "T": t, "P": p, "D": d, "dtypes": [str(x) for x in dtypes],
+                "config": {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages},
+                "candidates": len(kernel.configs),
+            })
+    return choices

@@ -21,7 +21,9 @@ def _triton_usable(tensor: Tensor) -> bool:
     if not (tensor.is_cuda or triton_interpreter_enabled()):
         return False
     try:
-        import triton  # noqa: F401
+        # The kernels read triton.knobs, new in triton 3.4 (pyproject's minimum): an older triton
+        # would import here and then fail inside the kernel module.
+        from triton import knobs  # noqa: F401
     except ImportError:
         return False
     return True
@@ -46,7 +48,7 @@ def token_patch_entropy(
     text_tokens: Tensor,
     image_tokens: Tensor,
     text_mask: Tensor | None = None,
-    scale: float = 1.0,
+    scale: float | Tensor = 1.0,
     impl: Impl = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Mean token→patch and patch→token softmax entropies of each matching pair.
@@ -55,7 +57,9 @@ def token_patch_entropy(
         text_tokens: (N, T, D) text-token embeddings (TIER uses them L2-normalised).
         image_tokens: (N, P, D) image-patch embeddings of the same N pairs.
         text_mask: (N, T) bool, True for tokens that take part; None means all do.
-        scale: multiplies the similarities before both softmaxes (TIER: 1, raw cosine).
+        scale: multiplies the similarities before both softmaxes (TIER: 1, raw cosine); a 0-d
+            tensor (e.g. a detached logit scale) is used as is by the torch reference and read
+            once as a Python float by the Triton kernel.
         impl: 'torch' (reference), 'triton' (fused kernel) or 'auto' (Triton on CUDA).
 
     Returns:
@@ -77,5 +81,5 @@ def token_patch_entropy(
     if resolve_impl(impl, text_tokens) == "triton":
         from tier_openclip.kernels.tier_entropy import token_patch_entropy_triton
 
-        return token_patch_entropy_triton(text_tokens, image_tokens, text_mask, scale)
+        return token_patch_entropy_triton(text_tokens, image_tokens, text_mask, float(scale))
     return token_patch_entropy_reference(text_tokens, image_tokens, text_mask, scale)

@@ -1,0 +1,56 @@
+"""Check a `tier-openclip demo` run against the demo's goals (issue 10 §3).
+
+    python benchmarks/demo_goals.py tier-demo/demo.json
+
+Goals, for the default `tier-openclip demo` on a 2-core CPU:
+- total wall time <= 10 minutes;
+- CLIP's mean zero-shot AUC (the clip arm, mean over seeds) >= 0.80;
+- CLIP's pointing game (mean over seeds) above the image-free prior baseline's.
+Prints one line per goal and exits 0 when all are met, 1 otherwise (2 for an unreadable file).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MAX_WALL_SECONDS = 600.0
+MIN_CLIP_AUC = 0.80
+
+
+def check_goals(result: dict) -> list[tuple[str, bool, str]]:
+    """(goal, met, measured) for each goal, from a demo.json's content."""
+    wall = result["timings"]["total_seconds"]
+    clip = result["summary"]["clip"]
+    auc, pointing = clip["auc"]["mean"], clip["pointing_game"]["mean"]
+    prior = result["baselines"]["prior"]["pointing_game"]
+    return [
+        (f"wall time <= {MAX_WALL_SECONDS / 60:.0f} min", wall <= MAX_WALL_SECONDS, f"{wall / 60:.1f} min"),
+        (f"clip mean zero-shot AUC >= {MIN_CLIP_AUC:.2f}", auc >= MIN_CLIP_AUC,
+         f"{auc:.3f} ± {clip['auc']['sd']:.3f} over {len(clip['auc']['values'])} seeds"),
+        ("clip pointing game > image-free prior", prior is not None and pointing > prior,
+         f"{pointing:.3f} vs prior {prior if prior is None else round(prior, 3)}"),
+    ]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    try:
+        result = json.loads(Path(argv[0]).read_text())
+        goals = check_goals(result)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"demo_goals: {argv[0]}: not a readable demo.json ({exc})", file=sys.stderr)
+        return 2
+    setup = result.get("setup", {})
+    print(f"{argv[0]}: --size {setup.get('size')}, {setup.get('seeds')} seeds, on {result['machine']['cpu']} "
+          f"({result['machine']['cores']} cores)")
+    for goal, met, measured in goals:
+        print(f"  {'PASS' if met else 'FAIL'}  {goal}: {measured}")
+    return 0 if all(met for _, met, _ in goals) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

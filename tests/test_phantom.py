@@ -1,5 +1,6 @@
-"""The phantom chest X-ray dataset: determinism, label balance, boxes that hold their drawings,
-honest captions, open_clip's WebDataset pipeline, and both backgrounds."""
+"""The phantom chest X-ray benchmark: determinism, label balance, boxes that hold their drawings
+at random places, a low image-free prior, captions in the phrase bank's words, the grounding
+layout, open_clip's WebDataset pipeline, and both backgrounds."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import pytest
 
 from tier_openclip import phantom
 from tier_openclip.data_prep import shards
-from tier_openclip.phantom import FINDINGS, FINDING_NAMES, PhantomConfig, PlannedFinding
+from tier_openclip.phantom import FINDING_NAMES, FINDINGS, FINDINGS_BY_NAME, SITES, PhantomConfig, PlannedFinding
 
 HAS_REAL = phantom.real_anatomy_path() is not None
 needs_real = pytest.mark.skipif(not HAS_REAL, reason="pydicom-data not installed")
 BACKGROUNDS = [pytest.param(True, id="real", marks=needs_real), pytest.param(False, id="procedural")]
+LUNG = ("opacity", "bulla")
+LATERAL = ("pleural effusion", "pneumothorax")
 
 
 def tiny(seed: int = 0, **overrides) -> PhantomConfig:
@@ -31,6 +34,19 @@ def tiny(seed: int = 0, **overrides) -> PhantomConfig:
 
 def files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def shard_records(split_dir: Path) -> list[dict]:
+    records = []
+    for path in sorted(split_dir.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            records += [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    return records
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +67,9 @@ def test_layout_and_metadata(written):
     assert json.loads((out / "test" / "sizes.json").read_text()) == {"test-000000.tar": 4, "test-000001.tar": 4}
     assert summary["train_shards"] == str(out / "train" / "train-{000000..000002}.tar")
     assert summary["test_shards"] == str(out / "test" / "test-{000000..000001}.tar")
-    assert (summary["num_train"], summary["num_test"], summary["eval_dir"]) == (10, 8, str(out / "test_eval"))
+    assert (summary["num_train"], summary["num_test"]) == (10, 8)
+    assert summary["eval_dir"] == summary["grounding_dir"] == str(out / "test_eval")
+    assert summary["labels"] == list(FINDING_NAMES) and summary["prompts"] == phantom.prompt_set()
 
     with tarfile.open(out / "test" / "test-000000.tar") as tar:
         members = tar.getmembers()
@@ -59,30 +77,50 @@ def test_layout_and_metadata(written):
         assert {m.mtime for m in members} == {0}  # reproducible archives
         record = json.loads(tar.extractfile("test-000000.json").read())
         png = tar.extractfile("test-000000.png").read()
+        caption = tar.extractfile("test-000000.txt").read().decode()
     assert record["split"] == "test" and record["seed"] == 0 and record["index"] == 0
     assert record["boxes"] == {f["name"]: f["box"] for f in record["findings"]}
+    assert all(f["phrase"].lower() in caption.lower() for f in record["findings"])
     assert (out / "test_eval" / "images" / "test-000000.png").read_bytes() == png
 
     meta = json.loads((out / "test_eval" / "meta.json").read_text())
-    assert meta["dataset"] == "phantom" and meta["labels"] == list(FINDING_NAMES)
-    assert meta["prompts"] == {s.name: s.prompt for s in FINDINGS}
+    assert meta["format"] == "tier-openclip-eval/1" and meta["dataset"] == "phantom"
+    assert meta["labels"] == list(FINDING_NAMES) and meta["image_size"] == 64
+    assert meta["box_format"] == "x0, y0, x1, y1 in pixels of the stored image, half-open"
+    assert meta["prompts"] == phantom.prompt_set()
+    assert json.loads((out / "test_eval" / "prompts.json").read_text()) == phantom.prompt_set()
     from tier_openclip.evaluate import read_eval_set  # the zero-shot evaluator reads it as is
 
     eval_set = read_eval_set(out / "test_eval")
     assert eval_set.labels == list(FINDING_NAMES) and len(eval_set.images) == 8
-    with open(out / "test_eval" / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(out / "test_eval" / "labels.csv")
     assert len(rows) == 8 and list(rows[0]) == ["image", *FINDING_NAMES]
     assert all((out / "test_eval" / r["image"]).is_file() for r in rows)
     for name in FINDING_NAMES:
         positives = sum(int(r[name]) for r in rows)
-        assert meta["counts"][name] == {"positive": positives, "negative": 8 - positives, "unknown": 0}
-    with open(out / "test_eval" / "boxes.csv", newline="") as f:
-        boxes = list(csv.DictReader(f))
-    assert len(boxes) == sum(int(r[n]) for r in rows for n in FINDING_NAMES)
+        assert meta["counts"][name] == summary["counts"][name] == {
+            "positive": positives, "negative": 8 - positives, "unknown": 0}
+
+    # boxes.csv: one row per test finding, its phrase as the caption says it.
+    test_records = {f"images/{r['key']}.png": r for r in shard_records(out / "test")}
+    boxes = read_csv(out / "test_eval" / "boxes.csv")
+    assert list(boxes[0]) == ["image", "finding", "phrase", "x0", "y0", "x1", "y1"]
+    assert [(b["image"], b["finding"], b["phrase"], *map(int, (b["x0"], b["y0"], b["x1"], b["y1"]))) for b in boxes] == [
+        (image, f["name"], f["phrase"], *f["box"]) for image, r in test_records.items() for f in r["findings"]]
     for b in boxes:
-        row = next(r for r in rows if r["image"] == b["image"])
-        assert row[b["finding"]] == "1" and b["prompt"] == phantom.FINDINGS_BY_NAME[b["finding"]].prompt
+        assert next(r for r in rows if r["image"] == b["image"])[b["finding"]] == "1"
+    # prior_boxes.csv: every finding of the TRAIN split.
+    train = [(f["name"], tuple(f["box"])) for r in shard_records(out / "train") for f in r["findings"]]
+    prior = read_csv(out / "test_eval" / "prior_boxes.csv")
+    assert [(p["finding"], tuple(int(p[k]) for k in ("x0", "y0", "x1", "y1"))) for p in prior] == train
+    test = [(b["finding"], tuple(int(b[k]) for k in ("x0", "y0", "x1", "y1"))) for b in boxes]
+    assert summary["prior_pointing_game"] == phantom.prior_pointing(train, test, 64)
+
+    from tier_openclip.grounding import read_grounding_set  # and so does the grounding evaluator
+
+    grounding = read_grounding_set(out / "test_eval")
+    assert [(p.finding, p.phrase) for p in grounding.phrases] == [(b["finding"], b["phrase"]) for b in boxes]
+    assert sum(len(v) for v in grounding.prior_boxes.values()) == len(train)
 
 
 def test_same_config_same_bytes_other_seed_other_bytes(written, tmp_path):
@@ -108,6 +146,8 @@ def test_rewriting_a_smaller_dataset_leaves_no_stale_shards(tmp_path):
     phantom.write_phantom_dataset(tmp_path, tiny(num_train=3, num_test=2), progress=False)
     assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["train-000000.tar"]
     assert len(list((tmp_path / "test_eval" / "images").iterdir())) == 2
+    train = [(f["name"], f["box"]) for r in shard_records(tmp_path / "train") for f in r["findings"]]
+    assert len(read_csv(tmp_path / "test_eval" / "prior_boxes.csv")) == len(train)  # of the 3 samples now planned
 
 
 def test_shards_come_from_data_preps_writer_and_a_rerun_keeps_them(written, tmp_path):
@@ -129,29 +169,40 @@ def test_shards_come_from_data_preps_writer_and_a_rerun_keeps_them(written, tmp_
     stats = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in rerun.glob("*/*.tar")}
     (rerun / "test_eval" / "images" / "test-000005.png").unlink()  # test_eval is rebuilt from the shards
     (rerun / "test_eval" / "labels.csv").write_text("damaged")
+    (rerun / "test_eval" / "prior_boxes.csv").write_text("damaged")  # and so are the train boxes
     (rerun / "test_eval" / "images" / "test-000099.png").write_bytes(b"stale")
     again = phantom.write_phantom_dataset(rerun, tiny(), progress=False)
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in rerun.glob("*/*.tar")} == stats  # kept as they were
     assert files(rerun) == before
     assert again["test_shards"] == str(rerun / "test" / "test-{000000..000001}.tar")
     assert (again["counts"], again["num_train"], again["num_test"]) == (summary["counts"], 10, 8)
+    assert again["prior_pointing_game"] == summary["prior_pointing_game"]
 
 
 # ------------------------------------------------------------------ labels and sampling
 
 
-def test_small_preset_has_enough_positives_and_negatives_of_every_finding():
+def test_small_preset_has_enough_positives_and_negatives_of_every_category():
     config = PhantomConfig.preset("small")
     assert (config.image_size, config.num_train, config.num_test) == (64, 2000, 400)
     labels = phantom.split_labels(config, "test")
     assert labels.shape == (400, len(FINDINGS))
     positives = labels.sum(0)
-    assert positives.min() >= 25 and (400 - positives).min() >= 300, dict(zip(FINDING_NAMES, positives))
-    counts = labels.sum(1)
-    assert set(counts) == {0, 1, 2}
-    for pair in phantom.INCOMPATIBLE:
-        columns = [FINDING_NAMES.index(n) for n in pair]
-        assert not labels[:, columns].all(1).any()
+    assert positives.min() >= 25 and (400 - positives).min() >= 200, dict(zip(FINDING_NAMES, positives))
+    assert set(labels.sum(1)) == {0, 1, 2}
+
+
+def test_sites_are_compatible_and_cover_every_place():
+    config = PhantomConfig()
+    seen = set()
+    for i in range(3000):
+        sites = phantom.sample_sites(phantom.sample_rng(0, "train", i), config)
+        assert len(sites) <= 2 and len({s.name for s in sites}) == len(sites)
+        assert list(sites) == sorted(sites, key=lambda s: FINDING_NAMES.index(s.name))
+        assert all(phantom.compatible(a, b) for a, b in itertools.combinations(sites, 2))
+        seen |= set(sites)
+    assert seen == set(SITES)  # every lung zone of both lungs, both bases, both apices, the heart
+    assert len(SITES) == 6 + 6 + 2 + 1 + 2
 
 
 def test_label_dry_run_matches_rendered_samples():
@@ -170,9 +221,11 @@ def test_presets_and_validation():
         PhantomConfig.preset("huge")
     with pytest.raises(ValueError):
         PhantomConfig(finding_count_probs=(0.5, 0.5, 0.5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="pneumonia"):
         PhantomConfig(finding_weights={"pneumonia": 1.0})
-    only = PhantomConfig(finding_weights={n: float(n == "cardiomegaly") for n in FINDING_NAMES})
+    with pytest.raises(ValueError):
+        PhantomConfig(negation_prob=1.5)
+    only = PhantomConfig(finding_weights={"cardiomegaly": 1.0})  # left-out categories weigh 0
     names = {phantom.sample_finding_names(phantom.sample_rng(0, "train", i), only) for i in range(50)}
     assert names == {(), ("cardiomegaly",)}
 
@@ -180,10 +233,16 @@ def test_presets_and_validation():
 # ------------------------------------------------------------------ drawings and boxes
 
 
-def planned(spec, index: int) -> PlannedFinding:
+def planned(site, index: int) -> PlannedFinding:
+    spec = FINDINGS_BY_NAME[site.name]
     severity = list(spec.severities)[index % len(spec.severities)]
     low, high = spec.severities[severity]
-    return PlannedFinding(spec.name, severity, (low + high) / 2, sum(spec.density) / 2, seed=100 + index)
+    unnamed = PlannedFinding(*site, severity, (low + high) / 2, sum(spec.density) / 2, seed=100 + index, phrase="")
+    return dataclasses.replace(unnamed, phrase=phantom.phrase_options(unnamed)[0])
+
+
+def render(config, background, plan, *findings):
+    return phantom.render_sample(dataclasses.replace(plan, findings=tuple(findings)), config, background)
 
 
 @pytest.mark.parametrize("real", BACKGROUNDS)
@@ -192,35 +251,96 @@ def test_each_box_holds_its_drawing(real, size):
     """Render a plan with and without one finding: the pixels that change are the box's."""
     config = PhantomConfig(image_size=size, use_real_anatomy=real)
     background = phantom.build_background(config)
-    for spec in FINDINGS:
-        for i in range(3):
+    for site in SITES:
+        for i in range(2):
             plan = phantom.plan_sample(phantom.sample_rng(7, "train", i), config)
-            with_it = phantom.render_sample(dataclasses.replace(plan, findings=(planned(spec, i),)), config, background)
-            without = phantom.render_sample(dataclasses.replace(plan, findings=()), config, background)
-            x0, y0, x1, y1 = box = with_it.boxes[spec.name]
-            assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size, (spec.name, box)
+            finding = planned(site, i)
+            with_it, without = render(config, background, plan, finding), render(config, background, plan)
+            x0, y0, x1, y1 = box = with_it.boxes[site.name]
+            assert with_it.findings[0].phrase == finding.phrase and with_it.findings[0].side == site.side
+            assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size, (site, box)
             # Every lesion spans at least one 8x8 ViT patch's worth of pixels at 64 px; sizes scale.
-            assert min(x1 - x0, y1 - y0) >= 8 * size / 64, (spec.name, box)
+            assert min(x1 - x0, y1 - y0) >= 8 * size / 64, (site, box)
             diff = np.abs(with_it.image.astype(int) - without.image.astype(int))
             inside = np.zeros_like(diff, dtype=bool)
             inside[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] = True
-            assert np.percentile(diff[y0:y1, x0:x1], 90) >= 20, (spec.name, box)  # visibly drawn there
-            assert diff[inside].sum() >= 0.9 * diff.sum(), (spec.name, box)  # and (almost) only there
+            assert np.percentile(diff[y0:y1, x0:x1], 90) >= 20, (site, box)  # visibly drawn there
+            assert diff[inside].sum() >= 0.9 * diff.sum(), (site, box)  # and (almost) only there
 
 
-def test_left_is_on_the_image_right():
-    """Radiological convention: the patient's left side is drawn at large x."""
+def test_findings_that_may_share_an_image_do_not_overlap():
+    """For every compatible pair of sites: each finding's drawing stays out of the other's box."""
     config = PhantomConfig(image_size=64)
     background = phantom.build_background(config)
-    plan = phantom.plan_sample(phantom.sample_rng(0, "train", 0), config)
-    for spec in FINDINGS:
-        sample = phantom.render_sample(dataclasses.replace(plan, findings=(planned(spec, 0),)), config, background)
-        x0, _, x1, _ = sample.boxes[spec.name]
-        centre = (x0 + x1) / 2
-        if spec.side == "left":
-            assert centre > 32, spec.name
-        elif spec.side == "right":
-            assert centre < 32, spec.name
+    plan = phantom.plan_sample(phantom.sample_rng(3, "train", 0), config)
+    empty = render(config, background, plan).image.astype(int)
+    pairs = [(a, b) for a, b in itertools.combinations(SITES, 2) if phantom.compatible(a, b)]
+    assert len(pairs) > 40
+    for i, (a, b) in enumerate(pairs):
+        alone = {s: render(config, background, plan, planned(s, i)) for s in (a, b)}
+        for s, other in ((a, b), (b, a)):
+            diff = np.abs(alone[s].image.astype(int) - empty)
+            ox0, oy0, ox1, oy1 = alone[other].boxes[other.name]
+            assert diff[oy0:oy1, ox0:ox1].sum() <= 0.1 * diff.sum(), (s, other)
+    assert not phantom.compatible(phantom.Site("opacity", "right", "lower"), phantom.Site("pleural effusion", "right"))
+    assert not phantom.compatible(phantom.Site("bulla", "left", "upper"), phantom.Site("opacity", "left", "middle"))
+
+
+def test_lesions_sit_on_their_side_and_in_their_zone_at_random_places():
+    """Radiological convention (the patient's left is drawn at large x), lung zones from top to
+    bottom, and positions that vary from sample to sample within a site."""
+    config = PhantomConfig(image_size=64)
+    background = phantom.build_background(config)
+    centres: dict = {}
+    for site in SITES:
+        for i in range(12):
+            plan = phantom.plan_sample(phantom.sample_rng(1, "train", i), config)
+            x0, y0, x1, y1 = render(config, background, plan, planned(site, i)).boxes[site.name]
+            centres.setdefault(site, []).append(((x0 + x1) / 2, (y0 + y1) / 2))
+    for site, points in centres.items():
+        x = np.array(points)[:, 0]
+        if site.side == "left":
+            assert x.min() > 32, site
+        elif site.side == "right":
+            assert x.max() < 32, site
+    for name, side in itertools.product(LUNG, phantom.SIDES):
+        ys = [np.array(centres[phantom.Site(name, side, zone)])[:, 1] for zone in phantom.ZONES]
+        assert ys[0].mean() + 4 < ys[1].mean() < ys[2].mean() - 4, (name, side)
+        for zone in phantom.ZONES:
+            spread = np.array(centres[phantom.Site(name, side, zone)]).std(axis=0)
+            assert spread.max() >= 1.5, (name, side, zone, spread)  # not one fixed place
+
+
+def test_prior_pointing_on_hand_made_boxes():
+    train = [("a", (0, 0, 16, 16)), ("a", (8, 8, 24, 24)), ("b", (48, 48, 64, 64))]
+    # grid 8 over 64 px: patch centres at 4, 12, ...; the 4 centres of (8..16)^2 are covered twice.
+    test = [("a", (8, 8, 16, 16)), ("a", (0, 0, 12, 12)), ("a", (32, 32, 40, 40)), ("b", (56, 56, 64, 64)),
+            ("c", (0, 0, 64, 64))]
+    result = phantom.prior_pointing(train, test, image_size=64)
+    # a's most covered patch is the one centred at (12, 12): hit, miss (12 is outside 0..12), miss;
+    # b's four patches tie: the box (56..64)^2 holds one of them; c has no prior: a miss.
+    assert result["per_finding"] == {"a": pytest.approx(1 / 3), "b": 0.25, "c": 0.0}
+    assert result["overall"] == pytest.approx((1 + 0 + 0 + 0.25 + 0) / 5)
+    assert result["boxes"] == 5 and result["grid"] == 8
+
+
+def test_image_free_prior_baseline_is_low_on_the_default_config():
+    """The pointing game of "point where the finding usually is", from train boxes onto test
+    boxes of the default (small) config: at most 0.35 at TIER-tiny's 8x8 patch grid and at the
+    pixel level, where tier_openclip.grounding computes its prior (fewer samples than the preset
+    to stay fast; the full preset measures 0.32 / 0.33)."""
+    config = PhantomConfig.preset("small")
+    train, test = phantom.split_boxes(config, "train", 400), phantom.split_boxes(config, "test", 200)
+    patches = phantom.prior_pointing(train, test, config.image_size)
+    pixels = phantom.prior_pointing(train, test, config.image_size, grid=config.image_size)
+    assert patches["overall"] <= 0.35 and pixels["overall"] <= 0.35, (patches, pixels)
+    assert patches["per_finding"]["cardiomegaly"] == 1.0  # the one category with a fixed place
+    assert max(patches["per_finding"][name] for name in LUNG) <= 0.3, patches
+    assert max(patches["per_finding"][name] for name in LATERAL) <= 0.65, patches  # one of two sides
+    # The Python entry point: the first samples of each split, in order.
+    first = [int(phantom.split_labels(config, split)[:n].sum()) for split, n in (("train", 40), ("test", 20))]
+    assert phantom.prior_pointing_baseline(config, 40, 20) == phantom.prior_pointing(
+        train[: first[0]], test[: first[1]], config.image_size)
 
 
 def test_make_sample_is_pure_given_the_generator():
@@ -234,89 +354,130 @@ def test_make_sample_is_pure_given_the_generator():
     assert not np.array_equal(a.image, c.image)
 
 
-# ------------------------------------------------------------------ captions
+# ------------------------------------------------------------------ phrase bank and captions
 
-# Independent restatement of what each negative phrase rules out.
-OPACITIES = {n for n in FINDING_NAMES if "opacity" in n}
-PARENCHYMA = OPACITIES | {"left upper zone mass"}
-EFFUSIONS = {"right pleural effusion", "left pleural effusion"}
-DENIALS = {
-    r"no acute|normal chest radiograph": set(FINDING_NAMES),
-    r"lungs are clear": PARENCHYMA,
-    r"right lung is clear": {n for n in PARENCHYMA if n.startswith("right")},
-    r"left lung is clear": {n for n in PARENCHYMA if n.startswith("left")},
-    r"no focal (consolidation|airspace opacity)": OPACITIES,
-    r"no discrete pulmonary mass": {"left upper zone mass"},
-    r"^no pleural effusion|costophrenic angles are sharp|or pleural effusion": EFFUSIONS,
-    r"no right pleural effusion|right costophrenic angle is sharp": {"right pleural effusion"},
-    r"no left pleural effusion|left costophrenic angle is sharp": {"left pleural effusion"},
-    r"no pneumothorax|or pneumothorax": {"right pneumothorax"},
-    r"heart size|silhouette is normal": {"cardiomegaly"},
-}
+TERMS = {"opacity": "opacity", "bulla": "bulla", "pleural effusion": "pleural effusion",
+         "cardiomegaly": "cardiomegaly", "pneumothorax": "pneumothorax"}
+# Independent restatement of what each negative sentence rules out (category, side or None).
+DENIALS = [
+    (r"^(there is )?no (opacity|bulla|pleural effusion|cardiomegaly|pneumothorax)( is seen)?\.$", None),
+    (r"^no focal consolidation\.$", "opacity"),
+    (r"^the costophrenic angles are sharp\.$", "pleural effusion"),
+    (r"^heart size is normal\.$", "cardiomegaly"),
+]
+SIDE_DENIAL = re.compile(r"^no (right|left) (pleural effusion|pneumothorax)\.$")
+NORMAL = re.compile(r"^(no acute cardiopulmonary (process|abnormality)|normal chest radiograph)\.$")
 
 
 def sentences(caption: str) -> list[str]:
     return [s.strip().lower() for s in re.split(r"(?<=\.)\s+", caption) if s.strip()]
 
 
-def test_captions_name_every_present_finding_and_deny_only_absent_ones():
+def test_prompts_are_the_phrase_banks_and_the_evaluators_defaults():
+    from tier_openclip.prompts import resolve_prompts, validate_prompts
+
+    prompts = phantom.prompt_set()
+    assert validate_prompts(prompts) == prompts == resolve_prompts(FINDING_NAMES)  # "{x}" vs "no {x}"
+    assert {name: p["positive"] for name, p in prompts.items()} == {n: [t] for n, t in TERMS.items()}
+    for site in SITES:
+        spec = FINDINGS_BY_NAME[site.name]
+        for severity, size in itertools.product(spec.severities, np.linspace(*next(iter(spec.severities.values())), 5)):
+            finding = PlannedFinding(*site, severity, float(size), 1.0, 0, "")
+            for phrase in phantom.phrase_options(finding):
+                assert phrase == phrase.lower() and TERMS[site.name] in phrase, phrase
+                assert all(word in phrase.split() for word in (site.side, site.zone) if word), (site, phrase)
+                if site.name in LUNG:
+                    assert f"{site.zone} zone" in phrase
+
+
+def test_captions_name_every_present_finding_where_it_is_and_deny_only_absent_ones():
     config = PhantomConfig(image_size=64)
     normal_captions = set()
     for i in range(1500):
         plan = phantom.plan_sample(phantom.sample_rng(0, "train", i), config)
-        present = {f.name for f in plan.findings}
+        present = {f.name: f for f in plan.findings}
         said = sentences(plan.caption)
         assert said and plan.caption.endswith(".")
-        for name in present:
-            spec = phantom.FINDINGS_BY_NAME[name]
-            assert any(
-                (spec.side is None or spec.side in s) and (spec.zone is None or spec.zone in s)
-                and any(k in s for k in spec.keywords) and not s.startswith("no ")
-                for s in said
-            ), (name, plan.caption)
+        for f in plan.findings:  # its phrase, in one sentence that is not a negation
+            assert sum(f.phrase in s and not s.startswith(("no ", "there is no")) for s in said) == 1, plan.caption
+            assert f.phrase in phantom.phrase_options(f)
         for s in said:
-            if s.startswith("no ") or re.search(r"normal|clear|sharp", s):
-                denied = set().union(*(names for pattern, names in DENIALS.items() if re.search(pattern, s)))
-                assert denied, f"unrecognised negative sentence {s!r}: add it to DENIALS"
-                assert not denied & present, (plan.caption, present)
+            if any(f.phrase in s for f in plan.findings) and not s.startswith(("no ", "there is no")):
+                continue
+            if NORMAL.match(s):
+                assert not present, plan.caption
+                continue
+            side_denial = SIDE_DENIAL.match(s)
+            if side_denial:  # the other side of a present lateralised finding
+                side, name = side_denial.groups()
+                assert name in present and present[name].side != side, plan.caption
+                continue
+            matches = [(m, name) for pattern, name in DENIALS if (m := re.match(pattern, s))]
+            assert len(matches) == 1, f"unrecognised sentence {s!r} in {plan.caption!r}"
+            m, name = matches[0]
+            name = name or m.group(2)
+            assert name not in present, plan.caption
         if not present:
             normal_captions.add(plan.caption)
     assert len(normal_captions) >= 20  # wording varies
 
 
+def test_captions_speak_the_prompts_language():
+    """The CheXzero test ("{x}" vs "no {x}") asks what the captions taught: every positive
+    caption has the term, about half of the captions without the finding say "no {term}", and
+    none with it does."""
+    config = PhantomConfig()
+    with_it = {name: [] for name in FINDING_NAMES}
+    without = {name: [] for name in FINDING_NAMES}
+    for i in range(2000):
+        plan = phantom.plan_sample(phantom.sample_rng(0, "train", i), config)
+        present = {f.name for f in plan.findings}
+        text = plan.caption.lower()
+        for name, term in TERMS.items():
+            (with_it if name in present else without)[name].append((term in text, f"no {term}" in text))
+    for name in FINDING_NAMES:
+        assert all(has for has, _ in with_it[name]) and not any(neg for _, neg in with_it[name]), name
+        negated = np.mean([neg for _, neg in without[name]])
+        assert 0.35 <= negated <= 0.65, (name, negated)
+
+
 def test_report_structure_affirms_each_finding_once():
     rng = np.random.default_rng(0)
     for _ in range(500):
-        names = phantom.sample_finding_names(rng, PhantomConfig())
-        findings = [planned(phantom.FINDINGS_BY_NAME[n], int(rng.integers(4))) for n in names]
+        sites = phantom.sample_sites(rng, PhantomConfig())
+        findings = [planned(site, int(rng.integers(4))) for site in sites]
         report = phantom.report_sentences(rng, findings)
-        affirmed = [n for s in report for n in s.affirms]
-        assert sorted(affirmed) == sorted(names)
-        assert not set().union(*(s.denies for s in report)) & set(names)
+        assert sorted(n for s in report for n in s.affirms) == sorted(s.name for s in sites)
+        assert not set().union(*(s.denies for s in report)) & {s.name for s in sites}
 
 
 def test_no_caption_is_truncated_by_a_64_token_context():
-    """Worst case over every finding set, severity and wording: the longest positive sentences
-    plus the longest negative of each section fit TIER-tiny's context (64 minus start/end)."""
+    """Worst case over every compatible pair of sites, severity and wording: the longest positive
+    sentences (with the other side's negation) plus the longest negation of each absent category
+    fit TIER-tiny's context (64 minus start/end)."""
     from open_clip.tokenizer import SimpleTokenizer
 
     encode = SimpleTokenizer().encode
     longest = lambda texts: max(len(encode(t)) for t in texts)  # noqa: E731
-    mass = phantom.FINDINGS_BY_NAME["left upper zone mass"]
-    sizes = np.linspace(*mass.severities[None], 50)  # every centimetre value a caption can state
-    sets = [names for k in range(3) for names in itertools.combinations(FINDING_NAMES, k)
-            if frozenset(names) not in phantom.INCOMPATIBLE]
+    bulla = FINDINGS_BY_NAME["bulla"]
+    sizes = np.linspace(*bulla.severities[None], 50)  # every centimetre value a caption can state
+    positive = {}  # site -> its longest positive sentence(s), over every severity, size and wording
+    for site in SITES:
+        spec = FINDINGS_BY_NAME[site.name]
+        variants = [PlannedFinding(*site, sev, size, 1.0, 0, "") for sev in spec.severities
+                    for size in (sizes if site.name == "bulla" else [sum(spec.severities[sev]) / 2])]
+        phrases = {p for v in variants for p in phantom.phrase_options(v)}
+        positive[site] = max(longest(phantom.positive_sentences(site.name, p)) for p in phrases)
+        if site.name in LATERAL:
+            positive[site] += len(encode(phantom.other_side_sentence(site.name, site.side)))
+    negative = {name: longest(phantom.negative_sentences(name)) for name in FINDING_NAMES}
+    sets = [sites for k in range(3) for sites in itertools.combinations(SITES, k)
+            if all(phantom.compatible(a, b) for a, b in itertools.combinations(sites, 2))]
     worst = 0
-    for names in sets:
-        total = 0
-        for name in names:
-            spec = phantom.FINDINGS_BY_NAME[name]
-            variants = [PlannedFinding(name, sev, size, 1.0, 0) for sev in spec.severities
-                        for size in (sizes if spec.kind == "mass" else [sum(spec.severities[sev]) / 2])]
-            total += max(longest(phantom.positive_options(v)) for v in variants)
-        negatives = phantom.negative_options(frozenset(names))
-        total += sum(longest(s.text for s in options) for options in negatives if options)
-        if not names:
+    for sites in sets:
+        total = sum(positive[site] for site in sites)
+        total += sum(negative[n] for n in FINDING_NAMES if n not in {s.name for s in sites})
+        if not sites:
             total += longest(phantom.NORMAL_IMPRESSIONS)
         worst = max(worst, total)
     assert worst <= 62, worst
@@ -366,7 +527,8 @@ def lung_and_mediastinum(background: phantom.Background) -> tuple[float, float]:
 
 @needs_real
 def test_real_anatomy_is_displayed_the_right_way_round():
-    """MONOCHROME1 inverted to the usual display: aerated lungs dark, mediastinum bright."""
+    """MONOCHROME1 inverted to the usual display (by data_prep's DICOM pipeline): aerated lungs
+    dark, mediastinum bright."""
     background = phantom.build_background(PhantomConfig(use_real_anatomy=True))
     assert background.source == "RG1_UNCI.dcm"
     lungs, mediastinum = lung_and_mediastinum(background)
@@ -375,7 +537,7 @@ def test_real_anatomy_is_displayed_the_right_way_round():
 
 
 def test_procedural_fallback(monkeypatch):
-    monkeypatch.setattr(phantom, "real_anatomy_path", lambda: None)
+    monkeypatch.setattr(phantom.anatomy, "real_anatomy_path", lambda: None)
     config = PhantomConfig(image_size=64)  # use_real_anatomy=None: falls back when absent
     background = phantom.build_background(config)
     assert background.source == "procedural"

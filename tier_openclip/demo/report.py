@@ -1,0 +1,201 @@
+"""report.md and sweep.md from the demo's JSON, and its figures (sweep plot, heatmaps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from tier_openclip.demo.summary import METRICS, NOISE_RULE
+
+
+def _cell(entry: Mapping) -> str:
+    return f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+
+
+def _difference(entry: Mapping) -> str:
+    return f"{entry['mean']:+.3f} ± {entry['sd']:.3f}"
+
+
+def _baseline(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _setup_lines(result: Mapping) -> list[str]:
+    setup, data = result["setup"], result["data"]
+    pre, fine = setup["pretrain"], setup["finetune"]
+    return [
+        f"TIER-tiny on {data['num_train']} phantom radiographs ({setup['size']} preset; findings at random places "
+        f"inside their regions), evaluated on {data['num_test']} held-out images with known boxes. "
+        f"CLIP pre-trained once ({pre['epochs']} epochs = {pre['steps']} steps at batch {setup['batch_size']}, "
+        f"lr {pre['lr']:g}, {pre['warmup']} warm-up steps), then every arm fine-tuned from that checkpoint "
+        f"({fine['epochs']} epochs = {fine['steps']} steps, lr {fine['lr']:g}, fresh optimiser) once per seed "
+        f"({setup['seeds']} seeds); all arms of a seed see the same batches in the same order.",
+        "",
+        "Arms: " + "; ".join(f"**{arm['name']}** (`{' '.join(arm['flags'])}`)" for arm in setup["arms"]) + ".",
+    ]
+
+
+def format_report(result: Mapping) -> str:
+    """report.md of a demo run (run_demo's result)."""
+    arms = list(result["summary"])
+    base = result["baselines"]
+    prior, random = base.get("prior", {}), base.get("random", {})
+    wall = result["timings"]["total_seconds"]
+    lines = ["# tier-openclip demo: phantom chest X-rays", "", *_setup_lines(result),
+             f"Wall time {wall / 60:.1f} min on {result['machine']['cpu']} ({result['machine']['cores']} cores).", "",
+             "## Each arm (mean ± sd over seeds)", "",
+             "| metric | start (pre-trained) | " + " | ".join(arms) + " | image-free prior | random patch |",
+             "| --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
+    start = result["start"]["metrics"]
+    for metric, label in METRICS.items():
+        cells = [_cell(result["summary"][arm][metric]) for arm in arms]
+        prior_cell = _baseline(prior.get(metric)) if metric in ("cnr", "pointing_game", "miou") else "–"
+        random_cell = _baseline(random.get(metric)) if metric in ("cnr", "pointing_game", "miou") else "–"
+        lines.append(f"| {label} | {start[metric]:.3f} | " + " | ".join(cells) + f" | {prior_cell} | {random_cell} |")
+    max_entropy = result["start"]["max_entropy_token_to_patch"]
+    lines += [
+        "",
+        f"Grounding (tier_openclip.grounding, `tokens` maps) on the {result['grounding_phrases']} phrases of the "
+        f"test set; the image-free prior points where the finding's training boxes usually are "
+        f"({prior.get('source', '?')}), the random patch is chance. Entropies at scale 1 over "
+        f"{result['start']['patches']} patches (at most ln {result['start']['patches']} = {max_entropy:.3f}); "
+        "lower means sparser token→patch maps.",
+        "",
+    ]
+    for arm, differences in result["differences"].items():
+        lines += [f"## Paired differences: {arm} − clip, seed by seed", "",
+                  "| metric | mean ± sd | per seed | reading |", "| --- | --- | --- | --- |"]
+        for metric, label in METRICS.items():
+            entry = differences[metric]
+            per_seed = ", ".join(f"{v:+.3f}" for v in entry["values"])
+            lines.append(f"| {label} | {_difference(entry)} | {per_seed} | {entry['verdict']} |")
+        lines += [""]
+    lines += [f"Rule: {NOISE_RULE}.", "", "## Zero-shot AUC per finding (mean ± sd over seeds)", "",
+              "| finding | " + " | ".join(arms) + " |", "| --- | " + " | ".join("---" for _ in arms) + " |"]
+    for finding in result["per_finding_auc"][arms[0]]:
+        cells = [_cell(result["per_finding_auc"][arm][finding]) if finding in result["per_finding_auc"][arm] else "–"
+                 for arm in arms]
+        lines.append(f"| {finding} | " + " | ".join(cells) + " |")
+    lines += ["", "## Pointing game per finding (mean ± sd over seeds)", "",
+              "| finding | " + " | ".join(arms) + " | image-free prior | random patch |",
+              "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
+    for finding in result["per_finding_pointing"][arms[0]]:
+        cells = [_cell(result["per_finding_pointing"][arm][finding]) for arm in arms]
+        lines.append(f"| {finding} | " + " | ".join(cells) + f" | {_baseline(base['per_finding'].get(finding, {}).get('prior'))} "
+                     f"| {_baseline(base['per_finding'].get(finding, {}).get('random'))} |")
+    timings = result["timings"]
+    lines += ["", "## Time", "", "| stage | seconds |", "| --- | --- |"]
+    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings["stages"].items()]
+    if timings.get("mean_step_seconds"):
+        lines += ["", "Mean seconds per training step: " + ", ".join(
+            f"{name} {value:.3f}" for name, value in timings["mean_step_seconds"].items()) +
+            f"; start-up and checkpoint overhead per run {timings['mean_overhead_seconds']:.1f} s."]
+    lines += ["", "![sparsity curves](sparsity.png)", ""]
+    lines += [f"![heatmaps]({path})" for path in result.get("heatmaps", [])]
+    return "\n".join(lines) + "\n"
+
+
+def format_sweep(result: Mapping) -> str:
+    """sweep.md of a sweep run (run_sweep's result)."""
+    lines = ["# tier-openclip demo --sweep: TIER's λ × scale against the clip control", "", *_setup_lines(result),
+             f"Wall time {result['timings']['total_seconds'] / 60:.1f} min on {result['machine']['cpu']} "
+             f"({result['machine']['cores']} cores).", "",
+             "Paired differences tier − clip (mean ± sd over seeds, with the reading by the rule below). "
+             "The clip control: " + ", ".join(f"{METRICS[m]} {_cell(result['control'][m])}"
+                                               for m in ("auc", "cnr", "pointing_game")) + ".", "",
+             "| λ | scale | " + " | ".join(METRICS[m] for m in SWEEP_COLUMNS) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in SWEEP_COLUMNS) + " |"]
+    for row in result["grid"]:
+        cells = [f"{_difference(row['differences'][m])} ({row['differences'][m]['verdict']})" for m in SWEEP_COLUMNS]
+        lines.append(f"| {row['lambda']:g} | {row['scale']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Rule: {NOISE_RULE}.", "", "![sweep](sweep.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+SWEEP_COLUMNS = ("auc", "cnr", "pointing_game", "miou", "entropy_token_to_patch")
+
+
+def plot_sweep(result: Mapping, out_path: Path) -> None:
+    """One panel per metric: the paired difference against λ, one line per scale, ± sd bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SWEEP_COLUMNS), figsize=(3.6 * len(SWEEP_COLUMNS), 3.4))
+    scales = list(dict.fromkeys(row["scale"] for row in result["grid"]))
+    for ax, metric in zip(axes, SWEEP_COLUMNS):
+        for index, scale in enumerate(scales):
+            rows = sorted((r for r in result["grid"] if r["scale"] == scale), key=lambda r: r["lambda"])
+            lambdas = [r["lambda"] * (1 + 0.06 * (index - 1)) for r in rows]  # side by side, not on top
+            ax.errorbar(lambdas, [r["differences"][metric]["mean"] for r in rows],
+                        yerr=[r["differences"][metric]["sd"] for r in rows], marker="o", capsize=3, label=f"scale {scale}")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set(title=f"Δ {METRICS[metric]}", xlabel="TIER λ (both directions)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("tier − clip (paired by seed)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+
+
+def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: Path, count: int) -> list[str]:
+    """For the first ``count`` test images with findings: each grounded phrase's map (the map the
+    grounding evaluator scores, upsampled to the stored image) with its box, one row per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    from tier_openclip.demo.design import MODEL
+    from tier_openclip.features import token_features
+    from tier_openclip.grounding import MapGeometry, grid_shape, phrase_embeddings, read_grounding_set, resize_mode_of, upsample_maps
+    from tier_openclip.models import load_model
+
+    gset = read_grounding_set(grounding_dir)
+    by_image: dict[str, list] = {}
+    for phrase in gset.phrases:
+        by_image.setdefault(phrase.image, []).append(phrase)
+    chosen: Sequence = list(by_image.items())[:count]
+    models = {name: load_model(MODEL, path) for name, path in checkpoints.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, (image_name, phrases) in enumerate(chosen):
+        image = Image.open(gset.directory / image_name).convert("RGB")
+        gray = np.asarray(image.convert("L"))
+        fig, axes = plt.subplots(len(models), len(phrases) + 1, figsize=(2.4 * (len(phrases) + 1), 2.4 * len(models)),
+                                 squeeze=False)
+        for row_axes, (name, loaded) in zip(axes, models.items()):
+            with torch.inference_mode():
+                pixels = loaded.preprocess(image).unsqueeze(0)
+                patches = token_features(loaded.model, images=pixels)["image_tokens"][0].float()
+                grid = grid_shape(patches.shape[0], tuple(pixels.shape[-2:]))
+                geometry = MapGeometry(grid, tuple(pixels.shape[-2:]), gset.image_sizes[image_name],
+                                       resize_mode_of(loaded.preprocess))
+                embedded = phrase_embeddings(loaded.model, loaded.tokenizer, [p.phrase for p in phrases], "tokens", "cpu")
+                grid_maps = torch.stack([(patches @ e.T).mean(dim=1) for e in embedded]).reshape(len(phrases), *grid)
+            maps = upsample_maps(grid_maps.double().numpy(), geometry)
+            row_axes[0].imshow(gray, cmap="gray")
+            row_axes[0].set_title(name, fontsize=9)
+            for ax, phrase, saliency in zip(row_axes[1:], phrases, maps):
+                ax.imshow(gray, cmap="gray")
+                ax.imshow(saliency, cmap="jet", alpha=0.45)
+                for x0, y0, x1, y1 in phrase.boxes:
+                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white",
+                                           linewidth=1.2))
+                ax.set_title(phrase.phrase, fontsize=7)
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.tight_layout()
+        name = f"heatmap-{index}.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(f"heatmaps/{name}")
+    return written

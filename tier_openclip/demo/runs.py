@@ -1,0 +1,143 @@
+"""Running the demo's trainings and evaluations, each kept on disk so a rerun reuses it.
+
+A training run is reused when its folder holds the final checkpoint and the command that made it
+(``demo-command.json``) is the one the demo would run now, on the same input files (the training
+CSV and, for a fine-tune, the start checkpoint, by size and time); otherwise the folder is
+removed and the run starts again (open_clip refuses to write into an existing run). An evaluation is kept
+beside its checkpoint (``demo-eval.json``) with the checkpoint's size and time and the
+evaluation's settings, and reused while they match.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tier_openclip.demo.design import MODEL
+from tier_openclip.errors import CommandError
+
+COMMAND_FILE, EVAL_FILE = "demo-command.json", "demo-eval.json"
+STEP_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Batch \(t\): ([0-9.]+)")
+
+
+def write_training_csv(data: dict, out_dir: Path) -> Path:
+    """The train shards as open_clip's CSV layout (image files + a tab-separated table), which
+    its loader shuffles reproducibly from --seed. Rewritten only when the shards changed."""
+    import webdataset as wds
+
+    shards_dir = Path(data["train_shards"]).parent
+    stamp = {"train_shards": data["train_shards"], "num_train": data["num_train"],
+             "files": [_file_id(path) for path in sorted(shards_dir.glob("*.tar"))]}
+    table, stamp_path = out_dir / "train.csv", out_dir / "stamp.json"
+    if table.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        return table
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    (out_dir / "images").mkdir(parents=True)
+    rows = []
+    for sample in wds.WebDataset(data["train_shards"], shardshuffle=False):
+        image = out_dir / "images" / f"{sample['__key__']}.png"
+        image.write_bytes(sample["png"])
+        rows.append([str(image.resolve()), " ".join(sample["txt"].decode("utf-8").split())])
+    if len(rows) != data["num_train"]:
+        raise CommandError(f"{data['train_shards']}: {len(rows)} samples, expected {data['num_train']}")
+    with open(table, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
+    stamp_path.write_text(json.dumps(stamp))
+    return table
+
+
+def final_checkpoint(run_dir: Path, epochs: int) -> Path:
+    return run_dir / "checkpoints" / f"epoch_{epochs}.pt"
+
+
+def parse_step_times(log_text: str) -> list[float]:
+    """Seconds of each logged training step (open_clip's 'Batch (t)' with --log-every-n-steps 1)."""
+    return [float(match.group(4)) for match in STEP_LINE.finditer(log_text)]
+
+
+def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inputs: list[Path],
+                 progress=None) -> dict:
+    """Run (or reuse) one training that reads ``inputs``; returns its checkpoint path and timings."""
+    checkpoint = final_checkpoint(run_dir, epochs)
+    stamp = run_dir / COMMAND_FILE
+    log_path = run_dir.parent / f"{run_dir.name}.stdout.log"
+    made_by = {"command": command[1:], "inputs": [_file_id(path) for path in inputs]}
+    if checkpoint.is_file() and stamp.is_file() and _made_by(json.loads(stamp.read_text())) == made_by:
+        if progress is not None:
+            progress.update(steps)
+        timing = json.loads(stamp.read_text())["timing"]
+        return {"checkpoint": str(checkpoint), "reused": True, **timing}
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(log_path, "w") as log, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        for line in process.stdout:
+            log.write(line)
+            if progress is not None and STEP_LINE.search(line):
+                progress.update(1)
+    wall = time.time() - started
+    if process.returncode != 0 or not checkpoint.is_file():
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-5:]).strip()
+        raise CommandError(f"training {run_dir.name} failed (exit status {process.returncode}); the end of its log, "
+                           f"{log_path}:\n{tail}")
+    step_times = parse_step_times(log_path.read_text())
+    timing = {"wall_seconds": wall, "steps": len(step_times), "step_seconds": float(np.sum(step_times)),
+              "mean_step_seconds": float(np.mean(step_times)) if step_times else None,
+              # imports, model creation, data set-up, checkpoint writing: all but the steps themselves
+              "overhead_seconds": wall - float(np.sum(step_times))}
+    stamp.write_text(json.dumps({**made_by, "timing": timing}, indent=1))
+    return {"checkpoint": str(checkpoint), "reused": False, **timing}
+
+
+def _made_by(saved: dict) -> dict:
+    return {"command": saved.get("command"), "inputs": saved.get("inputs")}
+
+
+def _file_id(path: Path) -> list:
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
+    """Zero-shot AUC, phrase grounding and token↔patch statistics of one checkpoint (cached)."""
+    sets = [Path(data["eval_dir"]) / "labels.csv", Path(data["grounding_dir"]) / "boxes.csv"]
+    settings = {"checkpoint": _file_id(checkpoint), "bootstrap": bootstrap, "sets": [_file_id(p) for p in sets],
+                "version": 1}
+    cache = checkpoint.parent.parent / EVAL_FILE
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("settings") == settings:
+            return saved["result"]
+    from tier_openclip.analyze import accumulate_similarity_stats, shard_batches
+    from tier_openclip.evaluate import zeroshot_evaluate
+    from tier_openclip.grounding import grounding_evaluate
+    from tier_openclip.models import load_model
+
+    started = time.time()
+    loaded = load_model(MODEL, str(checkpoint))
+    # The phantom's meta.json holds its prompts: "{finding}" vs "no {finding}", the captions' words.
+    zeroshot = zeroshot_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["eval_dir"],
+                                 bootstrap=bootstrap, seed=0)
+    grounding = grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["grounding_dir"],
+                                   bootstrap=bootstrap, seed=0)
+    grounding.pop("phrases", None)  # per-phrase rows: too many to keep for every run
+    batches = shard_batches(data["test_shards"], loaded.preprocess, loaded.tokenizer, data["num_test"])
+    similarity = accumulate_similarity_stats(loaded.model, batches).summary()
+    result = {"checkpoint": str(checkpoint), "zeroshot": zeroshot, "grounding": grounding, "similarity": similarity,
+              "eval_seconds": time.time() - started}
+    cache.write_text(json.dumps({"settings": settings, "result": result}))
+    return result
+

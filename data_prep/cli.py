@@ -1,8 +1,8 @@
 """``tier-openclip prep``: MIMIC-CXR shards for training, CheXpert and PadChest for evaluation,
-MS-CXR for phrase grounding.
+MS-CXR for phrase grounding, SIIM and RSNA for segmentation.
 
 :func:`add_prep_parser` adds the ``prep`` subcommand (with ``mimic-cxr``, ``chexpert``,
-``padchest`` and ``ms-cxr``) to the main command's subparsers; :func:`main` runs it alone
+``padchest``, ``ms-cxr``, ``siim`` and ``rsna``) to the main command's subparsers; :func:`main` runs it alone
 (``python -m tier_openclip.data_prep``). Heavy imports happen inside the functions that run.
 """
 
@@ -172,16 +172,18 @@ def add_prep_parser(subparsers: argparse._SubParsersAction) -> None:
     populate_prep_parser(prep)
 
 
-PREP_HELP = "prepare data: MIMIC-CXR training shards, CheXpert and PadChest evaluation sets, MS-CXR grounding set"
+PREP_HELP = ("prepare data: MIMIC-CXR training shards, CheXpert and PadChest evaluation sets, MS-CXR grounding set, "
+             "SIIM and RSNA segmentation sets")
 PREP_DESCRIPTION = (
     "Prepare data: MIMIC-CXR as WebDataset shards for open_clip training; CheXpert and PadChest as "
     "evaluation sets for the zero-shot evaluator (labels.csv + images/ + meta.json); MS-CXR as a "
-    "phrase-grounding set (boxes.csv + images/ + meta.json)."
+    "phrase-grounding set (boxes.csv + images/ + meta.json); SIIM-ACR pneumothorax and RSNA pneumonia as "
+    "segmentation sets (images/ + masks/ + splits.csv + meta.json)."
 )
 
 
 def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
-    """Add the ``mimic-cxr``, ``chexpert``, ``padchest`` and ``ms-cxr`` subcommands to ``prep``."""
+    """Add the ``mimic-cxr``, ``chexpert``, ``padchest``, ``ms-cxr``, ``siim`` and ``rsna`` subcommands to ``prep``."""
     commands = prep.add_subparsers(dest="prep_command", metavar="DATASET", required=True)
 
     mimic = commands.add_parser("mimic-cxr", help="MIMIC-CXR (DICOM or JPG release) -> WebDataset shards",
@@ -253,6 +255,79 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
                         help="values of the CSV's split column to keep, comma-separated (train,val,test), or 'all'")
     _add_image_options(ms_cxr)
     ms_cxr.set_defaults(func=run_ms_cxr)
+
+    siim = commands.add_parser(
+        "siim", help="SIIM-ACR pneumothorax DICOMs + train-rle.csv -> segmentation set", formatter_class=_Formatter,
+        description=SIIM_DESCRIPTION,
+    )
+    siim.add_argument("--rle-csv", type=Path, required=True, metavar="FILE",
+                      help="train-rle.csv as published (ImageId, EncodedPixels)")
+    siim.add_argument("--image-root", type=Path, required=True, metavar="DIR",
+                      help="folder holding the <ImageId>.dcm files, at any depth (dicom-images-train)")
+    _add_segmentation_options(siim, "ImageId")
+    siim.set_defaults(func=run_siim)
+
+    rsna = commands.add_parser(
+        "rsna", help="RSNA pneumonia DICOMs + stage_2_train_labels.csv -> segmentation set (boxes as masks)",
+        formatter_class=_Formatter, description=RSNA_DESCRIPTION,
+    )
+    rsna.add_argument("--csv", type=Path, required=True, metavar="FILE",
+                      help="stage_2_train_labels.csv as published (patientId,x,y,width,height,Target)")
+    rsna.add_argument("--image-root", type=Path, required=True, metavar="DIR",
+                      help="stage_2_train_images: the folder holding <patientId>.dcm")
+    _add_segmentation_options(rsna, "patientId")
+    rsna.set_defaults(func=run_rsna)
+
+
+def _fractions(value: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers train,val,test, got {value!r}") from None
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected three numbers >= 0 summing to 1 (train,val,test), got {value!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _add_segmentation_options(parser: argparse.ArgumentParser, id_column: str) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    group = parser.add_argument_group("splits")
+    group.add_argument("--splits", type=Path, default=None, metavar="FILE",
+                       help=f"a published split: CSV with columns {id_column} and split (train/val/test; valid, "
+                       "validation, validate also read); images it does not list are skipped. Default: a seeded "
+                       "split by patient")
+    group.add_argument("--seed", type=int, default=0, help="seed of the split by patient")
+    group.add_argument("--split-fractions", type=_fractions, default=(0.7, 0.1, 0.2), metavar="TRAIN,VAL,TEST",
+                       help="shares of the patients in train, val and test (default: 0.7,0.1,0.2)")
+    _add_image_options(parser)
+
+
+SEG_FORMAT_TEXT = """\
+Output, read by `tier-openclip eval segmentation` (layout: data_prep/seg_sets.py):
+  OUT/images/<key>.png  8-bit grayscale PNGs, preprocessed like the training images
+  OUT/masks/<key>.png   the target mask, same size: 0 background, 255 target; carried through
+                        the image's resize and pad/crop
+  OUT/splits.csv        image,mask,split,id (train/val/test; id = the dataset's own id)
+  OUT/meta.json         format, dataset, target, image_size, images and positives per split,
+                        how the split was made, skipped/failed counts per reason, options
+  OUT/failures.csv      every skipped or failed image with its reason
+Splits: --splits FILE (a published split), else a seeded split by patient (--seed,
+--split-fractions), so no patient is in two splits."""
+
+SIIM_DESCRIPTION = f"""\
+SIIM-ACR Pneumothorax (train-rle.csv + DICOMs) as a segmentation set. The run-length code is
+column-major with relative starts and "-1" for no pneumothorax (data_prep/rle.py); rows of
+one ImageId are united. DICOMs are windowed as for MIMIC-CXR; the seeded split groups images
+by the DICOM's PatientID (never written).
+
+{SEG_FORMAT_TEXT}"""
+
+RSNA_DESCRIPTION = f"""\
+RSNA Pneumonia Detection (stage_2_train_labels.csv + DICOMs) as a segmentation set: each
+patient's opacity boxes (x, y, width, height in the DICOM's pixels) carried through the
+image's resize and pad/crop and drawn as its mask; Target 0 patients have an empty mask.
+
+{SEG_FORMAT_TEXT}"""
 
 
 def _all_or(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -345,6 +420,37 @@ def run_ms_cxr(args: argparse.Namespace) -> int:
          f"{len(meta['labels'])} findings -> {args.out / 'boxes.csv'}; skipped {sum(meta['skipped'].values())} rows, "
          f"failed {sum(meta['failed'].values())} images, dropped {sum(meta['dropped_boxes'].values())} boxes")
     return 0
+
+
+def _segmentation(args: argparse.Namespace, prepare, csv_path: Path) -> int:
+    from .seg_sets import SegPrepOptions
+
+    options = SegPrepOptions(
+        out=args.out, image_size=args.image_size, resize=args.resize, workers=args.workers,
+        sample_timeout=args.sample_timeout, max_pixels=args.max_pixels, splits=args.splits, seed=args.seed,
+        fractions=tuple(args.split_fractions),
+    )  # fmt: skip
+    meta = prepare(csv_path, args.image_root, options, progress=not args.quiet, log=_log)
+    splits = ", ".join(f"{split} {n} ({meta['positives'][split]} with {meta['target']})" for split, n in meta["splits"].items())
+    _log(f"{meta['dataset']}: {splits} -> {args.out / 'splits.csv'}; skipped {sum(meta['skipped'].values())}, "
+         f"failed {sum(meta['failed'].values())}")
+    return 0
+
+
+@_report_errors
+def run_siim(args: argparse.Namespace) -> int:
+    """``prep siim``."""
+    from .siim import prepare_siim
+
+    return _segmentation(args, prepare_siim, args.rle_csv)
+
+
+@_report_errors
+def run_rsna(args: argparse.Namespace) -> int:
+    """``prep rsna``."""
+    from .rsna import prepare_rsna
+
+    return _segmentation(args, prepare_rsna, args.csv)
 
 
 def build_parser() -> argparse.ArgumentParser:

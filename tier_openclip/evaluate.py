@@ -521,10 +521,13 @@ def check_training_set(dataset: str, directory: str | None) -> str | None:
 
 
 def add_eval_parser(subparsers: Any) -> None:
-    """`tier-openclip eval zeroshot ...` and `tier-openclip eval grounding ...` (tier_openclip/grounding.py)"""
+    """`tier-openclip eval zeroshot ...`, `tier-openclip eval grounding ...` (tier_openclip/grounding.py)
+    and `tier-openclip eval segmentation ...` (tier_openclip/segmentation.py)"""
     from tier_openclip.grounding import add_grounding_parser
+    from tier_openclip.segmentation import add_segmentation_parser
 
-    parser = subparsers.add_parser("eval", help="Evaluate a model (zero-shot classification, phrase grounding).",
+    parser = subparsers.add_parser("eval", help="Evaluate a model (zero-shot classification, phrase grounding, "
+                                                "linear-probe segmentation).",
                                    description="Evaluate a trained model.")
     tasks = parser.add_subparsers(dest="eval_task", metavar="TASK", required=True)
     zs = tasks.add_parser(
@@ -563,6 +566,7 @@ def add_eval_parser(subparsers: Any) -> None:
     zs.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
     zs.set_defaults(func=run_zeroshot)
     add_grounding_parser(tasks)
+    add_segmentation_parser(tasks)
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:

@@ -202,6 +202,8 @@ def token_features(
 
 def _forward_with_tokens(self: nn.Module, image: Tensor | None = None, text: Tensor | None = None) -> dict:
     out: dict[str, Any] = token_features(self, image, text)
+    if text is not None:  # the loss finds report sentences from the ids (tier_openclip.sentences)
+        out["text_ids"] = text
     out["logit_scale"] = self.logit_scale.exp()
     if self.logit_bias is not None:
         out["logit_bias"] = self.logit_bias
@@ -209,7 +211,7 @@ def _forward_with_tokens(self: nn.Module, image: Tensor | None = None, text: Ten
 
 
 def enable_token_outputs(model: nn.Module) -> nn.Module:
-    """Make ``model(images, texts)`` also return image_tokens, text_tokens and text_mask.
+    """Make ``model(images, texts)`` also return image_tokens, text_tokens, text_mask and text_ids.
 
     The forward is replaced on this instance only: parameters, state_dict and checkpoints are
     unchanged, and the outputs stay batch-first so ``--accum-freq`` can concatenate them.

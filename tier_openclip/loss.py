@@ -1,9 +1,10 @@
 """TIER as an open_clip loss: contrastive loss + λ_text·H(token→patch) + λ_image·H(patch→token).
 
 ``TierLoss`` is called like open_clip's ``ClipLoss`` — ``loss(**model_out, output_dict=True)`` —
-on a model whose forward also returns ``image_tokens``, ``text_tokens`` and ``text_mask``
-(``tier_openclip.features.enable_token_outputs``). The returned dict holds loss terms only,
-because open_clip's training loop sums every value; raw entropies go to ``metrics_hook``.
+on a model whose forward also returns ``image_tokens``, ``text_tokens``, ``text_mask`` and the
+token ids ``text_ids`` (``tier_openclip.features.enable_token_outputs``). The returned dict holds
+loss terms only, because open_clip's training loop sums every value; raw entropies go to
+``metrics_hook``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class TokenTerms(nn.Module):
     """Interface of extra per-pair token losses (see tier_openclip.local_uniformity)."""
 
     def forward(
-        self, text_tokens: Tensor, image_tokens: Tensor, text_mask: Tensor | None
+        self, text_tokens: Tensor, image_tokens: Tensor, text_mask: Tensor | None, text_ids: Tensor | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # (weighted loss terms, raw metrics)
+        # text_ids: the captions' token ids (N, T), for terms that need them (report sentences)
         raise NotImplementedError
 
 
@@ -114,6 +116,7 @@ class TierLoss(nn.Module):
         image_tokens: Tensor | None = None,
         text_tokens: Tensor | None = None,
         text_mask: Tensor | None = None,
+        text_ids: Tensor | None = None,
         output_dict: bool = False,
     ) -> dict[str, Tensor] | Tensor:
         if image_tokens is None or text_tokens is None:
@@ -132,7 +135,9 @@ class TierLoss(nn.Module):
         if self.token_mask == "all":
             mask = None  # every position of the authors' padded batch
             if text_mask is not None:
-                text_tokens = text_tokens[:, : authors_token_window(text_mask)]
+                window = authors_token_window(text_mask)
+                text_tokens = text_tokens[:, :window]
+                text_ids = None if text_ids is None else text_ids[:, :window]
         # open_clip hands the loss exp(logit_scale); detached, TIER borrows it without training it.
         scale = logit_scale.detach() if self.scale == "logit" else self.scale
         metrics: dict[str, Tensor] = {}
@@ -143,7 +148,7 @@ class TierLoss(nn.Module):
             metrics["tier_text_entropy"] = h_text.detach().mean()
             metrics["tier_image_entropy"] = h_image.detach().mean()
         if self.extra_terms is not None:
-            extra_losses, extra_metrics = self.extra_terms(text_tokens, image_tokens, mask)
+            extra_losses, extra_metrics = self.extra_terms(text_tokens, image_tokens, mask, text_ids)
             losses.update(extra_losses)
             metrics.update(extra_metrics)
 

@@ -25,6 +25,7 @@ from tier_openclip import openclip_adapter as adapter
 from tier_openclip import plugin_args
 from tier_openclip.entropy import IMPLS
 from tier_openclip.errors import UsageError
+from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
 
 LOSSES = ("clip", "tier", "local-uniformity")
@@ -63,6 +64,10 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="Softmax temperature of the local alignment's cross-modal attention (default: 0.1).")
     group.add_argument("--lu-t", type=float, default=2.0,
                        help="t of the Gaussian-potential uniformity, log mean exp(-t·|zi-zj|²) (default: 2).")
+    group.add_argument("--lu-text-units", choices=TEXT_UNITS, default="sentences",
+                       help="Local text embeddings of the local terms: sentences (each report sentence's tokens "
+                            "pooled into one, found from the tokenizer's '.' tokens) or tokens. TIER's own "
+                            "entropies always use tokens. Default: sentences.")
     group.add_argument("--tier-zeroshot-chexpert", metavar="DIR", default=None,
                        help="CheXpert set from `tier-openclip prep chexpert`: zero-shot AUC every --zeroshot-frequency epochs.")
     group.add_argument("--tier-zeroshot-padchest", metavar="DIR", default=None,
@@ -131,7 +136,7 @@ def build_loss(args: argparse.Namespace):
     import torch
 
     from tier_openclip.entropy import resolve_impl
-    from tier_openclip.local_uniformity import LocalUniformityTerms
+    from tier_openclip.local_uniformity import LocalUniformityTerms, collapse_is_stable
     from tier_openclip.loss import TierLoss
 
     unsupported = adapter.is_coca_or_distill(args)
@@ -144,11 +149,20 @@ def build_loss(args: argparse.Namespace):
             raise SystemExit(f"tier-openclip: --tier-impl {args.tier_impl}: {exc}") from None
     extra = None
     if args.lu_align_weight or args.lu_uniform_weight:
+        if collapse_is_stable(args.lu_align_weight, args.lu_uniform_weight, args.lu_t):
+            logger.warning(
+                "tier-openclip: --lu-uniform-weight %g × --lu-t %g is below half of --lu-align-weight %g: one vector "
+                "for every patch and text unit of a pair is then a stable solution of the local terms (README, "
+                "'Local alignment and uniformity'). Watch local_cos_image/local_cos_text, or give "
+                "--lu-uniform-weight at least %g.",
+                args.lu_uniform_weight, args.lu_t, args.lu_align_weight, args.lu_align_weight / (2 * args.lu_t))
         extra = LocalUniformityTerms(
             align_weight=args.lu_align_weight,
             uniform_weight=args.lu_uniform_weight,
             temperature=args.lu_temperature,
             t=args.lu_t,
+            text_units=args.lu_text_units,
+            sentence_vocab=_sentence_vocab(args) if args.lu_text_units == "sentences" else None,
         )
     return TierLoss(
         lambda_text=args.tier_lambda_text,
@@ -161,6 +175,17 @@ def build_loss(args: argparse.Namespace):
         siglip=args.siglip,
         **dataclasses.asdict(adapter.contrastive_args_from(args)),
     )
+
+
+def _sentence_vocab(args: argparse.Namespace):
+    """The sentence-boundary ids of the run's tokenizer (the one open_clip_train.main tokenizes with)."""
+    from tier_openclip.sentences import sentence_vocab
+
+    tokenizer = adapter.symbol("get_tokenizer")(args.model, cache_dir=getattr(args, "cache_dir", None))
+    try:
+        return sentence_vocab(tokenizer)
+    except TypeError as exc:
+        raise SystemExit(f"tier-openclip: --lu-text-units sentences: {exc}; or use --lu-text-units tokens") from None
 
 
 def wrap_create_loss(original: Callable) -> Callable:

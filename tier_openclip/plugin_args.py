@@ -97,6 +97,10 @@ def check_plugin_args(args: argparse.Namespace, argv: Sequence[str], flags: Sequ
         if flag in given and not getattr(args, weight):
             raise UsageError(f"{flag} sets a term whose weight --{weight.replace('_', '-')} is 0 in this run, so "
                              f"it would be ignored: give --{weight.replace('_', '-')} a positive weight, or drop {flag}")
+    if "--lu-text-units" in given and not (args.lu_align_weight or args.lu_uniform_weight):
+        raise UsageError("--lu-text-units chooses the text units of the local terms, whose weights --lu-align-weight "
+                         "and --lu-uniform-weight are both 0 in this run, so it would be ignored: give one a "
+                         "positive weight, or drop --lu-text-units")
     _check_numbers(args)
     _check_folders(args)
 

@@ -489,7 +489,15 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
     if not metrics:
         return {}
 
-    logging.info(f"Zero-shot Epoch: {completed_epoch} " + "\t".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
+    log_validation_metrics("Zero-shot", metrics, completed_epoch, args, tb_writer)
+    return metrics
+
+
+def log_validation_metrics(kind: str, metrics: Mapping[str, float], completed_epoch: int, args: Any,
+                           tb_writer: Any = None) -> None:
+    """Log in-training evaluation figures as open_clip logs its own: the log, a JSON line in
+    checkpoints/results.jsonl, TensorBoard and wandb under "val/"."""
+    logging.info(f"{kind} Epoch: {completed_epoch} " + "\t".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
     if getattr(args, "save_logs", True) and getattr(args, "checkpoint_path", None):
         with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a+") as f:
             f.write(json.dumps({"epoch": completed_epoch, **metrics}) + "\n")
@@ -500,7 +508,6 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
         import wandb
 
         wandb.log({**{f"val/{name}": value for name, value in metrics.items()}, "epoch": completed_epoch})
-    return metrics
 
 
 def check_training_set(dataset: str, directory: str | None) -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -261,6 +260,7 @@ def grounding_during_training(model: Any, completed_epoch: int, args: Any, tb_wr
     bootstrap; the log, checkpoints/results.jsonl, TensorBoard and wandb under "val/".
     A failing evaluation is logged and returns {}: it must not cost the run its checkpoint."""
     from tier_openclip import openclip_adapter as adapter
+    from tier_openclip.evaluate import log_validation_metrics
 
     frequency = getattr(args, "zeroshot_frequency", 0)
     directory = getattr(args, "tier_grounding", None)
@@ -279,17 +279,7 @@ def grounding_during_training(model: Any, completed_epoch: int, args: Any, tb_wr
                                      bootstrap=0, batch_size=getattr(args, "batch_size", 32),
                                      num_workers=getattr(args, "workers", 0))
         metrics = training_metrics(results, results["dataset"] or "grounding")
-        logging.info(f"Grounding Epoch: {completed_epoch} " + "\t".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
-        if getattr(args, "save_logs", True) and getattr(args, "checkpoint_path", None):
-            with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a+") as f:
-                f.write(json.dumps({"epoch": completed_epoch, **metrics}) + "\n")
-        if tb_writer is not None:
-            for name, value in metrics.items():
-                tb_writer.add_scalar(f"val/{name}", value, completed_epoch)
-        if getattr(args, "wandb", False):
-            import wandb
-
-            wandb.log({**{f"val/{name}": value for name, value in metrics.items()}, "epoch": completed_epoch})
+        log_validation_metrics("Grounding", metrics, completed_epoch, args, tb_writer)
         return metrics
     except Exception as exc:  # an evaluation error must not end a training run
         logging.error(f"Grounding evaluation on --tier-grounding {directory} failed after epoch {completed_epoch}: "

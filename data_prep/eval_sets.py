@@ -1,6 +1,7 @@
 """Zero-shot evaluation sets: CheXpert (valid or test) and PadChest (physician-labelled).
 
-Output format (``format: "tier-openclip-eval/1"``), the same for both::
+Output: the evaluation layout (eval_layout.py owns it and writes labels.csv and meta.json for
+us), the same for both::
 
     OUT/images/...png   8-bit grayscale PNGs, preprocessed like the training images
                         (same --image-size and --resize as `prep mimic-cxr`; PNG, lossless)
@@ -27,24 +28,22 @@ not name is skipped (``output_exists``). The run lock is ``prep mimic-cxr``'s.
 from __future__ import annotations
 
 import ast
-import csv
 import functools
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import images, shards
+from .atomic import temporary_path, write_bytes_atomic, write_failures_csv, write_json_atomic
+from .chexpert import CHEXPERT_COMPETITION_LABELS, CHEXPERT_LABELS, POSITIVE, UNCERTAIN, parse_chexpert_label
 from .errors import PrepError
+from .eval_layout import LABELS_CSV, META_JSON, eval_meta, write_labels_csv, write_meta
 from .limits import DEFAULT_MAX_PIXELS, check_render_limits
-from .mimic import CHEXPERT_LABELS, read_csv
+from .tables import read_csv
 from .paths import UNSAFE_PATH, UnsafePathError, normalized_relative, refuse_overlap, resolve_inside
 
-FORMAT = "tier-openclip-eval/1"
-
-CHEXPERT_COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
 
 # Skip reasons (rows never rendered) and failure reasons beyond images.py's.
@@ -100,11 +99,8 @@ def render_eval_image(item: EvalImage, options: EvalRender) -> EvalResult:
         gray = load_gray(item.source, options.image_size, options.max_pixels)
         square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
         data = images.encode_image(square.image, "png")
-        target = resolve_inside(options.out, item.image)  # selection checked it; a second look is cheap
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
+        # selection checked the path; a second look is cheap
+        write_bytes_atomic(resolve_inside(options.out, item.image), data)
     except images.ImageError as error:
         return EvalResult(item.image, False, error.reason, error.detail)
     except Exception as error:
@@ -117,18 +113,12 @@ def render_eval_image(item: EvalImage, options: EvalRender) -> EvalResult:
 
 
 def parse_chexpert_value(value: str) -> int | None:
-    """1.0/1 -> 1, 0.0/0 -> 0, -1.0 (uncertain) and blank -> None; anything else raises."""
-    value = value.strip()
-    if value == "":
+    """A CheXpert cell as labels.csv holds it: 1 positive, 0 negative, None for uncertain (-1) and
+    blank (the evaluator drops unknowns per label); anything else raises ValueError."""
+    number = parse_chexpert_label(value)
+    if number is None or number == UNCERTAIN:
         return None
-    number = float(value)
-    if number == 1.0:
-        return 1
-    if number == 0.0:
-        return 0
-    if number == -1.0:
-        return None
-    raise ValueError(f"unexpected label value {value!r}")
+    return 1 if number == POSITIVE else 0
 
 
 def _chexpert_parts(path: str) -> tuple[str, ...]:
@@ -323,7 +313,7 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
     if options.resize not in images.RESIZE_MODES:
         raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
     refuse_overlap(options.out, {"--image-root": options.image_root}, both_ways=True)
-    if options.csv.resolve() in {(options.out / name).resolve() for name in ("labels.csv", "meta.json", "failures.csv")}:
+    if options.csv.resolve() in {(options.out / name).resolve() for name in (LABELS_CSV, META_JSON, "failures.csv")}:
         raise PrepError(f"--csv {options.csv} is a file this command writes in --out: choose another --out")
     shards.refuse_foreign_out(options.out)
     rows = read_csv(options.csv)
@@ -364,7 +354,7 @@ def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path,
                     log: Callable[[str], None]) -> dict:  # fmt: skip
     from tqdm import tqdm
 
-    from .shards import WORKER_LOST, Lost, OrderedPool, write_json_atomic
+    from .shards import WORKER_LOST, Lost, OrderedPool
 
     before = _written_before(state_dir)
     items, planned = [], set()
@@ -402,7 +392,7 @@ def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path,
     kept = {item.image for item in written}
     for stale in sorted(recorded - kept):  # listed as ours, not in this labels.csv: remove
         target = resolve_inside(options.out, stale)
-        for path in (target, target.with_name(f".{target.name}.tmp")):
+        for path in (target, temporary_path(target)):
             path.unlink(missing_ok=True)
     write_json_atomic(state_dir / IMAGES_RECORD, sorted(kept))
 
@@ -420,31 +410,20 @@ def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path,
         }
         for i, label in enumerate(labels)
     }
-    _write_csv(options.out / "labels.csv", ["image", *labels], [["" if v is None else v for v in row] for row in table])
-    _write_csv(options.out / "failures.csv", ["source", "kind", "reason", "detail"], selection.rows)
-    meta = {
-        "format": FORMAT,
-        "dataset": options.dataset,
-        "labels": labels,
-        "competition_labels": list(CHEXPERT_COMPETITION_LABELS) if options.dataset == "chexpert" else [],
-        "images": len(table),
-        "counts": counts,
-        "skipped": dict(sorted(selection.skipped.items())),
-        "failed": dict(sorted(failed.items())),
-        "notes": dict(sorted(notes.items())),
-        "preprocessing": {"image_size": options.image_size, "resize": options.resize, "format": "png"},
-        "options": options.as_json(),
-    }
-    write_json_atomic(options.out / "meta.json", meta)
+    write_labels_csv(options.out / LABELS_CSV, labels, table)
+    write_failures_csv(options.out / "failures.csv", selection.rows)
+    meta = eval_meta(
+        options.dataset, labels,
+        competition_labels=list(CHEXPERT_COMPETITION_LABELS) if options.dataset == "chexpert" else [],
+        images=len(table),
+        counts=counts,
+        skipped=dict(sorted(selection.skipped.items())),
+        failed=dict(sorted(failed.items())),
+        notes=dict(sorted(notes.items())),
+        preprocessing={"image_size": options.image_size, "resize": options.resize, "format": "png"},
+        options=options.as_json(),
+    )
+    write_meta(options.out, meta)
     if not table:
         log(f"warning: no image of {options.csv} was written; see {options.out / 'failures.csv'}")
     return meta
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(temporary, path)

@@ -18,10 +18,7 @@ two images of one report in a batch (a false negative for a contrastive loss).
 
 from __future__ import annotations
 
-import codecs
-import csv
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -33,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import images, reports, shards
+from .atomic import write_failures_csv, write_json_atomic
+from .chexpert import CHEXPERT_LABELS, parse_chexpert_label
 from .errors import PrepError
 from .limits import DEFAULT_MAX_PIXELS, check_render_limits
 from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, resolve_inside, safe_key
+from .tables import read_csv
 
 SPLITS = ("train", "validate", "test")
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
@@ -43,17 +43,11 @@ METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv"
 REPORTS_ZIP = "mimic-cxr-reports.zip"
 
-# The 14 CheXpert labels in the CheXpert dataset's column order. Both mimic-cxr-2.0.0-chexpert.csv
-# and CheXpert's own CSVs are read by column name; eval_sets.py uses this tuple too.
-CHEXPERT_LABELS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)  # fmt: skip
-
 # The only fields a sample's json ever holds. Nothing comes from a DICOM header: the view is
 # the metadata CSV's ViewPosition and the ids are the CSVs' (MIMIC's de-identified ids).
 JSON_FIELDS = ("subject_id", "study_id", "dicom_id", "view", "split", "labels")
+# failures.csv: the other prep commands' columns, with MIMIC's ids in place of one "source".
+FAILURE_COLUMNS = ("split", "dicom_id", "subject_id", "study_id", "kind", "reason", "detail")
 
 # Reasons a planned DICOM is not a sample. "Filtered" is what the options ask for; "skipped"
 # is missing or unusable data found while planning (listed in failures.csv).
@@ -83,31 +77,6 @@ def find_csv(directories: Iterable[Path], stem: str) -> Path | None:
     return None
 
 
-def _csv_encoding(head: bytes) -> str:
-    """UTF-16 or UTF-8 by the byte-order mark (spreadsheet programs write both); UTF-8 without."""
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    return "utf-8-sig"  # drops a UTF-8 BOM, which would otherwise stick to the first column's name
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV, gzip'ed (``.gz``) or not, UTF-8 (with or without BOM) or UTF-16 (with
-    BOM), as dicts of stripped strings. An empty file (no header line) is an error."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as raw:
-            head = raw.read(4)
-        with opener(path, "rt", encoding=_csv_encoding(head), newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-            header = reader.fieldnames
-    except (OSError, EOFError, UnicodeError, csv.Error) as error:
-        raise PrepError(f"cannot read {path}: {error}. Download it again from PhysioNet.") from None
-    if not header:
-        raise PrepError(f"{path} is empty (not even a header line): is it the file as published?")
-    return rows
-
-
 def _require_columns(rows: list[dict[str, str]], path: Path, columns: Iterable[str]) -> None:
     missing = [c for c in columns if rows and c not in rows[0]]
     if missing:
@@ -125,16 +94,6 @@ class Record:
     view: str | None  # None: absent from the metadata CSV
 
 
-def parse_label(value: str) -> float | None:
-    """CheXpert label cell: 1.0 positive, 0.0 negative, -1.0 uncertain, blank -> None."""
-    if value == "":
-        return None
-    number = float(value)
-    if number not in (1.0, 0.0, -1.0):
-        raise ValueError(f"unexpected CheXpert label value {value!r}")
-    return number
-
-
 def load_records(split_rows: list[dict[str, str]], metadata_rows: list[dict[str, str]]) -> list[Record]:
     views = {row["dicom_id"]: row.get("ViewPosition", "") for row in metadata_rows}
     return [
@@ -146,7 +105,7 @@ def load_records(split_rows: list[dict[str, str]], metadata_rows: list[dict[str,
 def load_labels(chexpert_rows: list[dict[str, str]]) -> dict[tuple[int, int], dict[str, float | None]]:
     return {
         (int(row["subject_id"]), int(row["study_id"])): {
-            name: parse_label(row.get(name, "")) for name in CHEXPERT_LABELS
+            name: parse_chexpert_label(row.get(name, "")) for name in CHEXPERT_LABELS
         }
         for row in chexpert_rows
     }
@@ -381,11 +340,6 @@ def render_sample(task: SampleTask, options: RenderOptions) -> SampleResult:
     return SampleResult(task.key, files, notes=square.notes)
 
 
-def fingerprint(data: object) -> str:
-    """Short SHA-256 of a JSON-serialisable value (used to tie shards to their inputs)."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
-
-
 def tasks_fingerprint(tasks: Iterable[SampleTask], options: RenderOptions) -> str:
     """Digest of what a shard's bytes depend on: its samples' inputs and the render options."""
     digest = hashlib.sha256(json.dumps(options.__dict__, sort_keys=True).encode("utf-8"))
@@ -618,21 +572,10 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
             kind: sum(sum(s[kind].values()) if isinstance(s[kind], dict) else s[kind] for s in manifest["splits"].values())
             for kind in ("written", "filtered", "skipped", "failed")
         }
-        _write_failures(options.out / "failures.csv", failure_rows)
-        shards.write_json_atomic(options.out / "manifest.json", manifest)
+        write_failures_csv(options.out / "failures.csv", failure_rows, FAILURE_COLUMNS)
+        write_json_atomic(options.out / "manifest.json", manifest)
     return manifest
 
-
-FAILURE_COLUMNS = ("split", "dicom_id", "subject_id", "study_id", "kind", "reason", "detail")
-
-
-def _write_failures(path: Path, rows: list[list]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(FAILURE_COLUMNS)
-        writer.writerows(rows)
-    os.replace(temporary, path)
 
 
 def _versions() -> dict[str, str]:

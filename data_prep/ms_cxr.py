@@ -6,8 +6,8 @@ Input as published: ``MS_CXR_Local_Alignment_v1.1.0.csv``, one row per box, with
 ``x, y`` the box's top-left corner and ``w, h`` its size, in pixels of that ORIGINAL JPG, whose
 size is ``image_width`` x ``image_height``; ``split`` is train/val/test (``--splits`` selects).
 
-Output: the grounding layout that ``tier-openclip eval grounding`` reads (tier_openclip/grounding.py
-owns it and writes boxes.csv and meta.json for us)::
+Output: the grounding layout that ``tier-openclip eval grounding`` reads (eval_layout.py owns it
+and writes boxes.csv and meta.json for us)::
 
     OUT/images/<key>.png  8-bit grayscale, preprocessed as ``prep mimic-cxr`` does (--image-size, --resize)
     OUT/boxes.csv         image,finding,phrase,x0,y0,x1,y1: finding = category_name, phrase =
@@ -35,16 +35,15 @@ Its traps, named in one place:
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import images
+from .atomic import write_bytes_atomic, write_csv_atomic, write_failures_csv
 from .errors import PrepError
 from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, resolve_inside, safe_key
 
@@ -181,11 +180,7 @@ def render_ms_cxr_image(item: MsCxrImage, options: MsCxrRender) -> MsCxrResult:
             return MsCxrResult(False, FAIL_SIZE_MISMATCH, f"{gray.image.size[0]}x{gray.image.size[1]} pixels, "
                                                           f"the CSV says {item.width}x{item.height}")
         square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
-        target = resolve_inside(options.out, item.image)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_bytes(images.encode_image(square.image, "png"))
-        os.replace(temporary, target)
+        write_bytes_atomic(resolve_inside(options.out, item.image), images.encode_image(square.image, "png"))
     except images.ImageError as error:
         return MsCxrResult(False, error.reason, error.detail)
     except Exception as error:
@@ -211,23 +206,14 @@ class MsCxrOptions:
                 "workers": self.workers}
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(temporary, path)
-
-
 def prepare_ms_cxr(options: MsCxrOptions, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run ``prep ms-cxr``; returns meta.json's content."""
     from tqdm import tqdm
 
-    from tier_openclip.grounding import box_covers_pixels, grounding_meta, write_boxes_csv
-
-    from .mimic import check_render_limits, read_csv
-    from .shards import WORKER_LOST, Lost, OrderedPool, write_json_atomic
+    from .eval_layout import BOXES_CSV, box_covers_pixels, grounding_meta, write_boxes_csv, write_meta
+    from .limits import check_render_limits
+    from .tables import read_csv
+    from .shards import WORKER_LOST, Lost, OrderedPool
 
     if not options.csv.is_file():
         raise PrepError(f"--csv {options.csv} does not exist: pass MS_CXR_Local_Alignment_v1.1.0.csv")
@@ -282,9 +268,9 @@ def prepare_ms_cxr(options: MsCxrOptions, *, progress: bool = True, log: Callabl
 
     labels = sorted({row[1] for row in boxes})
     phrases = {(row[0], row[2]): row[1] for row in boxes}
-    write_boxes_csv(options.out / "boxes.csv", boxes)
-    _write_csv(options.out / "sources.csv", ["image", "dicom_id", "path"], sources)
-    _write_csv(options.out / "failures.csv", ["source", "kind", "reason", "detail"], selection.rows)
+    write_boxes_csv(options.out / BOXES_CSV, boxes)
+    write_csv_atomic(options.out / "sources.csv", ["image", "dicom_id", "path"], sources)
+    write_failures_csv(options.out / "failures.csv", selection.rows)
     meta = grounding_meta(
         DATASET, labels, options.image_size,
         images=len(sources), phrases=len(phrases), boxes=len(boxes),
@@ -295,7 +281,7 @@ def prepare_ms_cxr(options: MsCxrOptions, *, progress: bool = True, log: Callabl
         preprocessing={"image_size": options.image_size, "resize": options.resize, "format": "png"},
         options=options.as_json(),
     )  # fmt: skip
-    write_json_atomic(options.out / "meta.json", meta)
+    write_meta(options.out, meta)
     if not boxes:
         log(f"warning: no box of {options.csv} was written; see {options.out / 'failures.csv'}")
     return meta

@@ -94,14 +94,6 @@ def is_safe_key(key: str) -> bool:
     return _KEY.fullmatch(key) is not None
 
 
-def is_safe_member_name(name: str) -> bool:
-    """A tar member name that extracts inside the extraction folder: non-empty, relative, no
-    NUL, no backslash, no empty, ``.`` or ``..`` part."""
-    if not name or "\0" in name or "\\" in name or name.startswith("/"):
-        return False
-    return all(part not in ("", ".", "..") for part in name.split("/"))
-
-
 def _inside_or_same(path: Path, root: Path) -> bool:
     path, root = path.resolve(), root.resolve()
     return path == root or root in path.parents

@@ -23,7 +23,7 @@ TEXT_MODES = ("impression", "findings", "findings+impression", "impression-or-fi
 
 # Header at the start of a line (after optional spaces): upper-case words, digits and the
 # punctuation MIMIC uses inside header names, then a colon. "FINAL REPORT" has no colon and is
-# therefore not a header; it is dropped as a title line by clean_report().
+# therefore not a header; parse_sections() drops it as a title line (_TITLE_LINE).
 _HEADER = re.compile(r"^[ \t]*([A-Z][A-Z0-9 ()/,&'-]*[A-Z)])[ \t]*:", re.MULTILINE)
 _TITLE_LINE = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
 _WHITESPACE = re.compile(r"\s+")

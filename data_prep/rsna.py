@@ -22,28 +22,22 @@ Its traps, named in one place:
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import images
-from .errors import PrepError
+from .eval_layout import region_mask
 from .paths import UNSAFE_PATH, UnsafePathError, resolve_inside, safe_key
-from .seg_sets import FAIL_UNEXPECTED, SegPrepOptions, SegRender, SegResult, SegSource, check_prep_options, run_seg_prep, save_pair
+from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegRender, SegResult, SegSelection, SegSource,
+                       prepare_seg_set, save_pair)
 
 DATASET, TARGET = "rsna", "lung opacity"
 COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 SKIP_BOX_INVALID = "box_invalid"
 SKIP_ROWS_DISAGREE = "rows_disagree"
 NOTE_BOX_OUTSIDE = "box_outside_image"
-
-
-@dataclass
-class Selection:
-    sources: list[SegSource] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    rows: list[list[str]] = field(default_factory=list)  # failures.csv rows
+INPUTS = SegInputs("--csv", "labels_csv", "the release's stage_2_train_labels.csv",
+                   "RSNA's stage_2_train_labels.csv (patientId,x,y,width,height,Target)", COLUMNS, "stage_2_train_images")
 
 
 def _box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
@@ -62,9 +56,9 @@ def _box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
     return box  # type: ignore[return-value]
 
 
-def select_rsna(rows: list[dict[str, str]], image_root: Path) -> Selection:
+def select_rsna(rows: list[dict[str, str]], image_root: Path) -> SegSelection:
     """One source per patientId (in CSV order) with its boxes; unusable ones skipped with a reason."""
-    selection = Selection()
+    selection = SegSelection()
     grouped: dict[str, list] = {}
     bad: dict[str, tuple[str, str]] = {}
     for row in rows:
@@ -100,8 +94,6 @@ def select_rsna(rows: list[dict[str, str]], image_root: Path) -> Selection:
 
 def render_rsna(item: SegSource, options: SegRender) -> SegResult:
     """Decode the DICOM, carry its boxes into the stored square, draw them, write both. Never raises."""
-    from tier_openclip.grounding import region_mask
-
     from .eval_sets import load_gray
     from .ms_cxr import box_to_stored
 
@@ -121,19 +113,6 @@ def render_rsna(item: SegSource, options: SegRender) -> SegResult:
 def prepare_rsna(labels_csv: Path, image_root: Path, options: SegPrepOptions, *, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict:
     """Run ``prep rsna``; returns meta.json's content."""
-    from .mimic import read_csv
-
-    if not labels_csv.is_file():
-        raise PrepError(f"--csv {labels_csv} does not exist: pass the release's stage_2_train_labels.csv")
-    if not image_root.is_dir():
-        raise PrepError(f"--image-root {image_root} is not a folder: pass stage_2_train_images")
-    check_prep_options(options, {"--image-root": image_root}, {"--csv": labels_csv})
-    rows = read_csv(labels_csv)
-    missing = [c for c in COLUMNS if c not in (rows[0] if rows else {})]
-    if not rows or missing:
-        raise PrepError(f"{labels_csv} has no {'rows' if not rows else 'column(s) ' + ', '.join(missing)}: "
-                        "is it RSNA's stage_2_train_labels.csv (patientId,x,y,width,height,Target)?")
-    selection = select_rsna(rows, image_root)
-    return run_seg_prep(selection.sources, render_rsna, options, dataset=DATASET, target=TARGET,
-                        skipped=selection.skipped, failures=selection.rows, id_columns=("patientId", "patient_id", "id"),
-                        progress=progress, log=log, labels_csv=str(labels_csv.resolve()), image_root=str(image_root.resolve()))
+    return prepare_seg_set(INPUTS, labels_csv, image_root, options, lambda rows: select_rsna(rows, image_root),
+                           render_rsna, dataset=DATASET, target=TARGET, id_columns=("patientId", "patient_id", "id"),
+                           progress=progress, log=log)

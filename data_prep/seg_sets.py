@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from . import images
+from .atomic import write_bytes_atomic, write_csv_atomic, write_failures_csv, write_json_atomic
 from .errors import PrepError
 from .paths import UnsafePathError, resolve_inside
 
@@ -48,17 +48,10 @@ def seg_meta(dataset: str, target: str, image_size: int | None, **extra: Any) ->
             "mask_format": MASK_FORMAT, **extra}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")  # a killed run never leaves half a file
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
     """A bool (height, width) mask as a 0/255 PNG."""
     image = Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L")
-    _atomic_write(Path(path), images.encode_image(image, "png"))
+    write_bytes_atomic(path, images.encode_image(image, "png"))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -84,13 +77,7 @@ def resize_mask(mask: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
 
 def write_splits_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
     """splits.csv from (image, mask, split, id) rows."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SPLIT_COLUMNS)
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    write_csv_atomic(path, SPLIT_COLUMNS, rows)
 
 
 def seeded_split(groups: Iterable[str], seed: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, str]:
@@ -113,7 +100,7 @@ def read_split_file(path: Path, id_columns: Sequence[str]) -> dict[str, str]:
     """{id: split} from a CSV with an id column (the first of ``id_columns`` it has, compared
     without case) and a ``split`` column (train/val/test, or the published files' spellings
     valid/validation/validate/training/testing)."""
-    from .mimic import read_csv
+    from .tables import read_csv
 
     rows = read_csv(path)
     header = {name.lower(): name for name in (rows[0] if rows else {})}
@@ -149,7 +136,7 @@ class SegSetWriter:
         if picture.size != (mask.shape[1], mask.shape[0]):
             raise ValueError(f"mask {mask.shape[1]}x{mask.shape[0]} is not the image's {picture.size[0]}x{picture.size[1]}")
         image_path, mask_path = f"images/{key}.png", f"masks/{key}.png"
-        _atomic_write(resolve_inside(self.directory, image_path), images.encode_image(picture.convert("L"), "png"))
+        write_bytes_atomic(resolve_inside(self.directory, image_path), images.encode_image(picture.convert("L"), "png"))
         write_mask(resolve_inside(self.directory, mask_path), mask)
         self.rows.append([image_path, mask_path, split, source_id if source_id is not None else key])
 
@@ -158,7 +145,7 @@ class SegSetWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         write_splits_csv(self.directory / SPLITS_CSV, self.rows)
         meta = seg_meta(self.dataset, self.target, self.image_size, splits=split_counts(self.rows), **extra)
-        _atomic_write(self.directory / META_JSON, (json.dumps(meta, indent=1) + "\n").encode())
+        write_json_atomic(self.directory / META_JSON, meta)
         return meta
 
 
@@ -310,7 +297,7 @@ def save_pair(options: SegRender, key: str, gray: images.GrayImage, stored_mask:
     square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
     if stored_mask.shape != (options.image_size, options.image_size):
         raise ValueError(f"mask {stored_mask.shape} is not in the {options.image_size}-pixel square")
-    _atomic_write(resolve_inside(options.out, f"images/{key}.png"), images.encode_image(square.image, "png"))
+    write_bytes_atomic(resolve_inside(options.out, f"images/{key}.png"), images.encode_image(square.image, "png"))
     write_mask(resolve_inside(options.out, f"masks/{key}.png"), stored_mask)
     return SegResult(True, notes=[*square.notes, *notes], positive=bool(stored_mask.any()))
 
@@ -326,13 +313,49 @@ def dicom_patient(path: str) -> str | None:
     return value.strip() or None
 
 
-def _write_failures(path: Path, rows: list[list]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["source", "kind", "reason", "detail"])
-        writer.writerows(rows)
-    os.replace(temporary, path)
+@dataclass
+class SegSelection:
+    """What a dataset's selection makes of its CSV: the sources to render, and the rest."""
+
+    sources: list[SegSource] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    rows: list[list[str]] = field(default_factory=list)  # failures.csv rows
+
+
+@dataclass(frozen=True)
+class SegInputs:
+    """A segmentation prep command's CSV and image folder, as its error messages and meta name them."""
+
+    csv_flag: str  # "--rle-csv"
+    csv_key: str  # meta.json's key for the CSV's path, "rle_csv"
+    csv_hint: str  # what to pass, "the release's train-rle.csv"
+    csv_what: str  # what the file should be, "SIIM's train-rle.csv (ImageId, EncodedPixels)"
+    columns: tuple[str, ...]
+    root_hint: str  # what --image-root should be
+
+
+def prepare_seg_set(inputs: SegInputs, csv_path: Path, image_root: Path, options: SegPrepOptions,
+                    select: Callable[[list[dict[str, str]]], SegSelection],
+                    render: Callable[[SegSource, SegRender], SegResult], *, dataset: str, target: str,
+                    id_columns: Sequence[str], progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``prep siim|rsna``: check the inputs and options, read the CSV (keys stripped), select, and
+    :func:`run_seg_prep`; returns meta.json's content."""
+    from .tables import read_csv
+
+    if not csv_path.is_file():
+        raise PrepError(f"{inputs.csv_flag} {csv_path} does not exist: pass {inputs.csv_hint}")
+    if not image_root.is_dir():
+        raise PrepError(f"--image-root {image_root} is not a folder: pass {inputs.root_hint}")
+    check_prep_options(options, {"--image-root": image_root}, {inputs.csv_flag: csv_path})
+    rows = read_csv(csv_path)
+    missing = [c for c in inputs.columns if c not in (rows[0] if rows else {})]
+    if not rows or missing:
+        raise PrepError(f"{csv_path} has no {'rows' if not rows else 'column(s) ' + ', '.join(missing)}: "
+                        f"is it {inputs.csv_what}?")
+    selection = select(rows)
+    return run_seg_prep(selection.sources, render, options, dataset=dataset, target=target,
+                        skipped=selection.skipped, failures=selection.rows, id_columns=id_columns, progress=progress,
+                        log=log, **{inputs.csv_key: str(csv_path.resolve())}, image_root=str(image_root.resolve()))
 
 
 def run_seg_prep(sources: Sequence[SegSource], render: Callable[[SegSource, SegRender], SegResult],
@@ -356,7 +379,7 @@ def _run_locked(sources: Sequence[SegSource], render: Callable[[SegSource, SegRe
 
     from tqdm import tqdm
 
-    from .shards import WORKER_LOST, Lost, OrderedPool, write_json_atomic
+    from .shards import WORKER_LOST, Lost, OrderedPool
 
     split_of = read_split_file(options.splits, id_columns) if options.splits is not None else None
     if split_of is not None:
@@ -396,7 +419,7 @@ def _run_locked(sources: Sequence[SegSource], render: Callable[[SegSource, SegRe
     rows = [[f"images/{item.key}.png", f"masks/{item.key}.png", assigned[item.id], item.id] for item, _ in done]
     positives = Counter(assigned[item.id] for item, result in done if result.positive)
     write_splits_csv(options.out / SPLITS_CSV, rows)
-    _write_failures(options.out / "failures.csv", failures)
+    write_failures_csv(options.out / "failures.csv", failures)
     meta = seg_meta(
         dataset, target, options.image_size, splits=split_counts(rows),
         positives={split: positives.get(split, 0) for split in SPLITS}, split_source=split_source,

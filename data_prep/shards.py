@@ -53,8 +53,6 @@ import json
 import multiprocessing
 import os
 import re
-import signal
-import sys
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .atomic import write_json_atomic
 from .errors import PrepError
 from .paths import is_safe_key
 
@@ -73,9 +72,6 @@ WRITING_SUFFIX = ".writing"  # marker in STATE_DIR: this run created the shard's
 TAR_MTIME = 0
 TAR_USER = TAR_GROUP = "tier-openclip"
 TAR_MODE = 0o444
-# Test hook: "SHARD:N" SIGKILLs this process after N samples of shard SHARD (e.g.
-# "train-000001.tar:3") are written and flushed; "SHARD:renamed" right after SHARD is finished.
-KILL_HOOK_ENV = "TIER_OPENCLIP_PREP_TEST_KILL"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -137,17 +133,6 @@ class ShardRecord:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name, fsync, and rename over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -249,20 +234,6 @@ class ShardFile:
         with contextlib.suppress(FileNotFoundError):
             self.partial.unlink()
         self.marker.unlink(missing_ok=True)
-
-
-def _kill_hook() -> tuple[str, str] | None:
-    value = os.environ.get(KILL_HOOK_ENV, "")
-    if ":" not in value:
-        return None
-    name, _, when = value.rpartition(":")
-    return name, when
-
-
-def _die() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # Failure reason of a sample whose worker process died or hung (see OrderedPool).
@@ -456,7 +427,6 @@ def write_shards(
     done = total - sum(len(plan.tasks) for plan in pending)
     if done:
         log(f"{len(records)} finished shard(s) verified and kept ({done} planned samples)")
-    kill = _kill_hook()
     tasks = [task for plan in pending for task in plan.tasks]
     with OrderedPool(render, tasks, workers, sample_timeout, context) as pool:
         results = iter(pool)
@@ -467,7 +437,7 @@ def write_shards(
                 shard = ShardFile(out_dir / plan.split, state_dir, plan)
                 notes: Counter = Counter()
                 try:
-                    for processed, task in enumerate(plan.tasks, start=1):
+                    for task in plan.tasks:
                         result = next(results)
                         if isinstance(result, Lost):
                             shard.fail(task.key, WORKER_LOST, result.detail)
@@ -480,16 +450,11 @@ def write_shards(
                         if not isinstance(result, Lost):
                             notes.update(result.notes)
                         bar.update(1)
-                        if kill and kill[0] == plan.name and kill[1] == str(processed):
-                            shard.flush()
-                            _die()
                     shard.record.notes = dict(sorted(notes.items()))
                     records[plan.name] = shard.finish()
                 except BaseException:
                     shard.abort()
                     raise
-                if kill and kill[0] == plan.name and kill[1] == "renamed":
-                    _die()
         finally:
             bar.close()
     return records

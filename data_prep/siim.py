@@ -24,22 +24,21 @@ Its traps, named in one place:
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import images, rle
-from .errors import PrepError
 from .paths import safe_key
-from .seg_sets import (FAIL_UNEXPECTED, SegPrepOptions, SegRender, SegResult, SegSource, check_prep_options,
-                       dicom_patient, resize_mask, run_seg_prep, save_pair)
+from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegRender, SegResult, SegSelection, SegSource,
+                       dicom_patient, prepare_seg_set, resize_mask, save_pair)
 
 DATASET, TARGET = "siim", "pneumothorax"
 ID_COLUMN, RLE_COLUMN = "ImageId", "EncodedPixels"  # the file's header says " EncodedPixels"
 SKIP_RLE_INVALID = "rle_invalid"
 SKIP_IMAGE_MISSING = images.IMAGE_MISSING
 SKIP_DUPLICATE_DICOM = "duplicate_dicom"
+INPUTS = SegInputs("--rle-csv", "rle_csv", "the release's train-rle.csv", "SIIM's train-rle.csv (ImageId, EncodedPixels)",
+                   (ID_COLUMN, RLE_COLUMN), "the folder holding the DICOMs (dicom-images-train)")
 
 
 def find_dicoms(root: Path) -> tuple[dict[str, Path], list[str]]:
@@ -58,16 +57,9 @@ def find_dicoms(root: Path) -> tuple[dict[str, Path], list[str]]:
     return found, twice
 
 
-@dataclass
-class Selection:
-    sources: list[SegSource] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    rows: list[list[str]] = field(default_factory=list)  # failures.csv rows
-
-
-def select_siim(rows: list[dict[str, str]], dicoms: dict[str, Path], twice: Collection[str] = ()) -> Selection:
+def select_siim(rows: list[dict[str, str]], dicoms: dict[str, Path], twice: Collection[str] = ()) -> SegSelection:
     """One source per ImageId (in CSV order) with its codes; unusable ones skipped with a reason."""
-    selection = Selection()
+    selection = SegSelection()
     codes: dict[str, list[str]] = {}
     bad: set[str] = set()
     for row in rows:
@@ -120,20 +112,7 @@ def render_siim(item: SegSource, options: SegRender) -> SegResult:
 def prepare_siim(rle_csv: Path, image_root: Path, options: SegPrepOptions, *, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict:
     """Run ``prep siim``; returns meta.json's content."""
-    from .mimic import read_csv
-
-    if not rle_csv.is_file():
-        raise PrepError(f"--rle-csv {rle_csv} does not exist: pass the release's train-rle.csv")
-    if not image_root.is_dir():
-        raise PrepError(f"--image-root {image_root} is not a folder: pass the folder holding the DICOMs (dicom-images-train)")
-    check_prep_options(options, {"--image-root": image_root}, {"--rle-csv": rle_csv})
-    rows = read_csv(rle_csv)  # keys stripped: " EncodedPixels" -> "EncodedPixels"
-    missing = [c for c in (ID_COLUMN, RLE_COLUMN) if c not in (rows[0] if rows else {})]
-    if not rows or missing:
-        raise PrepError(f"{rle_csv} has no {'rows' if not rows else 'column(s) ' + ', '.join(missing)}: "
-                        "is it SIIM's train-rle.csv (ImageId, EncodedPixels)?")
-    dicoms, twice = find_dicoms(image_root)
-    selection = select_siim(rows, dicoms, twice)
-    return run_seg_prep(selection.sources, render_siim, options, dataset=DATASET, target=TARGET,
-                        skipped=selection.skipped, failures=selection.rows, id_columns=(ID_COLUMN, "image_id", "id"),
-                        progress=progress, log=log, rle_csv=str(rle_csv.resolve()), image_root=str(image_root.resolve()))
+    # The CSV's keys are stripped by read_csv: the file's " EncodedPixels" is "EncodedPixels".
+    return prepare_seg_set(INPUTS, rle_csv, image_root, options, lambda rows: select_siim(rows, *find_dicoms(image_root)),
+                           render_siim, dataset=DATASET, target=TARGET, id_columns=(ID_COLUMN, "image_id", "id"),
+                           progress=progress, log=log)

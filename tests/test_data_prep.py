@@ -428,10 +428,9 @@ def test_two_workers_give_byte_identical_shards(release, dicom_run, tmp_path):
 def _subprocess_prep(argv: list[str], kill: str | None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(tier_openclip.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    env.pop(shards.KILL_HOOK_ENV, None)
-    if kill:
-        env[shards.KILL_HOOK_ENV] = kill
-    return subprocess.run([sys.executable, "-m", "tier_openclip.data_prep", *argv], env=env, capture_output=True,
+    # killed_prep.py is `prep` with the shard writer patched to SIGKILL itself at `kill`
+    program = [str(Path(__file__).with_name("killed_prep.py")), kill] if kill else ["-m", "tier_openclip.data_prep"]
+    return subprocess.run([sys.executable, *program, *argv], env=env, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
 
 
@@ -566,3 +565,61 @@ def test_padchest_eval_set(tmp_path):
     assert np.abs(gray - (sixteen - sixteen.min()) / np.ptp(sixteen) * 255).max() <= 0.5  # min-max to 8 bits
     labels_bytes = (out / "labels.csv").read_bytes() + (out / "meta.json").read_bytes()
     assert b"PID-SECRET" not in labels_bytes and b"19991231" not in labels_bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared contracts: one CheXpert label parser, one atomic writer
+
+
+@pytest.mark.parametrize("cell, value", [("1", 1.0), ("1.0", 1.0), (" 0 ", 0.0), ("0.0", 0.0), ("-1", -1.0),
+                                         ("-1.0", -1.0), ("", None), ("  ", None)])
+def test_chexpert_label_cells_parse_the_same_for_every_reader(cell, value):
+    import math
+
+    from tier_openclip.data_prep.chexpert import parse_chexpert_label
+    from tier_openclip.data_prep.eval_layout import parse_label_cell
+    from tier_openclip.data_prep.eval_sets import parse_chexpert_value
+    from tier_openclip.data_prep.mimic import load_labels
+
+    assert parse_chexpert_label(cell) == value
+    row = {"subject_id": "1", "study_id": "2", "Edema": cell}
+    assert load_labels([row])[(1, 2)]["Edema"] == value  # training labels keep -1 (uncertain)
+    assert parse_chexpert_value(cell) == (None if value in (None, -1.0) else int(value))  # eval sets: -1 -> blank
+    if value == -1.0:  # the evaluator refuses what prep should have mapped
+        with pytest.raises(ValueError, match="Uncertain CheXpert labels"):
+            parse_label_cell(cell, "here")
+    else:
+        parsed = parse_label_cell(cell, "here")
+        assert math.isnan(parsed) if value is None else parsed == value
+
+
+@pytest.mark.parametrize("cell", ["2", "0.5", "x", "nan", "inf", "1 0"])
+def test_chexpert_label_cells_that_are_no_label_are_refused(cell):
+    from tier_openclip.data_prep.chexpert import parse_chexpert_label
+    from tier_openclip.data_prep.eval_layout import parse_label_cell
+
+    with pytest.raises(ValueError, match=f"unexpected CheXpert label value '{cell}'"):
+        parse_chexpert_label(cell)
+    with pytest.raises(ValueError, match=f"here: '{cell}' is not a label"):
+        parse_label_cell(cell, "here")
+
+
+def test_the_atomic_writer_writes_the_formats_byte_for_byte_and_never_half_a_file(tmp_path):
+    from tier_openclip.data_prep.atomic import write_csv_atomic, write_json_atomic
+
+    path = tmp_path / "deep" / "t.csv"
+    write_csv_atomic(path, ["a", "b"], [[1, "x,y"], [None, 'say "hi"']])
+    assert path.read_bytes() == b'a,b\r\n1,"x,y"\r\n,"say ""hi"""\r\n'  # the csv module's dialect, CRLF
+    write_csv_atomic(path, ["a"], [["\u00e9"]], lineterminator="\n")
+    assert path.read_bytes() == "a\n\u00e9\n".encode("utf-8")
+
+    def broken_rows():
+        yield ["fine"]
+        raise RuntimeError("the source died")
+
+    with pytest.raises(RuntimeError):
+        write_csv_atomic(path, ["a"], broken_rows())
+    assert path.read_bytes() == "a\n\u00e9\n".encode("utf-8")  # the old file, whole
+    write_json_atomic(tmp_path / "m.json", {"b": [1, 2], "a": "\u00e9"})
+    assert (tmp_path / "m.json").read_bytes() == b'{\n "b": [\n  1,\n  2\n ],\n "a": "\\u00e9"\n}\n'
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "m.json", "t.csv"]  # no temporary left

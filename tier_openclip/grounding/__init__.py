@@ -1,9 +1,9 @@
 """Phrase grounding, the field's way (BioViL on MS-CXR: Boecking et al., ECCV 2022).
 
 A grounding set (``tier-openclip prep ms-cxr``, or the phantom's test set) is a folder in the
-evaluation layout ``tier-openclip-eval/1``:
+evaluation layout (its one definition: ``data_prep/eval_layout.py``):
 
-    meta.json        {"format": "tier-openclip-eval/1", "dataset", "labels", "image_size", "box_format"}
+    meta.json        {"format", "dataset", "labels", "image_size", "box_format"}
     images/...       the images (paths relative to the folder)
     boxes.csv        image,finding,phrase,x0,y0,x1,y1: one row per box, in pixels of the stored
                      image, half-open; the rows of one (image, phrase) are one phrase whose region
@@ -46,7 +46,8 @@ Baselines, always beside them, from the same metric functions on the same region
   (the finding's boxes on the other images; each box scaled from its image's size to the one it
   is drawn on). A reader sees whether a model beats "pointing where the finding usually is".
 
-Modules: ``layout`` (the set, read and written), ``metrics`` (pure), ``maps`` (patch grid to
+Modules: the set is read and written by ``data_prep.eval_layout`` (one owner of the layout for
+prep, the phantom and both evaluators); here ``metrics`` (pure), ``maps`` (patch grid to
 stored image), ``baselines``, ``evaluator`` (model maps, results, markdown, training hook, CLI).
 Used three ways, with one results schema: ``tier-openclip eval grounding`` (JSON + markdown),
 ``grounding_evaluate`` (Python) and ``grounding_during_training`` (``--tier-grounding DIR``).
@@ -57,7 +58,7 @@ from tier_openclip.grounding.evaluator import (
     PHRASE_MODES, add_grounding_parser, check_training_dir, grounding_during_training, grounding_evaluate,
     grounding_markdown, phrase_embeddings, run_grounding, summarise, training_metrics,
 )
-from tier_openclip.grounding.layout import (
+from tier_openclip.data_prep.eval_layout import (
     BOX_COLUMNS, BOX_FORMAT, BOXES_CSV, FORMAT, META_JSON, PRIOR_BOXES_CSV, PRIOR_COLUMNS, Box, GroundingPhrase,
     GroundingSet, box_covers_pixels, grounding_meta, read_grounding_set, region_mask, write_boxes_csv,
     write_prior_boxes_csv,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tier_openclip.grounding.layout import Box, GroundingSet, region_mask
+from tier_openclip.data_prep.eval_layout import Box, GroundingSet, region_mask
 from tier_openclip.grounding.maps import MapGeometry, upsample_maps
 from tier_openclip.grounding.metrics import grounding_metrics
 

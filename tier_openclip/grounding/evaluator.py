@@ -4,7 +4,6 @@ markdown, the training hook (``--tier-grounding DIR``) and ``tier-openclip eval 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -13,8 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tier_openclip.cli_common import add_model_flags
+from tier_openclip.data_prep.eval_layout import read_grounding_set, region_mask
 from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_pointing, random_map_metrics
-from tier_openclip.grounding.layout import read_grounding_set, region_mask
 from tier_openclip.grounding.maps import MapGeometry, grid_shape, resize_mode_of, upsample_maps
 from tier_openclip.grounding.metrics import CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, grounding_metrics
 
@@ -260,7 +260,7 @@ def grounding_during_training(model: Any, completed_epoch: int, args: Any, tb_wr
     bootstrap; the log, checkpoints/results.jsonl, TensorBoard and wandb under "val/".
     A failing evaluation is logged and returns {}: it must not cost the run its checkpoint."""
     from tier_openclip import openclip_adapter as adapter
-    from tier_openclip.evaluate import log_validation_metrics
+    from tier_openclip.validation_log import eval_transforms, log_validation_metrics
 
     frequency = getattr(args, "zeroshot_frequency", 0)
     directory = getattr(args, "tier_grounding", None)
@@ -271,9 +271,7 @@ def grounding_during_training(model: Any, completed_epoch: int, args: Any, tb_wr
     inner = adapter.unwrap_model(model)
     was_training = inner.training
     try:
-        tokenizer = adapter.symbol("get_tokenizer")(args.model)
-        preprocess_cfg = adapter.symbol("PreprocessCfg")(**adapter.symbol("get_model_preprocess_cfg")(inner))
-        preprocess = adapter.symbol("image_transform_v2")(preprocess_cfg, is_train=False)
+        tokenizer, preprocess = eval_transforms(inner, args.model)
         inner.eval()
         results = grounding_evaluate(inner, preprocess, tokenizer, directory, device=str(getattr(args, "device", "cpu")),
                                      bootstrap=0, batch_size=getattr(args, "batch_size", 32),
@@ -315,10 +313,7 @@ def add_grounding_parser(tasks: Any) -> None:
                     "image-free prior (the finding's mean training box map). Prints markdown; --out also writes "
                     "JSON and the table next to it (results.md).",
     )
-    parser.add_argument("--model", required=True,
-                        help="open_clip model name (e.g. TIER-tiny), or hf-hub:ORG/NAME / local-dir:PATH.")
-    parser.add_argument("--pretrained", default=None,
-                        help="Weights: a training checkpoint (epoch_N.pt), .safetensors/.bin file or open_clip tag.")
+    add_model_flags(parser)
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="Grounding set: `tier-openclip prep ms-cxr` output (boxes.csv + images/ + meta.json).")
     parser.add_argument("--out", default=None, metavar="FILE.json",
@@ -331,40 +326,27 @@ def add_grounding_parser(tasks: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap and the random maps (default 0).")
     parser.add_argument("--batch-size", type=int, default=32, help="Images per forward pass (default 32).")
     parser.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
-    parser.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     parser.set_defaults(func=run_grounding)
 
 
 def run_grounding(args: argparse.Namespace) -> int:
-    import torch
-
+    from tier_openclip.cli_common import results_file, run_evaluation
     from tier_openclip.errors import CommandError, UsageError
-    from tier_openclip.models import load_model
 
     if args.bootstrap < 0 or args.batch_size < 1 or args.workers < 0:
         raise UsageError("--bootstrap and --workers must be >= 0, --batch-size >= 1")
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data} is not a folder: pass a grounding set from `tier-openclip prep ms-cxr`")
+    out = results_file(args.out)
     try:
         read_grounding_set(args.data)  # before loading a large model
     except (FileNotFoundError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        loaded = load_model(args.model, args.pretrained, device=device)
-        results = grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, args.data, device=device,
-                                     phrase_mode=args.phrase_mode, bootstrap=args.bootstrap, seed=args.seed,
-                                     progress=not args.quiet, batch_size=args.batch_size, num_workers=args.workers)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    results = {"model": args.model, "pretrained": args.pretrained, **results}
-    table = grounding_markdown(results)
-    print(table, end="")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
-        print(f"\nWrote {out} and {out.with_suffix('.md')}")
-    return 0
+
+    def evaluate(loaded, device: str) -> dict:
+        return grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, args.data, device=device,
+                                  phrase_mode=args.phrase_mode, bootstrap=args.bootstrap, seed=args.seed,
+                                  progress=not args.quiet, batch_size=args.batch_size, num_workers=args.workers)
+
+    return run_evaluation(args, evaluate, grounding_markdown, out)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tier_openclip.grounding.layout import Box, region_mask
+from tier_openclip.data_prep.eval_layout import Box, region_mask
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CNR_EPS = 1e-8
@@ -66,7 +66,7 @@ def grounding_metrics(saliency: np.ndarray, region: np.ndarray | Sequence[Box]) 
 def bootstrap_means(values: np.ndarray, resamples: int, seed: int, confidence: float = 0.95) -> list[list[float] | None]:
     """Percentile intervals of the column means of ``values`` (phrases, metrics) over resamples
     of the phrases with replacement (seeded); None per column without resamples."""
-    from tier_openclip.evaluate import resample_counts
+    from tier_openclip.bootstrap import resample_counts
 
     n = values.shape[0]
     if resamples <= 0 or n == 0:

@@ -1,8 +1,9 @@
 """Fused Triton kernels for TIER's token–patch entropies, forward and backward.
 
 The definition is ``tier_openclip.kernels.reference.token_patch_entropy_reference``. For pair n,
-S = scale · T_n P_nᵀ (T×P) is computed tile by tile on chip and never stored; only O(N·(T+P))
-statistics reach global memory. Every entropy uses H = lse(s) − E_softmax(s)[s], from a running
+S = scale · T_n P_nᵀ (T×P) is computed tile by tile on chip and never stored. The forward writes
+per-token statistics and per-patch partial statistics, one set per token block (O(N·P·⌈T/BLOCK_T⌉)),
+which its reduction merges; what is saved for backward is O(N·(T+P)). Every entropy uses H = lse(s) − E_softmax(s)[s], from a running
 max m, a running Σexp(s − m) and a running Σexp(s − m)·s.
 
 Forward: one streaming pass over S, then a small reduction.

@@ -16,19 +16,28 @@ from tier_openclip.analyze import accumulate_similarity_stats, patch_centres, sq
 from tier_openclip.cli import SUBCOMMANDS, build_parser, main
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def _tiny_checkpoint(directory, seed: int) -> str:
     """A TIER-tiny training checkpoint in open_clip_train's format ("module." prefix included)."""
     import open_clip
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = open_clip.create_model("TIER-tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
+    path = directory / "epoch_1.pt"
     torch.save({"epoch": 1, "name": "t", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory):
+    return _tiny_checkpoint(tmp_path_factory.mktemp("other"), seed=1)
 
 
 def test_every_subcommand_has_a_complete_help(capsys):
@@ -75,7 +84,11 @@ def test_similarity_stats_are_consistent(tower_models):
     assert all(0 < m <= 1 for m in masses) and masses == sorted(masses)
 
 
-def test_heatmap_command_draws_token_and_prompt_panels(tmp_path, checkpoint):
+# draw_heatmaps: panels of 3.2 × 3.4 inches at 120 dpi, up to 4 a row
+PANEL_PIXELS = (384, 408)
+
+
+def test_heatmap_command_draws_token_and_prompt_panels(tmp_path, checkpoint, capsys):
     from PIL import Image
 
     image = tmp_path / "cxr.png"
@@ -84,7 +97,36 @@ def test_heatmap_command_draws_token_and_prompt_panels(tmp_path, checkpoint):
     assert main(["heatmap", "--model", "TIER-tiny", "--pretrained", checkpoint, "--image", str(image),
                  "--text", "small left pleural effusion", "--tokens", "left", "--prompt", "cardiomegaly",
                  "--out", str(out)]) == 0
-    assert Image.open(out).size[0] > 300
+    assert capsys.readouterr().out == f"wrote {out} (2 panels)\n"  # the token 'left' and the prompt
+    with Image.open(out) as figure:
+        assert figure.size == (2 * PANEL_PIXELS[0], PANEL_PIXELS[1])
+
+
+def test_heatmap_maps_are_the_token_patch_similarities(tmp_path, checkpoint):
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from tier_openclip.features import token_features
+    from tier_openclip.heatmap import similarity_maps
+    from tier_openclip.models import load_model
+
+    loaded = load_model("TIER-tiny", checkpoint)
+    image = Image.fromarray((np.random.default_rng(1).random((80, 96, 3)) * 255).astype(np.uint8))
+    pixels, maps = similarity_maps(loaded, image, "left effusion", tokens=["left"], prompts=["cardiomegaly"])
+    assert [m.label for m in maps] == ["left", "cardiomegaly"]
+    batch = loaded.preprocess(image).unsqueeze(0)
+    assert pixels.shape == (*batch.shape[-2:], 3) and pixels.dtype == np.uint8
+    with torch.no_grad():
+        patches = token_features(loaded.model, images=batch)["image_tokens"][0]
+        ids = loaded.tokenizer(["left effusion"])
+        token = token_features(loaded.model, texts=ids)["text_tokens"][0, 1]  # position 1: 'left'
+        prompt = token_features(loaded.model, texts=loaded.tokenizer(["cardiomegaly"]))["text_features"][0]
+    rows, cols = square_grid(patches.shape[0])
+    for similarity, feature in zip(maps, (token, prompt)):
+        expected = F.interpolate((patches @ feature).reshape(1, 1, rows, cols), size=batch.shape[-2:],
+                                 mode="bilinear", align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(similarity.values, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(maps[0].values, maps[1].values)
 
 
 def test_heatmap_reads_a_real_dicom(tmp_path, checkpoint):
@@ -94,10 +136,18 @@ def test_heatmap_reads_a_real_dicom(tmp_path, checkpoint):
 
     image = load_image(get_testdata_file("RG1_UNCI.dcm"))
     assert image.size == (1841, 1955) and image.mode == "RGB"
+    from tier_openclip.data_prep.images import dicom_to_uint8
+
+    prepared = np.asarray(dicom_to_uint8(get_testdata_file("RG1_UNCI.dcm")).image)  # what prep trains on
+    assert np.array_equal(np.asarray(image), np.repeat(prepared[..., None], 3, axis=2))
+    assert prepared.std() > 10  # a radiograph, not a blank page
     out = tmp_path / "dicom-map.png"
     assert main(["heatmap", "--model", "TIER-tiny", "--pretrained", checkpoint, "--image",
                  get_testdata_file("RG1_UNCI.dcm"), "--prompt", "pleural effusion", "--out", str(out)]) == 0
-    assert out.is_file()
+    from PIL import Image
+
+    with Image.open(out) as figure:
+        assert figure.size == PANEL_PIXELS  # one panel: the one prompt
 
 
 def test_heatmap_errors_say_what_to_do(tmp_path, checkpoint, capsys):
@@ -108,7 +158,7 @@ def test_heatmap_errors_say_what_to_do(tmp_path, checkpoint, capsys):
     assert "give --text" in capsys.readouterr().err
 
 
-def test_analyze_command_with_baseline_and_boxes(tmp_path, checkpoint):
+def test_analyze_command_with_baseline_and_boxes(tmp_path, checkpoint, other_checkpoint):
     shards = write_shards(tmp_path / "shards", num_shards=1, per_shard=12, size=64)
     from PIL import Image
 
@@ -121,13 +171,23 @@ def test_analyze_command_with_baseline_and_boxes(tmp_path, checkpoint):
             writer.writerow([f"images/{i}.png", "left pleural effusion", 0, 0, 63, 63])  # the whole image: always a hit
             writer.writerow([f"images/{i}.png", "cardiomegaly", -10, -10, -5, -5])  # outside: never a hit
     out = tmp_path / "analysis"
-    assert main(["analyze", "--model", "TIER-tiny", "--pretrained", checkpoint, "--baseline", checkpoint,
+    assert main(["analyze", "--model", "TIER-tiny", "--pretrained", checkpoint, "--baseline", other_checkpoint,
                  "--data", shards, "--num-samples", "10", "--boxes", str(tmp_path / "boxes.csv"),
                  "--out", str(out)]) == 0
     results = json.loads((out / "analysis.json").read_text())
     assert set(results) == {"tier", "baseline"}
     assert results["tier"]["pairs"] == 10
-    assert results["tier"]["entropy_token_to_patch"] == pytest.approx(results["baseline"]["entropy_token_to_patch"])
+    # each checkpoint's figures are its own: what the library computes for it on the same pairs
+    from tier_openclip.analyze import shard_batches
+    from tier_openclip.models import load_model
+
+    for label, path in (("tier", checkpoint), ("baseline", other_checkpoint)):
+        loaded = load_model("TIER-tiny", path)
+        expected = accumulate_similarity_stats(loaded.model, shard_batches(shards, loaded.preprocess, loaded.tokenizer,
+                                                                           10, 32)).summary()
+        for key in ("entropy_token_to_patch", "entropy_patch_to_token"):
+            assert results[label][key] == pytest.approx(expected[key], rel=1e-6)
+    assert results["tier"]["entropy_token_to_patch"] != pytest.approx(results["baseline"]["entropy_token_to_patch"])
     pointing = results["tier"]["pointing_game"]
     assert pointing["per_phrase"]["left pleural effusion"]["accuracy"] == 1.0
     assert pointing["per_phrase"]["cardiomegaly"]["accuracy"] == 0.0

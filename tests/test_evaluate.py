@@ -22,8 +22,8 @@ from sklearn.metrics import roc_auc_score
 
 import tier_openclip
 from helpers import write_shards
-from tier_openclip import evaluate
-from tier_openclip.evaluate import auc_report, bootstrap_aucs, resample_counts, weighted_aucs
+from tier_openclip import eval_cli, evaluate
+from tier_openclip.bootstrap import auc_report, bootstrap_aucs, resample_counts, weighted_aucs
 from tier_openclip.prompts import default_prompts, load_prompt_file, resolve_prompts
 
 NAN = math.nan
@@ -356,7 +356,7 @@ def test_chexpert_means_over_competition_and_all_labels(tiny, chexpert_set):
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tier-openclip")
-    evaluate.add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    eval_cli.add_eval_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -110,7 +110,7 @@ def load_from_hub_offline(tmp_path: Path, folder: Path, image: Path) -> dict:
 def test_clip_text_model_round_trips_through_local_dir_and_hf_hub(tmp_path, xray, capsys):
     import open_clip
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
     model, preprocess, tokenizer = build("TIER-tiny")
@@ -236,7 +236,7 @@ class FakeHfApi:
 def test_upload_uses_the_env_token_without_printing_or_writing_it(tmp_path, monkeypatch, capfd, caplog):
     import huggingface_hub
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
     token = "hf_SecretTokenNeverShown0123456789"
@@ -266,7 +266,7 @@ def test_upload_uses_the_env_token_without_printing_or_writing_it(tmp_path, monk
 def test_upload_without_a_token_says_how_to_log_in(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
@@ -280,7 +280,7 @@ def test_upload_without_a_token_says_how_to_log_in(tmp_path, monkeypatch):
 
 
 def test_errors_say_what_was_wrong(tmp_path, capsys):
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
     with pytest.raises(UsageError, match="must be ORG/NAME"):

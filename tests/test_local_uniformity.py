@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tier_openclip import TierLoss
+from tier_openclip import ContrastiveTokenLoss, TierLoss
 from tier_openclip.local_uniformity import (
     LocalUniformityTerms,
     collapse_is_stable,
@@ -145,7 +145,7 @@ def test_terms_compose_with_tier_and_are_all_logged():
     uniform = (within_sample_uniformity(image, None, 2.0).mean() + within_sample_uniformity(text, mask, 2.0).mean()) / 2
     torch.testing.assert_close(losses["local_uniform_loss"], 0.25 * uniform)
     assert {"local_align_text", "local_uniform_image", "local_cos_image", "local_cos_text", "tier_text_entropy"} <= set(seen[0])
-    only_lu = TierLoss(extra_terms=terms, include_tier=False)(**outputs, output_dict=True)
+    only_lu = ContrastiveTokenLoss(extra_terms=terms)(**outputs, output_dict=True)
     assert "tier_text_loss" not in only_lu and math.isfinite(only_lu["local_align_loss"].item())
     with pytest.raises(ValueError, match="positive"):
         LocalUniformityTerms(temperature=0.0, text_units="tokens")
@@ -307,7 +307,7 @@ def test_a_model_delivers_the_ids_and_the_loss_pools_its_report_sentences(tmp_pa
     terms = LocalUniformityTerms(text_units="sentences", sentence_vocab=sentence_vocab(tokenizer))
     for token_mask in ("valid", "all"):  # 'all' cuts the ids to the authors' window with the tokens
         seen = []
-        loss = TierLoss(extra_terms=terms, include_tier=False, token_mask=token_mask)
+        loss = ContrastiveTokenLoss(extra_terms=terms, token_mask=token_mask)
         loss.metrics_hook = seen.append
         losses = loss(**out, output_dict=True)
         assert seen[0]["local_text_units"].item() == 2.0  # three sentences and one

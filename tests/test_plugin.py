@@ -69,18 +69,18 @@ def test_create_loss_dispatch(params):
     from open_clip.loss import ClipLoss, SigLipLoss
 
     from tier_openclip.local_uniformity import LocalUniformityTerms
-    from tier_openclip.loss import TierLoss
+    from tier_openclip.loss import ContrastiveTokenLoss, TierLoss
 
     assert type(open_clip.create_loss(_args(params))) is ClipLoss
     assert type(open_clip.create_loss(_args(params, "--loss", "clip", "--siglip"))) is SigLipLoss
     tier = open_clip.create_loss(_args(params, "--loss", "tier", "--tier-lambda-image", "0.3"))
     assert isinstance(tier, TierLoss) and isinstance(tier.contrastive, ClipLoss)
-    assert (tier.lambda_text, tier.lambda_image, tier.include_tier, tier.extra_terms) == (0.1, 0.3, True, None)
+    assert (tier.lambda_text, tier.lambda_image, tier.with_tier, tier.extra_terms) == (0.1, 0.3, True, None)
     assert isinstance(open_clip.create_loss(_args(params, "--loss", "tier", "--siglip")).contrastive, SigLipLoss)
     lu = open_clip.create_loss(_args(params, "--loss", "local-uniformity"))
-    assert not lu.include_tier and isinstance(lu.extra_terms, LocalUniformityTerms)
+    assert type(lu) is ContrastiveTokenLoss and not lu.with_tier and isinstance(lu.extra_terms, LocalUniformityTerms)
     both = open_clip.create_loss(_args(params, "--loss", "tier", "--lu-uniform-weight", "0.2"))
-    assert both.include_tier and both.extra_terms.uniform_weight == 0.2 and both.extra_terms.align_weight == 0
+    assert type(both) is TierLoss and both.extra_terms.uniform_weight == 0.2 and both.extra_terms.align_weight == 0
 
 
 def test_unsupported_combinations_say_what_to_do(params, monkeypatch):

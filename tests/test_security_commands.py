@@ -26,7 +26,7 @@ def files(tmp_path_factory):
     """A good TIER-tiny checkpoint, the four kinds of bad one, an image, an evaluation set and shards."""
     import open_clip
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
     root = tmp_path_factory.mktemp("inputs")
@@ -210,12 +210,12 @@ def test_a_file_of_the_set_that_is_not_an_image(files, tmp_path, capsys, workers
 
 
 def test_out_that_is_a_folder_is_refused_before_the_evaluation_runs(files, tmp_path, capsys, monkeypatch):
-    from tier_openclip import evaluate
+    from tier_openclip import eval_cli
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("evaluated although --out cannot be written")
 
-    monkeypatch.setattr(evaluate, "zeroshot_evaluate", must_not_run)
+    monkeypatch.setattr(eval_cli, "zeroshot_evaluate", must_not_run)
     assert run(capsys, *evaluation(files, files.set, "--workers", "0", "--out", tmp_path)) == (
         2, f"tier-openclip eval zeroshot: --out {tmp_path} is a folder; give a file name, e.g. "
            f"{tmp_path / 'results.json'}")

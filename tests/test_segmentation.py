@@ -14,7 +14,7 @@ from PIL import Image
 
 from tier_openclip import segmentation as seg
 from tier_openclip.data_prep.seg_sets import SegSetWriter
-from tier_openclip.evaluate import resample_counts
+from tier_openclip.bootstrap import resample_counts
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -22,6 +22,7 @@ if not os.path.isdir(os.path.join(os.path.dirname(__file__), "kernels")) and os.
 _LAZY = {
     "token_patch_entropy": "tier_openclip.entropy",
     "TierLoss": "tier_openclip.loss",
+    "ContrastiveTokenLoss": "tier_openclip.loss",
     "LocalUniformityTerms": "tier_openclip.local_uniformity",
     "token_features": "tier_openclip.features",
     "enable_token_outputs": "tier_openclip.features",

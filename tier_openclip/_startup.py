@@ -16,9 +16,22 @@ import importlib.abc
 import os
 import sys
 
+def _register_model_configs(_module):
+    from tier_openclip.models import register_model_configs
+
+    register_model_configs()
+
+
+def _activate(_module):
+    from tier_openclip.plugin import activate
+
+    activate()
+
+
+# imported module -> what runs once it has executed
 _AFTER_IMPORT = {
-    "open_clip": "register_model_configs",
-    "open_clip_train": "activate",
+    "open_clip": _register_model_configs,
+    "open_clip_train": _activate,
 }
 
 
@@ -51,20 +64,15 @@ class _PluginFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _run_hook(name, module=None):
-    if callable(name):
-        name(module)
-        return
+def _run_hook(hook, module):
     # A broken plugin must never break open_clip itself: warn and carry on stock (guarded).
     try:
-        from tier_openclip import plugin
-
-        getattr(plugin, name)()
+        hook(module)
     except Exception as exc:  # noqa: BLE001
         import warnings
 
         warnings.warn(f"tier-openclip plugin not active: {type(exc).__name__}: {exc}", stacklevel=2)
-        if name == "activate":
+        if hook is _activate:
             try:
                 import open_clip_train.params as params
             except Exception:  # noqa: BLE001

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from tier_openclip.cli_common import add_model_flags, device_of
 from tier_openclip.errors import CommandError, UsageError, input_file
 
 TOP_K_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
@@ -160,7 +161,8 @@ def pointing_game(loaded, rows: Sequence[BoxRow], device: str = "cpu") -> dict:
         for row in rows:
             by_image.setdefault(row.image, []).append(row)
         for image_path, image_rows in by_image.items():
-            image = Image.open(image_path).convert("RGB")
+            with Image.open(image_path) as opened:
+                image = opened.convert("RGB")
             pixels = loaded.preprocess(image).unsqueeze(0).to(device)
             patches = token_features(loaded.model, images=pixels)["image_tokens"][0]
             centres = patch_centres(square_grid(patches.shape[0]), tuple(pixels.shape[-2:]), image.size)
@@ -238,17 +240,18 @@ def analyze(args: argparse.Namespace) -> int:
     for pretrained in checkpoints.values():
         check_pretrained(args.model, pretrained)
     out_dir.mkdir(parents=True, exist_ok=True)
+    device = device_of(args)
     results: dict[str, dict] = {}
     for label, pretrained in checkpoints.items():
-        loaded = load_model(args.model, pretrained, device=args.device)
+        loaded = load_model(args.model, pretrained, device=device)
         try:
             batches = shard_batches(args.data, loaded.preprocess, loaded.tokenizer, args.num_samples, args.batch_size)
-            results[label] = accumulate_similarity_stats(loaded.model, batches, device=args.device).summary()
+            results[label] = accumulate_similarity_stats(loaded.model, batches, device=device).summary()
         except (OSError, ValueError) as exc:  # missing or broken shards, samples without image or text
             raise CommandError(f"--data {args.data}: {exc}") from None
         if boxes is not None:
             try:
-                results[label]["pointing_game"] = pointing_game(loaded, boxes, device=args.device)
+                results[label]["pointing_game"] = pointing_game(loaded, boxes, device=device)
             except (OSError, ValueError) as exc:  # a box's image missing or unreadable
                 raise CommandError(f"--boxes {args.boxes}: {exc}") from None
     plot_rank_curves(results, out_dir / "rank_curves.png")
@@ -270,8 +273,7 @@ def add_analyze_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="open_clip model name (e.g. TIER-BioViL-RN50-CXR-BERT).")
-    parser.add_argument("--pretrained", required=True, help="Checkpoint (epoch_N.pt, .safetensors) or open_clip tag.")
+    add_model_flags(parser, pretrained_required=True)
     parser.add_argument("--baseline", default=None, help="A second checkpoint of the same model to compare with.")
     parser.add_argument("--label", default="tier", help="Name of --pretrained in plots and JSON (with --baseline).")
     parser.add_argument("--baseline-label", default="baseline", help="Name of --baseline in plots and JSON.")
@@ -280,7 +282,6 @@ def add_analyze_parser(subparsers) -> None:
     parser.add_argument("--boxes", default=None,
                         help="CSV with image,phrase,x0,y0,x1,y1 (image relative to the CSV, boxes in its "
                              "pixels) for the pointing game.")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32, help="Pairs per forward pass (default: 32).")
     parser.add_argument("--out", required=True, help="Folder for analysis.json and rank_curves.png.")
     parser.set_defaults(func=analyze)

@@ -12,20 +12,25 @@ or ``CommandError`` (exit status 1: what the command read or did failed), and ``
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from tier_openclip import __version__
+from tier_openclip.analyze import add_analyze_parser
+from tier_openclip.data_prep.cli import add_prep_parser
+from tier_openclip.demo import add_demo_parser
 from tier_openclip.errors import TierOpenclipError
+from tier_openclip.eval_cli import add_eval_parser
+from tier_openclip.heatmap import add_heatmap_parser
+from tier_openclip.hub import add_push_parser
 
-# subcommand -> "module:function(subparsers)"
+# subcommand -> the function that adds its parser (with set_defaults(func=...)), in --help order
 SUBCOMMANDS = {
-    "prep": "tier_openclip.data_prep.cli:add_prep_parser",
-    "eval": "tier_openclip.evaluate:add_eval_parser",
-    "heatmap": "tier_openclip.heatmap:add_heatmap_parser",
-    "analyze": "tier_openclip.analyze:add_analyze_parser",
-    "push": "tier_openclip.hub:add_push_parser",
-    "demo": "tier_openclip.demo:add_demo_parser",
+    "prep": add_prep_parser,
+    "eval": add_eval_parser,
+    "heatmap": add_heatmap_parser,
+    "analyze": add_analyze_parser,
+    "push": add_push_parser,
+    "demo": add_demo_parser,
 }
 
 
@@ -38,9 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tier-openclip {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for target in SUBCOMMANDS.values():
-        module_name, function = target.split(":")
-        getattr(importlib.import_module(module_name), function)(subparsers)
+    for add_parser in SUBCOMMANDS.values():
+        add_parser(subparsers)
     return parser
 
 

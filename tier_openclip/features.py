@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tier_openclip.openclip_adapter import symbol, unwrap_model
+from tier_openclip.openclip_adapter import check_tower, symbol, unwrap_model
 
 TOKEN_KEYS = ("image_tokens", "text_tokens", "text_mask")
 
@@ -101,12 +101,10 @@ def _timm_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
 
 def encode_image_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     """(pooled (N, E), patch tokens (N, P, E)), both projected and not normalised."""
-    if isinstance(visual, symbol("VisionTransformer")):
-        return _vit_tokens(visual, images)
-    if isinstance(visual, symbol("ModifiedResNet")):
-        return _resnet_tokens(visual, images)
-    if isinstance(visual, symbol("TimmModel")):
-        return _timm_tokens(visual, images)
+    for cls_name, tokens_of in (("VisionTransformer", _vit_tokens), ("ModifiedResNet", _resnet_tokens),
+                                ("TimmModel", _timm_tokens)):
+        if isinstance(visual, symbol(cls_name)):
+            return tokens_of(check_tower(visual, cls_name), images)
     raise TypeError(
         f"no patch tokens for image tower {type(visual).__name__}; supported: open_clip "
         "VisionTransformer, ModifiedResNet and timm towers"
@@ -167,12 +165,12 @@ def _hf_text_tokens(tower: nn.Module, text: Tensor) -> tuple[Tensor, Tensor, Ten
 def encode_text_tokens(model: nn.Module, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(pooled (N, E), token embeddings (N, T, E), valid-token mask (N, T) bool)."""
     if isinstance(model, symbol("CLIP")):
-        return _clip_text_tokens(model, text)
+        return _clip_text_tokens(check_tower(model, "CLIP"), text)
     tower = getattr(model, "text", None)
     if isinstance(tower, symbol("TextTransformer")):
-        return _text_transformer_tokens(tower, text)
-    if tower is not None and type(tower).__name__ == "HFTextEncoder":  # no transformers import needed
-        return _hf_text_tokens(tower, text)
+        return _text_transformer_tokens(check_tower(tower, "TextTransformer"), text)
+    if isinstance(tower, symbol("HFTextEncoder")):
+        return _hf_text_tokens(check_tower(tower, "HFTextEncoder"), text)
     raise TypeError(
         f"no text tokens for {type(model).__name__} with text tower {type(tower).__name__}; supported: "
         "open_clip CLIP, CustomTextCLIP with TextTransformer or HFTextEncoder"

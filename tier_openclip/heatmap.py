@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tier_openclip.cli_common import add_list_flag, add_model_flags, device_of
 from tier_openclip.errors import CommandError, UsageError, input_file, output_file
 
 
@@ -152,9 +153,10 @@ def heatmap(args: argparse.Namespace) -> int:
     input_file(args.image, "--image")
     check_pretrained(args.model, args.pretrained)
     image = load_image(args.image)
-    loaded = load_model(args.model, args.pretrained, device=args.device)
+    device = device_of(args)
+    loaded = load_model(args.model, args.pretrained, device=device)
     try:
-        pixels, maps = similarity_maps(loaded, image, args.text, args.prompt or (), args.tokens or (), device=args.device)
+        pixels, maps = similarity_maps(loaded, image, args.text, args.prompt or (), args.tokens or (), device=device)
     except ValueError as exc:  # e.g. a model whose patches form no square grid
         raise CommandError(str(exc)) from None
     draw_heatmaps(pixels, maps, out, title=f"{args.model} · {Path(args.pretrained or 'untrained').name}")
@@ -175,12 +177,12 @@ def add_heatmap_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="open_clip model name (e.g. TIER-tiny).")
-    parser.add_argument("--pretrained", default=None, help="Checkpoint (epoch_N.pt, .safetensors) or open_clip tag.")
+    add_model_flags(parser)
     parser.add_argument("--image", required=True, help="Radiograph: .dcm, .png or .jpg.")
     parser.add_argument("--text", default=None, help="Report text: one panel per token.")
-    parser.add_argument("--tokens", nargs="+", default=None, help="Only these tokens of --text (as the tokenizer splits them).")
-    parser.add_argument("--prompt", action="append", help="A phrase drawn from its pooled embedding; repeat for more panels.")
-    parser.add_argument("--device", default="cpu")
+    add_list_flag(parser, "--tokens", "TOKEN", default=None,
+                  help="Only these tokens of --text (as the tokenizer splits them).")
+    add_list_flag(parser, "--prompt", "PHRASE", default=None,
+                  help="Phrases, each drawn from its pooled embedding (quote a phrase of several words).")
     parser.add_argument("--out", required=True, help="Output PNG.")
     parser.set_defaults(func=heatmap)

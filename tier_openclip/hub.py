@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import json
 import logging
 import math
@@ -36,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from tier_openclip import openclip_adapter as adapter
+from tier_openclip.cli_common import add_list_flag, add_model_flags
 from tier_openclip.errors import CommandError, UsageError, input_file
-from tier_openclip.models import check_pretrained, load_weights, read_checkpoint
+from tier_openclip.models import check_pretrained, load_weights, read_checkpoint, register_model_configs
 
 logger = logging.getLogger("tier_openclip")
 TOKEN_MASK_MEANING = {"valid": "padding tokens ignored", "all": "every position, as the authors' code does"}
@@ -118,18 +118,7 @@ def hub_model_config(model_name: str, kwargs: Mapping[str, Any], repo_id: str, h
     base = adapter.symbol("get_model_config")(model_name)
     if not base:
         raise UsageError(f"no open_clip config for model {model_name!r}; pass the --model the run was trained with")
-    config = copy.deepcopy(base)
-    if kwargs.get("force_quick_gelu"):
-        config["quick_gelu"] = True
-    if kwargs.get("force_custom_text"):
-        config["custom_text"] = True
-    if kwargs.get("force_image_size") is not None:
-        config["vision_cfg"]["image_size"] = kwargs["force_image_size"]
-    if kwargs.get("force_context_length") is not None:
-        config["text_cfg"]["context_length"] = kwargs["force_context_length"]
-    for key in ("init_logit_scale", "init_logit_bias"):
-        if key in kwargs:
-            config[key] = kwargs[key]
+    config = adapter.apply_create_overrides(base, kwargs)
     if hf_tokenizer:  # hf-hub: loads the tokenizer named here; point it at the files we upload
         config["text_cfg"]["hf_tokenizer_name"] = repo_id
     return config
@@ -159,7 +148,6 @@ def _clean_tokenizer_config(path: Path) -> None:
 @dataclass
 class Export:
     directory: Path
-    files: list[str]
     model_config: dict
     epoch: int | None
 
@@ -170,8 +158,6 @@ def export_model(checkpoint: str | Path, model_name: str, out_dir: str | Path, r
 
     UsageError for a missing checkpoint or an unknown model, CommandError for a checkpoint that
     cannot be read or does not fit the model."""
-    from tier_openclip.plugin import register_model_configs
-
     register_model_configs()
     checkpoint, out_dir = input_file(checkpoint, "--checkpoint"), Path(out_dir)
     saved = read_checkpoint(checkpoint)  # a truncated or foreign file fails before the model is built
@@ -182,7 +168,7 @@ def export_model(checkpoint: str | Path, model_name: str, out_dir: str | Path, r
     )
     trained = (params or {}).get("model")
     hint = f" (params.txt says the run trained {trained!r})" if trained and trained != model_name else ""
-    load_weights(model, checkpoint, model_name, hint)
+    load_weights(model, checkpoint, model_name, hint, checked=True)
     tokenizer = adapter.symbol("get_tokenizer")(model_name, context_length=kwargs.get("force_context_length"))
     hf_tokenizer = hasattr(tokenizer, "save_pretrained")
     config = hub_model_config(model_name, kwargs, repo_id, hf_tokenizer)
@@ -198,7 +184,7 @@ def export_model(checkpoint: str | Path, model_name: str, out_dir: str | Path, r
         if hf_config is not None:  # transformers >= 5's AutoTokenizer reads the model's config.json first
             hf_config.save_pretrained(out_dir)
     epoch = saved.get("epoch") if isinstance(saved.get("epoch"), int) else None
-    return Export(out_dir, sorted(p.name for p in out_dir.iterdir()), config, epoch)
+    return Export(out_dir, config, epoch)
 
 
 # --- model card ---------------------------------------------------------------------------------
@@ -405,7 +391,8 @@ def add_push_parser(subparsers: Any) -> None:
                     "`hf auth login` and is never printed or written.",
     )
     parser.add_argument("--checkpoint", required=True, help="Training checkpoint: logs/NAME/checkpoints/epoch_N.pt.")
-    parser.add_argument("--model", required=True, help="open_clip model the run trained (its --model, e.g. TIER-tiny).")
+    add_model_flags(parser, device=False, pretrained_help="",
+                    model_help="open_clip model the run trained (its --model, e.g. TIER-tiny).")
     parser.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="Hugging Face Hub model repository.")
     parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     parser.add_argument("--local-dir", default=None, metavar="DIR",
@@ -413,8 +400,8 @@ def add_push_parser(subparsers: Any) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an earlier export in --local-dir: the files it wrote are removed first; a "
                              "folder holding anything else is refused.")
-    parser.add_argument("--results", action="append", default=[], metavar="FILE.json",
-                        help="Results of `tier-openclip eval zeroshot --out` for the model card; repeat for more sets.")
+    add_list_flag(parser, "--results", "FILE.json", default=[],
+                  help="Results of `tier-openclip eval zeroshot --out` for the model card, one file per set.")
     parser.add_argument("--lambda-text", type=float, default=None,
                         help="TIER λ_text for the card. Default: tier_lambda_text from params.txt.")
     parser.add_argument("--lambda-image", type=float, default=None,

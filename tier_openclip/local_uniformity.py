@@ -146,7 +146,7 @@ def collapse_is_stable(align_weight: float, uniform_weight: float, t: float) -> 
 
 
 class LocalUniformityTerms(TokenTerms):
-    """Weighted local alignment and uniformity terms for TierLoss's ``extra_terms``.
+    """Weighted local alignment and uniformity terms for the ``extra_terms`` of ContrastiveTokenLoss / TierLoss.
 
     Args:
         align_weight, uniform_weight: weights of the two terms.

@@ -1,6 +1,8 @@
 """TIER as an open_clip loss: contrastive loss + λ_text·H(token→patch) + λ_image·H(patch→token).
 
-``TierLoss`` is called like open_clip's ``ClipLoss`` — ``loss(**model_out, output_dict=True)`` —
+``ContrastiveTokenLoss`` is open_clip's contrastive loss plus token-level terms (``extra_terms``,
+e.g. local alignment and uniformity: ``--loss local-uniformity``); ``TierLoss`` is that plus TIER's
+entropies (``--loss tier``). Each is called like open_clip's ``ClipLoss`` — ``loss(**model_out, output_dict=True)`` —
 on a model whose forward also returns ``image_tokens``, ``text_tokens``, ``text_mask`` and the
 token ids ``text_ids`` (``tier_openclip.features.enable_token_outputs``). The returned dict holds
 loss terms only, because open_clip's training loop sums every value; raw entropies go to
@@ -53,8 +55,9 @@ class TokenTerms(nn.Module):
         raise NotImplementedError
 
 
-class TierLoss(nn.Module):
-    """Contrastive loss (open_clip's ClipLoss or SigLipLoss) plus TIER's entropy penalty.
+class ContrastiveTokenLoss(nn.Module):
+    """Contrastive loss (open_clip's ClipLoss or SigLipLoss) plus token-level terms: ``extra_terms``
+    and, in TierLoss, TIER's entropy penalty.
 
     Args:
         lambda_text: weight of the mean token→patch entropy.
@@ -71,7 +74,10 @@ class TierLoss(nn.Module):
         siglip: use open_clip's SigLipLoss as the contrastive part.
         local_loss, gather_with_grad, cache_labels, rank, world_size, use_horovod, dist_impl:
             passed to open_clip's contrastive loss, as in ``ClipLoss``.
+        lambda_text, lambda_image, scale and impl are TIER's: only TierLoss uses them.
     """
+
+    with_tier = False  # whether forward adds TIER's entropies (TierLoss)
 
     def __init__(
         self,
@@ -89,7 +95,6 @@ class TierLoss(nn.Module):
         world_size: int = 1,
         use_horovod: bool = False,
         dist_impl: str | None = None,
-        include_tier: bool = True,
     ):
         super().__init__()
         if token_mask not in TOKEN_MASKS:
@@ -99,7 +104,6 @@ class TierLoss(nn.Module):
         self.scale = check_scale(scale)
         self.impl = impl
         self.token_mask = token_mask
-        self.include_tier = include_tier
         self.extra_terms = extra_terms
         self.contrastive = make_contrastive_loss(
             siglip,
@@ -121,7 +125,7 @@ class TierLoss(nn.Module):
     ) -> dict[str, Tensor] | Tensor:
         if image_tokens is None or text_tokens is None:
             raise ValueError(
-                "TierLoss needs image_tokens and text_tokens from the model; switch them on with "
+                f"{type(self).__name__} needs image_tokens and text_tokens from the model; switch them on with "
                 "tier_openclip.enable_token_outputs(model) (the plugin does this for --loss tier)"
             )
         if logit_bias is None:
@@ -141,7 +145,7 @@ class TierLoss(nn.Module):
         # open_clip hands the loss exp(logit_scale); detached, TIER borrows it without training it.
         scale = logit_scale.detach() if self.scale == "logit" else self.scale
         metrics: dict[str, Tensor] = {}
-        if self.include_tier:
+        if self.with_tier:
             h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, scale, self.impl)
             losses["tier_text_loss"] = self.lambda_text * h_text.mean()
             losses["tier_image_loss"] = self.lambda_image * h_image.mean()
@@ -155,3 +159,10 @@ class TierLoss(nn.Module):
         if self.metrics_hook is not None:
             self.metrics_hook(metrics)
         return losses if output_dict else sum(losses.values())
+
+
+class TierLoss(ContrastiveTokenLoss):
+    """Contrastive loss plus TIER's entropy penalty (and any ``extra_terms``): the arguments are
+    ContrastiveTokenLoss's."""
+
+    with_tier = True

@@ -1,4 +1,6 @@
-"""Loading a trained model for the project's commands (eval, heatmap, analyze, push, demo).
+"""The project's models: registering its configs with open_clip (tier_openclip/model_configs, and
+the timm trunks they name), and loading a trained model for the commands (eval, heatmap, analyze,
+push, demo). The start-up hook, the training plugin and the commands all register through here.
 
 A checkpoint file is checked in two steps, so each failure gets its own message: ``read_checkpoint``
 (can the file be read at all: not truncated, not random bytes or text, only tensors — torch's
@@ -70,21 +72,35 @@ def _misfit(checkpoint: Any, model_name: str, hint: str, exc: BaseException) -> 
                         "was trained with")
 
 
-def load_weights(model: Any, checkpoint: str | os.PathLike, model_name: str, hint: str = "") -> None:
+def load_weights(model: Any, checkpoint: str | os.PathLike, model_name: str, hint: str = "", checked: bool = False) -> None:
     """Load a checkpoint into ``model`` strictly (open_clip's load_checkpoint), or CommandError saying
-    that the file cannot be read or which model it does not fit."""
-    read_checkpoint(checkpoint)
+    that the file cannot be read or which model it does not fit. ``checked``: the caller has
+    already read it with read_checkpoint."""
+    if not checked:
+        read_checkpoint(checkpoint)
     try:
         adapter.symbol("load_checkpoint")(model, str(checkpoint), strict=True)
     except _MISFIT as exc:
         raise _misfit(checkpoint, model_name, hint, exc) from None
 
 
+def register_model_configs() -> None:
+    """Make tier_openclip/model_configs visible to open_clip.list_models() and create_model().
+
+    The start-up hook calls this when a program imports open_clip; commands call it again before
+    they look a model up, in case the hook is off. open_clip's add_model_config rescans its whole
+    registry on every call: cheap for the few configs there are.
+    """
+    from importlib.resources import files
+
+    from tier_openclip import timm_towers  # noqa: F401 -- registers the timm trunks our configs name
+
+    adapter.symbol("add_model_config")(str(files("tier_openclip") / "model_configs"))
+
+
 def check_pretrained(model_name: str, pretrained: str | None) -> None:
     """UsageError unless --model names a known model and --pretrained an existing file or a tag."""
-    from tier_openclip.plugin import register_model_configs
-
-    register_model_configs()  # no-op when the start-up hook already did it
+    register_model_configs()
     if model_name.startswith("local-dir:"):
         if not os.path.isdir(model_name[len("local-dir:"):]):
             raise UsageError(f"--model {model_name}: no such folder")

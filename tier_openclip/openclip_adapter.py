@@ -1,16 +1,27 @@
-"""Every open_clip symbol tier-openclip touches, named in one place.
+"""The open_clip coupling, named in one place.
 
-An open_clip upgrade is a change to this file: ``check_open_clip`` compares the installed
-version and internals with what the plugin was written against (3.x) and fails with one clear
-message otherwise.
+What is named here: every open_clip function and class tier-openclip calls or tests against
+(``SYMBOLS``), the functions it replaces (``PATCHED``, installed with ``replace``), the tower
+internals it reads to build token features (``TOWER_INTERNALS``: private methods, checked on the
+classes; ``TOWER_ATTRIBUTES``: attributes of a built tower, checked with ``check_tower`` on the
+model a feature extraction sees), and the config overrides open_clip's create_model applies
+(``apply_create_overrides``). An open_clip upgrade is a change to this file: ``check_open_clip``
+compares the installed version and internals with what the plugin was written against (3.x)
+and fails with one clear message otherwise.
+
+Symbols are looked up by name, on first use, rather than imported at the top: importing this
+module stays free of torch and open_clip (the command line's --help and the start-up hook load
+it), and a mismatched open_clip becomes that one message instead of an ImportError.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 SUPPORTED_MAJOR = 3
 INSTALL_HINT = "pip install 'open_clip_torch>=3.0,<4'"
@@ -36,11 +47,9 @@ def open_clip_version() -> str:
 SYMBOLS = {
     "create_loss": "open_clip:create_loss",  # wrapped: `--loss tier` / `--loss local-uniformity`
     "create_model_and_transforms": "open_clip:create_model_and_transforms",
-    "create_model": "open_clip:create_model",
     "get_tokenizer": "open_clip:get_tokenizer",
     "add_model_config": "open_clip:add_model_config",  # registers tier_openclip/model_configs
     "list_models": "open_clip:list_models",
-    "push_to_hf_hub": "open_clip:push_to_hf_hub",
     "get_model_config": "open_clip:get_model_config",  # hub export: the config a checkpoint was trained with
     "get_pretrained_cfg": "open_clip:get_pretrained_cfg",  # hub export: a pretrained tag's preprocessing
     "load_checkpoint": "open_clip:load_checkpoint",
@@ -51,13 +60,12 @@ SYMBOLS = {
     "ClipLoss": "open_clip.loss:ClipLoss",
     "SigLipLoss": "open_clip.loss:SigLipLoss",
     "CLIP": "open_clip.model:CLIP",
-    "CustomTextCLIP": "open_clip.model:CustomTextCLIP",
     "VisionTransformer": "open_clip.transformer:VisionTransformer",
     "TextTransformer": "open_clip.transformer:TextTransformer",
     "text_global_pool": "open_clip.transformer:text_global_pool",
     "ModifiedResNet": "open_clip.modified_resnet:ModifiedResNet",
     "TimmModel": "open_clip.timm_model:TimmModel",
-    "HFTextEncoder": "open_clip.hf_model:HFTextEncoder",
+    "HFTextEncoder": "open_clip.hf_model:HFTextEncoder",  # defined even without transformers installed
 }
 # Private methods of the towers that token features are built from (tier_openclip/features.py).
 TOWER_INTERNALS = {
@@ -65,12 +73,25 @@ TOWER_INTERNALS = {
     "TextTransformer": ("_embeds",),
     "ModifiedResNet": ("stem",),
 }
-# Functions of open_clip_train the plugin wraps (main.py imports them by name, so they are
-# replaced in their modules before main.py runs).
-TRAIN_NAMES = {
-    "open_clip_train.params": ("parse_args",),
-    "open_clip_train.train": ("train_one_epoch", "evaluate"),
+# Attributes of built towers that features.py reads. Most are set in __init__, so they are
+# checked on the tower itself (check_tower), the first time features.py reads one.
+TOWER_ATTRIBUTES = {
+    "VisionTransformer": ("attn_pool", "pool_type", "transformer", "final_ln_after_pool", "ln_post", "proj"),
+    "ModifiedResNet": ("layer1", "layer2", "layer3", "layer4", "attnpool"),
+    "TimmModel": ("trunk", "head"),
+    "CLIP": ("transformer", "token_embedding", "positional_embedding", "ln_final", "attn_mask", "text_pool_type",
+             "text_projection"),
+    "TextTransformer": ("transformer", "cls_emb", "ln_final", "pool_type", "pad_id", "attn_mask", "text_projection"),
+    "HFTextEncoder": ("config", "transformer", "pooler", "proj"),
 }
+# Functions the plugin replaces, by module. open_clip_train/main.py imports them by name, so they
+# are replaced in their modules before main.py runs.
+PATCHED = {
+    "open_clip": ("create_loss",),
+    "open_clip_train.params": ("parse_args",),
+    "open_clip_train.train": ("train_one_epoch",),
+}
+TRAIN_NAMES = {name: attrs for name, attrs in PATCHED.items() if name.startswith("open_clip_train.")}
 
 
 def symbol(name: str) -> Any:
@@ -101,8 +122,7 @@ def check_open_clip() -> None:
             f"Install a supported version with: {INSTALL_HINT}"
         )
     for name in SYMBOLS:
-        if name != "HFTextEncoder":  # needs transformers only when an HF tower is used
-            symbol(name)
+        symbol(name)
     for cls_name, methods in TOWER_INTERNALS.items():
         absent = [m for m in methods if not hasattr(symbol(cls_name), m)]
         if absent:
@@ -132,6 +152,44 @@ def check_open_clip_train() -> dict[str, ModuleType]:
             )
         modules[module_name] = module
     return modules
+
+
+def check_tower(tower: Any, cls_name: str) -> Any:
+    """``tower`` itself, after checking it has the attributes TOWER_ATTRIBUTES lists for its class."""
+    absent = [a for a in TOWER_ATTRIBUTES[cls_name] if not hasattr(tower, a)]
+    if absent:
+        raise OpenClipIncompatible(
+            f"open_clip {open_clip_version()}: {cls_name} lacks {', '.join(absent)}, which tier-openclip reads "
+            f"to build token features. Install a supported version with: {INSTALL_HINT}"
+        )
+    return tower
+
+
+def replace(module_name: str, name: str, wrap: Callable[[Callable], Callable]) -> None:
+    """Replace ``module_name.name`` (one PATCHED lists) by ``wrap(original)``."""
+    if name not in PATCHED.get(module_name, ()):
+        raise KeyError(f"{module_name}.{name} is not in openclip_adapter.PATCHED")
+    module = importlib.import_module(module_name)
+    setattr(module, name, wrap(getattr(module, name)))
+
+
+def apply_create_overrides(config: dict, kwargs: Mapping[str, Any]) -> dict:
+    """The model config after the overrides open_clip 3.x's create_model applies for these
+    create_model_and_transforms arguments (force_*, init_logit_*), so that a model saved with
+    the result is built again without them. Mirrors open_clip/factory.py's create_model."""
+    config = copy.deepcopy(config)
+    if kwargs.get("force_quick_gelu"):
+        config["quick_gelu"] = True
+    if kwargs.get("force_custom_text"):
+        config["custom_text"] = True
+    if kwargs.get("force_image_size") is not None:
+        config["vision_cfg"]["image_size"] = kwargs["force_image_size"]
+    if kwargs.get("force_context_length") is not None:
+        config["text_cfg"]["context_length"] = kwargs["force_context_length"]
+    for key in ("init_logit_scale", "init_logit_bias"):
+        if key in kwargs:
+            config[key] = kwargs[key]
+    return config
 
 
 @dataclass

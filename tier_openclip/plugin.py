@@ -27,6 +27,7 @@ from tier_openclip.entropy import IMPLS
 from tier_openclip.errors import UsageError
 from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
+from tier_openclip.models import register_model_configs
 
 LOSSES = ("clip", "tier", "local-uniformity")
 logger = logging.getLogger("tier_openclip")
@@ -132,12 +133,13 @@ def _resolve_local_uniformity_defaults(args: argparse.Namespace) -> None:
 
 
 def build_loss(args: argparse.Namespace):
-    """The TierLoss that ``--loss tier`` / ``--loss local-uniformity`` and their flags describe."""
+    """The loss ``--loss tier`` (TierLoss) or ``--loss local-uniformity`` (ContrastiveTokenLoss with
+    local alignment and uniformity terms) and their flags describe."""
     import torch
 
     from tier_openclip.entropy import resolve_impl
     from tier_openclip.local_uniformity import LocalUniformityTerms, collapse_is_stable
-    from tier_openclip.loss import TierLoss
+    from tier_openclip.loss import ContrastiveTokenLoss, TierLoss
 
     unsupported = adapter.is_coca_or_distill(args)
     if unsupported:
@@ -164,14 +166,14 @@ def build_loss(args: argparse.Namespace):
             text_units=args.lu_text_units,
             sentence_vocab=_sentence_vocab(args) if args.lu_text_units == "sentences" else None,
         )
-    return TierLoss(
+    loss_class = TierLoss if args.loss == "tier" else ContrastiveTokenLoss
+    return loss_class(
         lambda_text=args.tier_lambda_text,
         lambda_image=args.tier_lambda_image,
         scale=args.tier_scale,
         impl=args.tier_impl,
         token_mask=args.tier_token_mask,
         extra_terms=extra,
-        include_tier=args.loss == "tier",
         siglip=args.siglip,
         **dataclasses.asdict(adapter.contrastive_args_from(args)),
     )
@@ -234,9 +236,9 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
     @functools.wraps(original)
     def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
         from tier_openclip.features import enable_token_outputs
-        from tier_openclip.loss import TierLoss
+        from tier_openclip.loss import ContrastiveTokenLoss
 
-        if isinstance(loss, TierLoss):
+        if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
             loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
         result = original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
@@ -267,13 +269,6 @@ def _refuse_plugin_flags(params_module: Any, error: Exception) -> None:
     params_module.parse_args = parse_args
 
 
-def register_model_configs() -> None:
-    """Make tier_openclip/model_configs visible to open_clip.list_models() and create_model()."""
-    from importlib.resources import files
-
-    adapter.symbol("add_model_config")(str(files("tier_openclip") / "model_configs"))
-
-
 def activate(strict: bool = False) -> bool:
     """Install the wrappers (idempotent). Returns False if open_clip is not one the plugin knows.
 
@@ -282,7 +277,7 @@ def activate(strict: bool = False) -> bool:
     if _state["active"]:
         return True
     try:
-        modules = adapter.check_open_clip_train()
+        adapter.check_open_clip_train()
     except adapter.OpenClipIncompatible as exc:
         _state["error"] = exc
         if strict:
@@ -296,16 +291,15 @@ def activate(strict: bool = False) -> bool:
         return False
     if _state["active"]:  # the import above ran the start-up hook, which activated the plugin
         return True
-    import open_clip
-
-    params, train = modules["open_clip_train.params"], modules["open_clip_train.train"]
-    params.parse_args = wrap_parse_args(params.parse_args)
-    open_clip.create_loss = wrap_create_loss(open_clip.create_loss)
-    train.train_one_epoch = wrap_train_one_epoch(train.train_one_epoch)
+    adapter.replace("open_clip_train.params", "parse_args", wrap_parse_args)
+    adapter.replace("open_clip", "create_loss", wrap_create_loss)
+    adapter.replace("open_clip_train.train", "train_one_epoch", wrap_train_one_epoch)
     register_model_configs()
     _state["active"] = True
     return True
 
 
 def is_active() -> bool:
+    """Whether activate installed the wrappers: the start-up hook's guard on open_clip_train's
+    parse_args (tier_openclip/_startup.py) lets plugin flags through only then."""
     return _state["active"]

@@ -38,7 +38,6 @@ One results schema serves ``tier-openclip eval segmentation`` (JSON + markdown) 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tier_openclip.cli_common import add_model_flags
 
 if TYPE_CHECKING:  # torch is imported where it runs: building the command line must stay light
     import torch
@@ -114,7 +115,7 @@ def summarise_seeds(per_seed_counts: Sequence[np.ndarray], bootstrap: int, seed:
     """{metric: {"value", "sd", "ci", "per_seed"}} of per-image counts (one (N, 4) array per seed):
     value = mean over seeds of the metric on all test images; ci = percentile bootstrap over test
     images (the same resamples for every seed) of that mean; sd over seeds (None for one seed)."""
-    from tier_openclip.evaluate import resample_counts
+    from tier_openclip.bootstrap import resample_counts
 
     per_seed = [metrics_from_counts(counts.sum(axis=0)) for counts in per_seed_counts]
     out: dict[str, dict[str, Any]] = {}
@@ -330,14 +331,14 @@ def extract_features(model: Any, preprocess: Callable, paths: Sequence[Path], *,
     from tqdm import tqdm
 
     from tier_openclip import openclip_adapter as adapter
-    from tier_openclip.evaluate import _ImageFiles, _stack_or_errors
+    from tier_openclip.image_files import ImageFiles, stack_or_errors
     from tier_openclip.features import token_features
     from tier_openclip.grounding import grid_shape
 
     model = adapter.unwrap_model(model)
     dtype = next(model.visual.parameters()).dtype
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
-                                         shuffle=False, collate_fn=_stack_or_errors)
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
+                                         shuffle=False, collate_fn=stack_or_errors)
     chunks, input_size = [], None
     with torch.inference_mode():
         for batch in tqdm(loader, total=len(loader), unit="batch", desc=desc, disable=not progress, dynamic_ncols=True):
@@ -463,10 +464,7 @@ def add_segmentation_parser(tasks: Any) -> None:
                     "images, mean ± sd over seeds, beside the empty-head and image-free prior baselines. Prints "
                     "markdown; --out also writes JSON and the table next to it (results.md).",
     )
-    parser.add_argument("--model", required=True,
-                        help="open_clip model name (e.g. TIER-tiny), or hf-hub:ORG/NAME / local-dir:PATH.")
-    parser.add_argument("--pretrained", default=None,
-                        help="Weights: a training checkpoint (epoch_N.pt), .safetensors/.bin file or open_clip tag.")
+    add_model_flags(parser)
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="Segmentation set: `tier-openclip prep siim|rsna` output (splits.csv + images/ + masks/).")
     parser.add_argument("--label-fraction", type=float, default=1.0, metavar="F",
@@ -485,17 +483,14 @@ def add_segmentation_parser(tasks: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="First seed (runs use seed, seed+1, ...) and the bootstrap's.")
     parser.add_argument("--batch-size", type=int, default=32, help="Images per forward pass of the model (default 32).")
     parser.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
-    parser.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     parser.set_defaults(func=run_segmentation)
 
 
 def run_segmentation(args: argparse.Namespace) -> int:
-    import torch
-
+    from tier_openclip.cli_common import results_file, run_evaluation
     from tier_openclip.data_prep.seg_sets import read_seg_set
-    from tier_openclip.errors import CommandError, UsageError, output_file
-    from tier_openclip.models import check_pretrained, load_model
+    from tier_openclip.errors import CommandError, UsageError
 
     config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.probe_batch_size, loss=args.loss)
     if not 0 < args.label_fraction <= 1:
@@ -508,29 +503,16 @@ def run_segmentation(args: argparse.Namespace) -> int:
         raise UsageError(f"--epochs, --probe-batch-size, --lr: {exc}") from None
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data} is not a folder: pass a segmentation set from `tier-openclip prep siim|rsna`")
-    out = output_file(args.out, "--out", example="results.json", make_parent=True) if args.out else None
-    if out is not None and out.with_suffix(".md") == out:
-        raise UsageError(f"--out {out}: the table goes next to the JSON as {out.name}; name the JSON e.g. "
-                         f"{out.with_suffix('.json').name}")
+    out = results_file(args.out)
     try:
         read_seg_set(args.data)  # before loading a large model
     except (FileNotFoundError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    check_pretrained(args.model, args.pretrained)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(args.model, args.pretrained, device=device)
-    try:
-        results = segmentation_evaluate(loaded.model, loaded.preprocess, args.data, label_fraction=args.label_fraction,
-                                        seeds=args.seeds, device=device, seed=args.seed, config=config,
-                                        bootstrap=args.bootstrap, batch_size=args.batch_size, num_workers=args.workers,
-                                        progress=not args.quiet)
-    except (OSError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    results = {"model": args.model, "pretrained": args.pretrained, **results}
-    table = segmentation_markdown(results)
-    print(table, end="")
-    if out is not None:
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
-        print(f"\nWrote {out} and {out.with_suffix('.md')}")
-    return 0
+
+    def evaluate(loaded, device: str) -> dict:
+        return segmentation_evaluate(loaded.model, loaded.preprocess, args.data, label_fraction=args.label_fraction,
+                                     seeds=args.seeds, device=device, seed=args.seed, config=config,
+                                     bootstrap=args.bootstrap, batch_size=args.batch_size, num_workers=args.workers,
+                                     progress=not args.quiet)
+
+    return run_evaluation(args, evaluate, segmentation_markdown, out)

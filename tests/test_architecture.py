@@ -1,0 +1,183 @@
+"""The package's structure: properties a reader relies on that no behaviour test would notice."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tier_openclip
+
+
+def _package_roots() -> dict[str, Path]:
+    """Import prefix -> folder, as the installed package maps them (kernels/ and data_prep/ are
+    tier_openclip.kernels / tier_openclip.data_prep in a wheel and in a checkout alike)."""
+    import tier_openclip.data_prep
+    import tier_openclip.kernels
+
+    return {
+        "tier_openclip": Path(tier_openclip.__file__).parent,
+        "tier_openclip.kernels": Path(tier_openclip.kernels.__file__).parent,
+        "tier_openclip.data_prep": Path(tier_openclip.data_prep.__file__).parent,
+    }
+
+
+def _modules() -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for prefix, root in _package_roots().items():
+        for path in sorted(root.rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[0] in ("kernels", "data_prep") and prefix == "tier_openclip":
+                continue  # a wheel holds them inside the package: named by their own prefix
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([prefix, *parts])] = path
+    return modules
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of the package that ``name`` imports anywhere in its file (module level or inside
+    functions): ``from a import b`` counts as importing a.b when that is a module, else a."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        # A module's own packages are initialised before it runs, so naming one (`from
+        # tier_openclip.demo import __doc__` in demo/cli.py) starts no import: not an edge.
+        found.update(t for t in targets if t in known and t != name and not name.startswith(t + "."))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, colours on the stack)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_find_cycle_finds_a_cycle_and_only_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_import_graph_sees_module_and_function_level_imports():
+    graph = import_graph()
+    assert "tier_openclip.openclip_adapter" in graph["tier_openclip.models"]  # module level
+    assert "tier_openclip.features" in graph["tier_openclip.analyze"]  # inside a function
+    assert "tier_openclip.kernels.reference" in graph["tier_openclip.entropy"]
+    assert "tier_openclip.data_prep.images" in graph["tier_openclip.phantom.anatomy"]  # relative import
+    assert "tier_openclip.demo" not in graph["tier_openclip.demo.cli"]  # its own package
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_only_the_start_up_hook_and_the_entry_point_import_the_training_plugin():
+    importers = {name for name, imported in import_graph().items() if "tier_openclip.plugin" in imported}
+    assert importers == {"tier_openclip._startup", "tier_openclip.train"}
+
+
+# --- one owner per data contract (issue 12, item 1) ----------------------------------------------
+
+
+def _package_sources() -> dict[str, ast.Module]:
+    """Every .py file of tier_openclip, its kernels and its data_prep (tests are not the package),
+    parsed: "data_prep/eval_layout.py" (folder/path inside it) -> module."""
+    import tier_openclip.data_prep
+    import tier_openclip.kernels
+
+    named: dict[Path, str] = {}  # resolved file -> name; kernels/ and data_prep/ by their own folder
+    for label, module in (("data_prep", tier_openclip.data_prep), ("kernels", tier_openclip.kernels),
+                          ("tier_openclip", tier_openclip)):
+        root = Path(module.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            named.setdefault(path.resolve(), f"{label}/{path.relative_to(root).as_posix()}")
+    return {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for path, name in sorted(named.items())}
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    return {id(n.body[0].value) for n in nodes
+            if n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
+def _string_constants(tree: ast.Module, text: str) -> int:
+    """How many string literals in code (not docstrings) hold ``text``."""
+    skip = _docstrings(tree)
+    return sum(1 for n in ast.walk(tree)
+               if isinstance(n, ast.Constant) and isinstance(n.value, str) and text in n.value and id(n) not in skip)
+
+
+def _calls(tree: ast.AST, module: str, name: str) -> int:
+    return sum(1 for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr == name and isinstance(n.func.value, ast.Name) and n.func.value.id == module)
+
+
+def _cell_parsers(tree: ast.Module) -> list[str]:
+    """Functions that parse a blank-or-number CSV cell (compare a value with "" and call float()),
+    the shape of every CheXpert label-cell parser the package ever had."""
+    found = []
+    for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        nodes = list(ast.walk(function))
+        calls_float = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "float" for n in nodes)
+        blank = any(isinstance(n, ast.Compare) and any(isinstance(c, ast.Constant) and c.value == "" for c in [n.left, *n.comparators])
+                    for n in nodes)
+        if calls_float and blank:
+            found.append(function.name)
+    return found
+
+
+def test_the_evaluation_format_tag_is_defined_once():
+    where = {path: count for path, tree in _package_sources().items()
+             if (count := _string_constants(tree, "tier-openclip-eval/1"))}
+    assert where == {"data_prep/eval_layout.py": 1}, where
+
+
+def test_chexpert_label_cells_are_parsed_by_one_function():
+    where = {path: names for path, tree in _package_sources().items() if (names := _cell_parsers(tree))}
+    assert where == {"data_prep/chexpert.py": ["parse_chexpert_label"]}, where
+
+
+def test_csv_files_are_written_by_one_writer():
+    """csv.writer is called once, in the atomic writer; no other module builds a temporary name."""
+    sources = _package_sources()
+    writers = {path: count for path, tree in sources.items()
+               if (count := _calls(tree, "csv", "writer") + _calls(tree, "csv", "DictWriter"))}
+    assert writers == {"data_prep/atomic.py": 1}, writers
+    temporaries = {path for path, tree in sources.items() if _string_constants(tree, ".tmp")}
+    assert temporaries <= {"data_prep/atomic.py"}, temporaries

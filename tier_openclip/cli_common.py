@@ -1,0 +1,82 @@
+"""What the model commands (eval zeroshot|grounding|segmentation, heatmap, analyze, push) share
+on the command line: the model flags, the one way to give a list, and the run of an evaluation.
+
+Lists are given as separate words after the flag (``--labels Edema "Pleural Effusion"``), and
+repeating the flag adds more; the demo's ``--losses clip,tier`` keeps its README form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from tier_openclip.errors import CommandError, UsageError, output_file
+
+MODEL_HELP = "open_clip model name (e.g. TIER-tiny; ours start with TIER-), or hf-hub:ORG/NAME / local-dir:PATH."
+PRETRAINED_HELP = ("Weights: a training checkpoint (epoch_N.pt), a .safetensors/.bin file or an open_clip pretrained "
+                   "tag (not needed with hf-hub:/local-dir: models).")
+
+
+def default_device() -> str:
+    """cuda when torch sees a GPU, else cpu (torch is imported only when a command runs)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_model_flags(parser: argparse.ArgumentParser, pretrained_required: bool = False, device: bool = True,
+                    model_help: str = MODEL_HELP, pretrained_help: str = PRETRAINED_HELP) -> None:
+    """--model, --pretrained and --device (default: cuda if available, else cpu)."""
+    parser.add_argument("--model", required=True, help=model_help)
+    if pretrained_help:
+        parser.add_argument("--pretrained", required=pretrained_required, default=None, help=pretrained_help)
+    if device:
+        parser.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
+
+
+def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, **kwargs: Any) -> None:
+    """A list flag: ``--flag A B C``; repeating the flag adds more."""
+    parser.add_argument(flag, nargs="+", action="extend", metavar=metavar, help=help, **kwargs)
+
+
+def device_of(args: argparse.Namespace) -> str:
+    return args.device or default_device()
+
+
+def results_file(path: str | None) -> Path | None:
+    """--out FILE.json, checked before any work: the markdown table goes next to it as FILE.md."""
+    if not path:
+        return None
+    out = output_file(path, "--out", example="results.json", make_parent=True)
+    if out.with_suffix(".md") == out:
+        raise UsageError(f"--out {out}: the table goes next to the JSON as {out.name}; name the JSON e.g. "
+                         f"{out.with_suffix('.json').name}")
+    return out
+
+
+def run_evaluation(args: argparse.Namespace, evaluate: Callable[[Any, str], dict], markdown: Callable[[Mapping], str],
+                   out: Path | None, settings: Mapping[str, Any] | None = None) -> int:
+    """Load --model/--pretrained on --device, run ``evaluate(loaded, device)``, print its markdown
+    table and, with --out, write the results JSON and the table next to it (FILE.md).
+
+    The results start with the model, the checkpoint and ``settings``; an unreadable image or a
+    file changed meanwhile (OSError, ValueError) is a CommandError."""
+    from tier_openclip.models import check_pretrained, load_model
+
+    check_pretrained(args.model, args.pretrained)
+    device = device_of(args)
+    loaded = load_model(args.model, args.pretrained, device=device)
+    try:
+        results = evaluate(loaded, device)
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    results = {"model": args.model, "pretrained": args.pretrained, **(settings or {}), **results}
+    table = markdown(results)
+    print(table, end="")
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table)
+        print(f"\nWrote {out} and {out.with_suffix('.md')}")
+    return 0

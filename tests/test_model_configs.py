@@ -16,6 +16,7 @@ SHIPPED = {  # name -> (patches, shared dim, context length)
     "TIER-BiomedCLIP-ViT-B-16": (196, 512, 256),
     "TIER-CheXzero-ViT-B-32": (49, 512, 77),
     "TIER-tiny": (64, 64, 64),
+    "TIER-tiny-ResNet": (64, 64, 64),
 }
 # Is the global image feature the mean of the patch tokens TIER reads (model_configs/README.md)?
 # Only then does the contrastive loss train exactly those patch embeddings.
@@ -24,6 +25,7 @@ POOLED_IS_MEAN_OF_PATCHES = {
     "TIER-BiomedCLIP-ViT-B-16": False,  # class token
     "TIER-CheXzero-ViT-B-32": False,  # class token (OpenAI ViT-B/32 shapes)
     "TIER-tiny": True,  # pool_type avg
+    "TIER-tiny-ResNet": True,  # timm avg pool, then a linear projection
 }
 
 
@@ -34,7 +36,7 @@ def shipped_config(name: str) -> dict:
 def test_configs_are_registered_with_open_clip():
     import open_clip
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
     assert set(SHIPPED) <= set(open_clip.list_models())
@@ -66,10 +68,34 @@ def test_config_builds_offline_with_the_documented_shapes(name, tmp_path, tiny_b
 def test_chexzero_config_takes_openai_vit_b_32_weights():
     import open_clip
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     register_model_configs()
     ours = open_clip.create_model("TIER-CheXzero-ViT-B-32").state_dict()
     openai_shaped = open_clip.create_model("ViT-B-32-quickgelu").state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in openai_shaped.items()}
     assert shipped_config("TIER-CheXzero-ViT-B-32")["quick_gelu"] is True
+
+
+def test_tiny_resnet_cells_see_only_their_neighbourhood():
+    """The demo model's point (model_configs/README.md): a patch token depends only on the 39×39
+    input pixels around its cell, so a finding can raise the global similarity only through the
+    cells that cover it."""
+    import open_clip
+
+    from tier_openclip.models import register_model_configs
+
+    register_model_configs()
+    model = open_clip.create_model("TIER-tiny-ResNet", output_dict=True).eval()
+    torch.manual_seed(0)
+    for parameter in model.visual.parameters():  # residual branches start at zero (timm): wake them
+        torch.nn.init.normal_(parameter, 0.0, 0.2)
+    images = torch.randn(1, 3, 64, 64)
+    far, near = images.clone(), images.clone()
+    far[..., 20:, 20:] += 5.0  # cell (0, 0) sees rows and columns -19..19: 8·i ± 19 for cell i
+    near[..., 19:, 19:] += 5.0
+    with torch.no_grad():
+        base, moved_far, moved_near = (token_features(model, x, normalize=False)["image_tokens"][0, 0]
+                                       for x in (images, far, near))
+    assert torch.equal(base, moved_far)
+    assert not torch.allclose(base, moved_near)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tier_openclip import phantom
 from tier_openclip.data_prep import shards
@@ -179,6 +180,43 @@ def test_shards_come_from_data_preps_writer_and_a_rerun_keeps_them(written, tmp_
     assert again["prior_pointing_game"] == summary["prior_pointing_game"]
 
 
+def test_opacity_masks_are_a_segmentation_set_of_the_same_samples(written, tmp_path):
+    from tier_openclip.data_prep.seg_sets import read_mask, read_seg_set
+
+    out, summary = written
+    assert summary["seg_dir"] == str(out / "seg_opacity") and summary["seg_target"] == "opacity"
+    seg = read_seg_set(out / "seg_opacity")  # the segmentation evaluator's reader accepts it
+    assert (seg.dataset, seg.target, seg.meta["image_size"]) == ("phantom", "opacity", 64)
+    assert seg.meta["splits"] == {"train": 10, "val": 0, "test": 8}
+    records = {r["key"]: r for split in ("train", "test") for r in shard_records(out / split)}
+    assert [(item.id, item.split) for item in seg.items] == [(key, r["split"]) for key, r in records.items()]
+    config, background = tiny(), phantom.build_background(tiny())
+    for item in seg.items:
+        record = records[item.id]
+        image, mask = np.asarray(Image.open(seg.path(item.image))), read_mask(seg.path(item.mask))
+        if item.split == "test":  # test_eval holds the test shards' PNGs as they are
+            assert np.array_equal(image, np.asarray(Image.open(out / "test_eval" / "images" / f"{item.id}.png")))
+        sample = phantom.make_sample(phantom.sample_rng(0, item.split, record["index"]), config, background)
+        assert np.array_equal(image, sample.image)  # the shards' sample, pixel for pixel
+        if record["labels"]["opacity"]:
+            assert np.array_equal(mask, sample.masks["opacity"])
+            assert phantom.raster.bbox(mask) == tuple(record["boxes"]["opacity"])
+        else:
+            assert not mask.any()
+    assert seg.meta["positive_images"] == sum(r["labels"]["opacity"] for r in records.values()) > 0
+
+    # A rerun keeps the set; other samples (a smaller train split for it) rebuild it.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    stamp = (copy / "seg_opacity" / "meta.json").stat().st_mtime_ns
+    phantom.write_phantom_dataset(copy, tiny(), progress=False)
+    assert (copy / "seg_opacity" / "meta.json").stat().st_mtime_ns == stamp
+    phantom.write_phantom_dataset(copy, tiny(), progress=False, seg_max_train=3)
+    smaller = read_seg_set(copy / "seg_opacity")
+    assert smaller.meta["splits"] == {"train": 3, "val": 0, "test": 8}
+    assert len(list((copy / "seg_opacity" / "images").iterdir())) == 11  # no stale images
+
+
 # ------------------------------------------------------------------ labels and sampling
 
 
@@ -266,6 +304,41 @@ def test_each_box_holds_its_drawing(real, size):
             inside[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] = True
             assert np.percentile(diff[y0:y1, x0:x1], 90) >= 20, (site, box)  # visibly drawn there
             assert diff[inside].sum() >= 0.9 * diff.sum(), (site, box)  # and (almost) only there
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """One pixel of 8-neighbourhood dilation."""
+    padded = np.pad(mask, 1)
+    return np.any([padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+
+
+@pytest.mark.parametrize("real", BACKGROUNDS)
+def test_each_mask_is_its_drawings_footprint(real):
+    """Render a plan with and without one finding: the mask is where the pixels changed (the
+    drawn lesion's footprint, not its box), and the box is the mask's bounding box."""
+    config = PhantomConfig(image_size=64, use_real_anatomy=real)
+    background = phantom.build_background(config)
+    for site in SITES:
+        for i in range(2):
+            plan = phantom.plan_sample(phantom.sample_rng(7, "train", i), config)
+            with_it, without = render(config, background, plan, planned(site, i)), render(config, background, plan)
+            mask = with_it.masks[site.name]
+            assert mask.dtype == bool and mask.shape == (64, 64) and set(with_it.masks) == {site.name}
+            x0, y0, x1, y1 = with_it.boxes[site.name]
+            assert phantom.raster.bbox(mask) == (x0, y0, x1, y1), site
+            diff = np.abs(with_it.image.astype(int) - without.image.astype(int))
+            near = _dilate(mask)
+            # Not outside: (almost) everything the drawing changed is within a pixel of the mask,
+            # and what changed beyond it changed little (the fading margin under the 0.25 level).
+            assert diff[near].sum() >= 0.95 * diff.sum(), site
+            assert diff[mask].mean() >= 10 * diff[~near].mean(), site
+            if site.name != "cardiomegaly":  # the enlarged silhouette holds the normal heart, unchanged
+                assert np.mean(diff[mask] > 0) >= 0.7, site  # inside: drawn nearly everywhere
+                assert np.median(diff[mask]) >= 8, site
+            if site.name in LUNG:  # round lesions: the footprint is well inside its box
+                assert mask.sum() <= 0.85 * (x1 - x0) * (y1 - y0), site
+    assert render(config, background, plan).masks == {}
 
 
 def test_findings_that_may_share_an_image_do_not_overlap():
@@ -491,7 +564,7 @@ def test_shards_load_through_open_clips_webdataset_pipeline(written):
     import torch
     from open_clip_train.data import get_wds_dataset
 
-    from tier_openclip.plugin import register_model_configs
+    from tier_openclip.models import register_model_configs
 
     out, summary = written
     register_model_configs()

@@ -8,17 +8,16 @@ and a later run into the same folder verifies finished shards and keeps the good
 The test split is then copied out of its shards into ``test_eval/``, a folder in the project's
 evaluation layout that is both a zero-shot set (labels.csv, as ``tier-openclip eval zeroshot``
 reads) and a grounding set (boxes.csv, prior_boxes.csv, as ``tier-openclip eval grounding``
-reads; tier_openclip/grounding.py). Every sample's json records its findings' boxes, so the
+reads; data_prep/eval_layout.py writes it). Every sample's json records its findings' boxes, so the
 train split's boxes (prior_boxes.csv) are read back from the shards too, on every run.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import hashlib
-import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -30,25 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from ..data_prep import shards
+from ..data_prep.atomic import json_bytes, write_bytes_atomic, write_json_atomic
 from .anatomy import build_background
 from .findings import FINDING_NAMES, FINDINGS
 from .reports import prompt_set
 from .sampling import PhantomConfig, make_sample, prior_pointing, sample_rng
+from .raster import png_bytes
+from .segset import SEG_TARGET, seg_dir_name, write_seg_set
 
 EVAL_DIR = "test_eval"
 _COUNT_FIELDS = ("num_train", "num_test", "shard_size")  # decide which samples, not their bytes
-
-
-def _png_bytes(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=6)  # uint8 H x W: mode "L"
-    return buffer.getvalue()
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=1) + "\n").encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -89,7 +79,7 @@ def _render_task(task: _ShardTask) -> _Rendered:
         "boxes": {name: list(box) for name, box in sample.boxes.items()},
         "labels": sample.labels(),
     }
-    files = {"png": _png_bytes(sample.image), "txt": sample.caption.encode("utf-8"), "json": _json_bytes(record)}
+    files = {"png": png_bytes(sample.image), "txt": sample.caption.encode("utf-8"), "json": json_bytes(record)}
     return _Rendered(task.key, files)
 
 
@@ -122,7 +112,7 @@ def _plan_digest(tasks: Sequence[_ShardTask], inputs: str) -> str:
 
 
 def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: bool = True,
-                          workers: int | None = 1) -> dict:
+                          workers: int | None = 1, seg_max_train: int | None = None) -> dict:
     """Generate the dataset of ``config`` under ``out_dir``:
 
     - ``train/train-{000000..}.tar`` and ``test/test-{000000..}.tar``: WebDataset shards of
@@ -131,13 +121,17 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
       seed), plus ``sizes.json`` (shard -> count) in each split folder, which open_clip reads
       for the sample count; written by data_prep's shard writer (records in ``.prep-state/``);
     - ``test_eval/``: the test split as an evaluation set for both zero-shot AUC and phrase
-      grounding (layout ``tier-openclip-eval/1``): ``images/*.png``; ``labels.csv`` (``image``
+      grounding (the evaluation layout, data_prep/eval_layout.py): ``images/*.png``; ``labels.csv`` (``image``
       relative to test_eval, then one 1/0 column per category); ``boxes.csv`` (image, finding,
       phrase, x0, y0, x1, y1: the caption's own phrase for each finding and its box);
       ``prior_boxes.csv`` (finding, x0, y0, x1, y1 of every TRAIN finding, for the image-free
       prior baseline); ``prompts.json`` (the zero-shot prompts, a prompt file for
       ``tier-openclip eval zeroshot --prompts``); ``meta.json`` (labels, prompts, counts,
       image_size, box_format, orientation).
+    - ``seg_opacity/``: the opacity masks as a segmentation set (layout ``tier-openclip-seg/1``,
+      data_prep/seg_sets.py; phantom/segset.py): the first ``seg_max_train`` train samples (None:
+      all) as its train split, the test split as its test split, each image with the pixel
+      footprint of its opacity (empty without one), for ``tier-openclip eval segmentation``.
 
     Same config -> byte-identical files, whatever ``workers`` (tar mtimes are 0, owners fixed;
     every sample has its own generator). ``workers`` > 1 renders in that many spawned processes
@@ -151,7 +145,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
     ({label: {"positive": [...], "negative": [...]}}, the format of tier_openclip.prompts),
     ``"counts"`` (positives and negatives per category in the test split),
     ``"prior_pointing_game"`` (:func:`prior_pointing` of the train boxes on the test boxes, at
-    the 8x8 patch grid), ``"background", "image_size", "seed", "out_dir"}``.
+    the 8x8 patch grid), ``"seg_dir"`` (seg_opacity), ``"seg_target"``, ``"background", "image_size",
+    "seed", "out_dir"}``.
     """
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
@@ -188,6 +183,13 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
                                                                                   with_images=False)
                        for f in record["findings"]]
         eval_dir, label_counts, test_boxes = _write_eval_set(out, plans["test"], records, config, summary, train_boxes)
+        seg_rows = itertools.chain(
+            (("train", *sample) for sample in itertools.islice(_samples(out / "train", plans["train"], records),
+                                                                seg_max_train)),
+            (("test", *sample) for sample in _samples(out / "test", plans["test"], records)))
+        seg_dir = write_seg_set(out / seg_dir_name(SEG_TARGET), config, seg_rows, _render_inputs(config, source),
+                                background=source)
+        summary.update(seg_dir=str(seg_dir), seg_target=SEG_TARGET)
     summary.update(eval_dir=str(eval_dir), grounding_dir=str(eval_dir), counts=label_counts,
                    prior_pointing_game=prior_pointing(train_boxes, test_boxes, config.image_size))
     return summary
@@ -232,7 +234,8 @@ def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mappi
     data_prep's writer consumes the render results itself, a rerun keeps finished shards without
     rendering them, and the boxes exist only once a sample is rendered. Reading the shards (small
     PNGs) makes the folder a copy of exactly what the test shards hold, on every run."""
-    from tier_openclip.grounding import grounding_meta, write_boxes_csv, write_prior_boxes_csv
+    from ..data_prep.eval_layout import (BOXES_CSV, LABELS_CSV, PRIOR_BOXES_CSV, grounding_meta, write_boxes_csv,
+                                         write_labels_csv, write_meta, write_prior_boxes_csv)
 
     eval_dir = out / EVAL_DIR
     (eval_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -243,7 +246,7 @@ def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mappi
     test_boxes: list[tuple[str, tuple]] = []
     for key, png, record in _samples(out / "test", plans, records):
         image = f"images/{key}.png"
-        (eval_dir / image).write_bytes(png)
+        write_bytes_atomic(eval_dir / image, png)
         label_rows.append([image, *(record["labels"][name] for name in FINDING_NAMES)])
         box_rows += [[image, f["name"], f["phrase"], *f["box"]] for f in record["findings"]]
         test_boxes += [(f["name"], tuple(f["box"])) for f in record["findings"]]
@@ -251,10 +254,10 @@ def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mappi
     labels = np.array([row[1:] for row in label_rows], dtype=np.int64)
     counts = {name: {"positive": int(labels[:, j].sum()), "negative": int(len(labels) - labels[:, j].sum()),
                      "unknown": 0} for j, name in enumerate(FINDING_NAMES)}
-    _write_csv(eval_dir / "labels.csv", ["image", *FINDING_NAMES], label_rows)
-    write_boxes_csv(eval_dir / "boxes.csv", box_rows)
-    write_prior_boxes_csv(eval_dir / "prior_boxes.csv", [[name, *box] for name, box in train_boxes])
-    (eval_dir / "prompts.json").write_bytes(_json_bytes(summary["prompts"]))
+    write_labels_csv(eval_dir / LABELS_CSV, FINDING_NAMES, label_rows, lineterminator="\n")
+    write_boxes_csv(eval_dir / BOXES_CSV, box_rows)
+    write_prior_boxes_csv(eval_dir / PRIOR_BOXES_CSV, [[name, *box] for name, box in train_boxes])
+    write_json_atomic(eval_dir / "prompts.json", summary["prompts"])
     meta = grounding_meta(
         "phantom", FINDING_NAMES, config.image_size,
         competition_labels=[],
@@ -267,13 +270,5 @@ def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mappi
         background=summary["background"],
         seed=config.seed,
     )
-    (eval_dir / "meta.json").write_bytes(_json_bytes(meta))
+    write_meta(eval_dir, meta)
     return eval_dir, counts, test_boxes
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue(), encoding="utf-8")

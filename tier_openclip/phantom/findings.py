@@ -21,7 +21,8 @@ lesion spans at least one 8x8 patch (most span several); sizes are fractions of 
 they scale with the image size.
 
 Drawing works at render resolution; a drawing's footprint (>= 0.25) is the finding's extent and
-gives its box.
+gives its mask at the stored size (``PhantomSample.masks``, the phantom's segmentation target) and
+the mask's box.
 """
 
 from __future__ import annotations

@@ -16,6 +16,17 @@ Box = tuple[int, int, int, int]
 
 
 @lru_cache(maxsize=64)
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """A uint8 H × W image as the PNG the phantom stores (mode "L")."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
 def gauss_kernel(sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian taps out to 3 sigma."""
     radius = max(1, math.ceil(3 * sigma))
@@ -141,6 +152,14 @@ def jitter_matrix(scale: float, rotation_deg: float, shift: tuple[float, float])
     return np.array(
         [[c, -s, cx - c * cx + s * cy + shift[0]], [s, c, cy - s * cx - c * cy + shift[1]], [0.0, 0.0, 1.0]]
     )
+
+
+def any_pool(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Boolean mask at 1/``factor`` resolution: an output pixel is True when any of its
+    ``factor`` x ``factor`` input pixels is (a drawing's footprint at the stored size, so the
+    output mask's :func:`bbox` is the input mask's box, scaled outwards)."""
+    h, w = mask.shape
+    return np.asarray(mask, dtype=bool).reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
 
 
 def bbox(mask: np.ndarray) -> Box | None:

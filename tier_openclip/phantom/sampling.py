@@ -3,7 +3,7 @@ image-free prior baseline of the pointing game.
 
 Everything here is a pure function of a ``numpy.random.Generator`` and a config. Pipeline of one
 sample: :func:`plan_sample` draws everything random (findings and their sites, severities, shape
-seeds, jitter, caption) -> :func:`render_sample` turns a plan into pixels and boxes. A plan with a
+seeds, jitter, caption) -> :func:`render_sample` turns a plan into pixels, masks and boxes. A plan with a
 finding removed renders the same image without that finding, which is how the tests check that
 each box holds its drawing.
 """
@@ -23,6 +23,9 @@ from .findings import FINDING_NAMES, FINDINGS_BY_NAME, Finding, PlannedFinding, 
 from .raster import Box
 
 _SPLIT_IDS = {"train": 0, "test": 1}
+#: A drawing's footprint (in [0, 1], at render resolution) at or above this level is the finding's
+#: extent: its mask and, through the mask, its box.
+FOOTPRINT_LEVEL = 0.25
 #: Relative frequency of each category: the lung lesions, whose place varies most, are the
 #: commonest, so that the image-free prior baseline of the pointing game stays low (cardiomegaly
 #: always sits where the heart is; an effusion or a pneumothorax at one of two places). Measured
@@ -125,12 +128,15 @@ class SamplePlan:
 
 @dataclass
 class PhantomSample:
-    """One rendered sample. ``boxes[name]`` is the box of the finding of category ``name``."""
+    """One rendered sample. ``masks[name]`` is the pixel footprint of the finding of category
+    ``name`` at the stored size ((image_size, image_size) bool: the output pixels with any render
+    sub-pixel at footprint >= ``FOOTPRINT_LEVEL``); ``boxes[name]`` is that mask's bounding box."""
 
     image: np.ndarray  # (image_size, image_size) uint8, bright = dense
     caption: str
     findings: list[Finding]
     boxes: dict[str, Box] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
 
     def labels(self) -> dict[str, int]:
         """1/0 per category."""
@@ -193,7 +199,7 @@ def plan_sample(rng: np.random.Generator, config: PhantomConfig) -> SamplePlan:
 
 
 def render_sample(plan: SamplePlan, config: PhantomConfig, background: Background) -> PhantomSample:
-    """Pixels and boxes of a plan: jittered background, findings drawn at render resolution,
+    """Pixels, masks and boxes of a plan: jittered background, findings drawn at render resolution,
     tone jitter, box-averaged down to ``config.image_size``, noise, 8-bit."""
     k, size = config.render_scale, config.image_size
     if background.image.shape != (size * k, size * k):
@@ -204,21 +210,21 @@ def render_sample(plan: SamplePlan, config: PhantomConfig, background: Backgroun
     image = raster.warp(background.image, matrix)
     chest = background.anatomy.transformed(matrix)
     findings: list[Finding] = []
+    masks: dict[str, np.ndarray] = {}
     for planned in plan.findings:
         draw = FINDINGS_BY_NAME[planned.name].draw
         image, footprint = draw(image, chest, planned, np.random.default_rng(planned.seed))
-        box = raster.bbox(footprint >= 0.25)
+        masks[planned.name] = raster.any_pool(footprint >= FOOTPRINT_LEVEL, k)
+        box = raster.bbox(masks[planned.name])  # = the render-resolution box, scaled outwards
         if box is None:  # pragma: no cover - every drawing has an extent
             raise RuntimeError(f"{planned.name}: nothing drawn")
-        x0, y0, x1, y1 = box
-        box = (x0 // k, y0 // k, min(size, -(-x1 // k)), min(size, -(-y1 // k)))
         findings.append(Finding(planned.name, planned.phrase, planned.side, planned.zone, planned.severity, box))
     gamma, contrast, brightness = plan.tone
     image = (np.clip(image, 0.0, 1.0) ** gamma - 0.5) * contrast + 0.5 + brightness
     image = image.reshape(size, k, size, k).mean(axis=(1, 3))
     image = image + np.random.default_rng(plan.noise_seed).normal(0.0, plan.noise_std, image.shape)
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-    return PhantomSample(pixels, plan.caption, findings, {f.name: f.box for f in findings})
+    return PhantomSample(pixels, plan.caption, findings, {f.name: f.box for f in findings}, masks)
 
 
 def make_sample(rng: np.random.Generator, config: PhantomConfig, background_cache: Background) -> PhantomSample:

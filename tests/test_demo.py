@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,11 +188,18 @@ def test_goals_script_reads_a_demo_json(tmp_path):
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
     result = {"timings": {"total_seconds": 540.0}, "baselines": {"prior": {"pointing_game": 0.30}},
-              "summary": {"clip": {"auc": spread([0.82, 0.80, 0.81]), "pointing_game": spread([0.25, 0.35, 0.33])}}}
+              # the goal reads the pooled-phrase maps, not the token maps
+              "summary": {"clip": {"auc": spread([0.82, 0.80, 0.81]), "pointing_game": spread([0.1, 0.1, 0.1]),
+                                   "pointing_game_pooled": spread([0.25, 0.35, 0.33])}}}
     assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True]  # 0.31 > 0.30
     result["summary"]["clip"]["auc"] = spread([0.82, 0.70, 0.81])
     result["timings"]["total_seconds"] = 601.0
-    assert [met for _, met, _ in goals.check_goals(result)] == [False, False, True]
+    result["summary"]["clip"]["pointing_game_pooled"] = spread([0.25, 0.30, 0.33])  # 0.293
+    assert [met for _, met, _ in goals.check_goals(result)] == [False, False, False]
+    result["summary"]["local-uniformity"] = {"cos_patches": spread([0.95, 0.97, 0.99])}
+    assert [met for _, met, _ in goals.check_goals(result)] == [False, False, False, False]
+    result["summary"]["local-uniformity"] = {"cos_patches": spread([0.05, 0.1, 0.2])}
+    assert goals.check_goals(result)[-1][1]
 
 
 @pytest.mark.slow
@@ -209,3 +217,161 @@ def test_same_seed_and_start_give_the_same_run(tmp_path):
     subprocess.run(again, check=True, capture_output=True)
     second = _state(tmp_path / "again" / "clip-seed0" / "checkpoints" / "epoch_1.pt")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+# --- the linear probe and the collapse measure in every checkpoint's evaluation ---------------
+
+
+def test_local_cosines_are_the_mean_within_sample_cosines(monkeypatch):
+    """Patches that are one vector read 1, orthogonal ones 0; only valid tokens count; one
+    sentence per caption has no pair."""
+    import open_clip
+
+    from tier_openclip import features
+    from tier_openclip.demo.collapse import collapsed, local_cosines
+
+    tokenizer = open_clip.get_tokenizer("TIER-tiny")
+    texts = tokenizer(["clear lungs. no effusion.", "clear lungs."])
+    eye = torch.eye(4)
+    patches = torch.stack([torch.ones(4, 4), eye])  # sample 0 collapsed, sample 1 orthogonal: mean 0.5
+    text_tokens = torch.zeros(2, texts.shape[1], 4)
+    text_tokens[:, :, 0] = 1.0  # every token one vector ...
+    text_tokens[0, 2, :] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # ... but one, which is valid
+    text_tokens[1, -1, :] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # and one padding token, masked
+    mask = texts != 0
+
+    def fake(model, images=None, text=None):
+        return {"image_tokens": patches, "text_tokens": text_tokens, "text_mask": mask}
+
+    monkeypatch.setattr(features, "token_features", fake)
+    out = local_cosines(None, tokenizer, [(torch.zeros(2, 3, 8, 8), texts)])
+    assert out["patches"] == pytest.approx(0.5)
+    n0 = int(mask[0].sum())  # valid tokens of caption 0, one of them orthogonal to the rest
+    other_pairs = (n0 - 1) * (n0 - 2)  # ordered pairs of the parallel tokens
+    assert out["tokens"] == pytest.approx((other_pairs / (n0 * (n0 - 1)) + 1.0) / 2)
+    assert 0.0 < out["sentences"] < 1.0  # caption 0's two sentences (caption 1 has one: left out)
+    assert collapsed(1.0) is True and collapsed(0.5) is False and collapsed(None) is None
+
+
+def _probe_result(informative: bool, seed: int) -> dict:
+    """A real probe_evaluate result on small synthetic patch features: they carry the mask's
+    patch (informative) or only noise."""
+    from tier_openclip.segmentation import ProbeConfig, probe_evaluate
+
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(24, 16, 16, dtype=torch.bool)
+    for i in range(24):
+        row, col = divmod(i % 16, 4)
+        masks[i, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4] = i % 3 != 0
+    patch = masks[:, ::4, ::4].float().unsqueeze(1)
+    feats = torch.randn(24, 3, 4, 4, generator=generator)
+    if informative:
+        feats[:, :1] = 4 * patch - 2 + 0.1 * feats[:, :1]
+    result = probe_evaluate(feats[:16], masks[:16], feats[16:], masks[16:], config=ProbeConfig(epochs=30, lr=0.1),
+                            bootstrap=5)
+    return {"dataset": "phantom", "target": "opacity", **result}
+
+
+def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
+    """evaluate_checkpoint's result schema with per-run numbers (zero-shot and grounding made up
+    here; the segmentation part is a real probe_evaluate)."""
+    name = checkpoint.parent.parent.name
+    seed = int(name.rsplit("seed", 1)[1]) if "seed" in name else 0
+    local = name.startswith("local-uniformity")
+    value = {"value": 0.5 + 0.01 * seed}
+    return {
+        "checkpoint": str(checkpoint),
+        "zeroshot": {"means": {"all": {"mean_auc": 0.7 + 0.01 * seed}}, "labels": {"opacity": {"auc": 0.7}}},
+        "grounding": {"overall": {"cnr": value, "pointing_game": value, "miou": value}, "num_phrases": 3,
+                      "per_finding": {"opacity": {"pointing_game": value}},
+                      "baselines": {"prior": {"cnr": 0.1, "pointing_game": 0.3, "miou": 0.1, "source": "train boxes",
+                                              "per_finding": {"opacity": {"pointing_game": 0.3}}},
+                                    "random": {"cnr": 0.0, "pointing_game": 0.1, "miou": 0.05}}},
+        "grounding_pooled": {"overall": {"cnr": value, "pointing_game": {"value": 0.6 + 0.01 * seed}, "miou": value}},
+        "segmentation": _probe_result(informative=not local, seed=seed),
+        "similarity": {"entropy_token_to_patch": 3.0, "entropy_patch_to_token": 2.0, "patches": 64,
+                       "max_entropy_token_to_patch": math.log(64)},
+        "local_cosine": {"patches": 0.97 if local else 0.5 + 0.01 * seed, "tokens": 0.6, "sentences": 0.4},
+        "eval_seconds": 0.0,
+    }
+
+
+def test_report_and_json_carry_probe_dice_and_collapse_for_every_arm(tmp_path, monkeypatch):
+    """The demo with its trainings and model evaluations faked (the probe's numbers are real
+    probe_evaluate results): every arm's probe Dice, mIoU and local cosines reach demo.json and
+    report.md, with the empty-head and prior baselines and the paired differences vs clip."""
+    from tier_openclip import analyze
+    from tier_openclip.demo import pipeline
+
+    monkeypatch.setattr(pipeline, "prepare_data", lambda options, progress: (
+        {"num_train": 64, "num_test": 8, "train_csv": str(tmp_path / "train.csv"), "grounding_dir": "g", "prompts": {}},
+        0.0))
+
+    def fake_training(command, run_dir, epochs, steps, inputs, progress=None):
+        checkpoint = run_dir / "checkpoints" / f"epoch_{epochs}.pt"
+        return {"checkpoint": str(checkpoint), "reused": False, "wall_seconds": 1.0, "steps": steps,
+                "step_seconds": 1.0, "mean_step_seconds": 0.1, "overhead_seconds": 0.0}
+
+    monkeypatch.setattr(pipeline, "run_training", fake_training)
+    monkeypatch.setattr(pipeline, "evaluate_checkpoint", _fake_evaluation)
+    monkeypatch.setattr(analyze, "plot_rank_curves", lambda summaries, path: None)
+    monkeypatch.setattr(pipeline.report, "draw_heatmaps", lambda *args: [])
+    out = tmp_path / "demo"
+    run_demo(DemoOptions(out=out, losses=("clip", "local-uniformity"), seeds=2, progress=False))
+
+    saved = json.loads((out / "demo.json").read_text())
+    for arm in ("clip", "local-uniformity"):
+        for seed, row in enumerate(saved["rows"][arm]):
+            probe = saved["results"][arm][seed]["segmentation"]["probe"]
+            assert row["probe_dice"] == probe["dice"]["value"] and row["probe_miou"] == probe["miou"]["value"]
+        assert len(saved["summary"][arm]["probe_dice"]["values"]) == 2
+    clip = saved["summary"]["clip"]["probe_dice"]["mean"]
+    local = saved["summary"]["local-uniformity"]["probe_dice"]["mean"]
+    assert clip > 0.8 > local  # the informative features segment; the noise does not
+    difference = saved["differences"]["local-uniformity"]["probe_dice"]
+    assert difference["values"] == pytest.approx([saved["rows"]["local-uniformity"][s]["probe_dice"]
+                                                  - saved["rows"]["clip"][s]["probe_dice"] for s in (0, 1)])
+    assert saved["differences"]["local-uniformity"]["cos_patches"]["verdict"] == "higher"
+    seg = saved["baselines"]["segmentation"]
+    assert seg["empty"]["probe_dice"] == 0.0 and 0.0 < seg["prior"]["probe_dice"] < clip
+    assert seg["target"] == "opacity" and seg["test_images"] == 8
+
+    report = (out / "report.md").read_text()
+    table = report.split("## Each arm")[1].split("## Paired")[0]
+    dice_row = next(line for line in table.splitlines() if line.startswith("| linear-probe Dice |"))
+    cells = [c.strip() for c in dice_row.strip("|").split("|")]
+    assert cells[2] == f"{clip:.3f} ± {saved['summary']['clip']['probe_dice']['sd']:.3f}"
+    assert cells[3].startswith(f"{local:.3f} ± ") and cells[4] == f"{seg['prior']['probe_dice']:.3f}"
+    assert "| within-sample cosine: patches |" in table and "| linear-probe mIoU |" in table
+    assert f"empty head (nothing predicted) has Dice {seg['empty']['probe_dice']:.3f}" in report
+    pooled_row = next(line for line in table.splitlines() if line.startswith("| pointing game (pooled-phrase maps) |"))
+    assert [c.strip() for c in pooled_row.strip("|").split("|")][2:] == ["0.605 ± 0.007", "0.605 ± 0.007", "0.300", "0.100"]
+    assert "clip 0.505, not collapsed" in report and "local-uniformity 0.970, collapsed" in report
+    paired = report.split("## Paired differences: local-uniformity − clip")[1]
+    assert "| linear-probe Dice | " in paired.split("Rule:")[0]
+
+
+def test_every_checkpoint_evaluation_has_the_probe_and_the_collapse_measure(tmp_path):
+    """evaluate_checkpoint on a tiny phantom with a random TIER-tiny: the linear probe on the
+    phantom's opacity set and the local cosines are in its (cached) result."""
+    from tier_openclip import phantom
+    from tier_openclip.demo.runs import SEG_PROBE, evaluate_checkpoint
+    from tier_openclip.models import load_model
+
+    config = phantom.PhantomConfig(num_train=12, num_test=8, shard_size=8)
+    data = phantom.write_phantom_dataset(tmp_path / "data", config, progress=False, seg_max_train=6)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "run" / "checkpoints" / "epoch_1.pt"
+    checkpoint.parent.mkdir(parents=True)
+    from tier_openclip.demo.design import MODEL
+
+    torch.save({"epoch": 1, "state_dict": load_model(MODEL).model.state_dict()}, checkpoint)
+    result = evaluate_checkpoint(checkpoint, data, bootstrap=5)
+    seg = result["segmentation"]
+    assert (seg["target"], seg["num_train_images"], seg["num_test_images"], seg["seeds"]) == ("opacity", 6, 8, 1)
+    assert seg["label_fraction"] == 1.0 and seg["probe_config"]["epochs"] == SEG_PROBE.epochs
+    assert 0.0 <= seg["probe"]["dice"]["value"] <= 1.0 and seg["baselines"]["empty"]["dice"]["value"] == 0.0
+    cosines = result["local_cosine"]
+    assert set(cosines) == {"patches", "tokens", "sentences"} and all(-1.0 <= v <= 1.0 for v in cosines.values())
+    cached = json.loads((tmp_path / "run" / "demo-eval.json").read_text())["result"]
+    assert cached["segmentation"]["probe"] == seg["probe"] and cached["local_cosine"] == cosines

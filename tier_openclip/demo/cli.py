@@ -70,9 +70,9 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument("--tier-lambda", type=float, default=0.1, help="TIER λ, both directions (default: 0.1).")
     parser.add_argument("--tier-scale", default="1",
                         help="TIER's similarity scale: a positive number or 'logit' (default: 1, the paper's).")
-    parser.add_argument("--uniform-weight", type=float, default=0.1,
+    parser.add_argument("--uniform-weight", type=float, default=1.0,
                         help="Weight of the within-sample uniformity prior in local-uniformity and "
-                             "tier+uniformity (default: 0.1).")
+                             "tier+uniformity (default: 1, the plugin's --lu-uniform-weight).")
     parser.add_argument("--bootstrap", type=int, default=200, help="Bootstrap resamples for the intervals (default: 200).")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="Override the size's pre-training epochs.")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="Override the size's fine-tuning epochs.")

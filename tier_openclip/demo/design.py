@@ -21,7 +21,9 @@ from typing import Sequence
 
 from tier_openclip.errors import UsageError
 
-MODEL = "TIER-tiny"
+# A CNN, not TIER-tiny's ViT: a cell sees only its neighbourhood, so plain CLIP's maps localise at all
+# (model_configs/README.md has the measurement).
+MODEL = "TIER-tiny-ResNet"
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class DemoOptions:
     losses: Sequence[str] = DEFAULT_ARMS
     tier_lambda: float = 0.1
     tier_scale: str = "1"
-    uniform_weight: float = 0.1
+    uniform_weight: float = 1.0  # the plugin's default; 0.1 × t=2 is on the collapse side (README)
     bootstrap: int = 200
     heatmap_images: int = 3
     progress: bool = True

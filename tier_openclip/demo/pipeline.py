@@ -13,7 +13,7 @@ from typing import Sequence
 
 from tier_openclip.demo import report, summary
 from tier_openclip.demo.design import Arm, DemoOptions, steps_per_epoch, sweep_arms, training_command
-from tier_openclip.demo.runs import evaluate_checkpoint, run_training, write_training_csv
+from tier_openclip.demo.runs import SEG_TRAIN_IMAGES, evaluate_checkpoint, run_training, write_training_csv
 from tier_openclip.errors import UsageError
 
 PRETRAIN_SEED = 0
@@ -48,7 +48,8 @@ def prepare_data(options: DemoOptions, progress: bool) -> tuple[dict, float]:
     preset = options.preset()
     config = PhantomConfig.preset(preset.phantom, seed=0, **{**dict(preset.phantom_overrides), **options.phantom_overrides})
     workers = options.render_workers if options.render_workers is not None else min(4, os.cpu_count() or 1)
-    data = write_phantom_dataset(options.out / "data", config, progress=progress, workers=workers)
+    data = write_phantom_dataset(options.out / "data", config, progress=progress, workers=workers,
+                                 seg_max_train=SEG_TRAIN_IMAGES)
     data["train_csv"] = str(write_training_csv(data, options.out / "data" / "train_csv"))
     return data, time.time() - started
 
@@ -104,7 +105,8 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
         "start": {"checkpoint": start["checkpoint"], "metrics": summary.metric_values(start_eval),
                   "patches": start_eval["similarity"]["patches"],
                   "max_entropy_token_to_patch": start_eval["similarity"]["max_entropy_token_to_patch"]},
-        "baselines": {**summary.baselines(start_eval), "per_finding": _per_finding_baselines(start_eval)},
+        "baselines": {**summary.baselines(start_eval), "per_finding": _per_finding_baselines(start_eval),
+                      "segmentation": summary.segmentation_baselines(start_eval)},
         "grounding_phrases": start_eval["grounding"]["num_phrases"],
         "summary": {name: summary.arm_summary(r) for name, r in rows.items()},
         "rows": rows,

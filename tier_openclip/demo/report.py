@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from tier_openclip.demo.summary import METRICS, NOISE_RULE
+from tier_openclip.demo.collapse import COLLAPSE_LINE
+from tier_openclip.demo.design import MODEL
+from tier_openclip.demo.summary import GROUNDING_METRICS, METRICS, NOISE_RULE, PROBE_METRICS
+
+
+def _grounding_metric(metric: str) -> str | None:
+    """The model-free baselines' key of a grounding row (both phrase maps share them), else None."""
+    name = metric.removesuffix("_pooled")
+    return name if name in GROUNDING_METRICS else None
 
 
 def _cell(entry: Mapping) -> str:
@@ -24,7 +32,7 @@ def _setup_lines(result: Mapping) -> list[str]:
     setup, data = result["setup"], result["data"]
     pre, fine = setup["pretrain"], setup["finetune"]
     return [
-        f"TIER-tiny on {data['num_train']} phantom radiographs ({setup['size']} preset; findings at random places "
+        f"{MODEL} on {data['num_train']} phantom radiographs ({setup['size']} preset; findings at random places "
         f"inside their regions), evaluated on {data['num_test']} held-out images with known boxes. "
         f"CLIP pre-trained once ({pre['epochs']} epochs = {pre['steps']} steps at batch {setup['batch_size']}, "
         f"lr {pre['lr']:g}, {pre['warmup']} warm-up steps), then every arm fine-tuned from that checkpoint "
@@ -33,6 +41,17 @@ def _setup_lines(result: Mapping) -> list[str]:
         "",
         "Arms: " + "; ".join(f"**{arm['name']}** (`{' '.join(arm['flags'])}`)" for arm in setup["arms"]) + ".",
     ]
+
+
+def _collapse_reading(entry: Mapping) -> str:
+    """'collapsed' / 'not collapsed' by the mean over seeds (and 'on some seeds' when they disagree)."""
+    values = entry["values"]
+    flags = {value >= COLLAPSE_LINE for value in values if value == value}  # NaN: no reading
+    if not flags:
+        return "–"
+    if len(flags) == 2:
+        return f"{entry['mean']:.3f}, collapsed on some seeds"
+    return f"{entry['mean']:.3f}, {'collapsed' if flags == {True} else 'not collapsed'}"
 
 
 def format_report(result: Mapping) -> str:
@@ -47,19 +66,39 @@ def format_report(result: Mapping) -> str:
              "| metric | start (pre-trained) | " + " | ".join(arms) + " | image-free prior | random patch |",
              "| --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
     start = result["start"]["metrics"]
+    seg = base["segmentation"]
     for metric, label in METRICS.items():
         cells = [_cell(result["summary"][arm][metric]) for arm in arms]
-        prior_cell = _baseline(prior.get(metric)) if metric in ("cnr", "pointing_game", "miou") else "–"
-        random_cell = _baseline(random.get(metric)) if metric in ("cnr", "pointing_game", "miou") else "–"
+        grounding = _grounding_metric(metric)
+        prior_cell = (_baseline(prior.get(grounding)) if grounding
+                      else _baseline(seg["prior"][metric]) if metric in PROBE_METRICS else "–")
+        random_cell = _baseline(random.get(grounding)) if grounding else "–"
         lines.append(f"| {label} | {start[metric]:.3f} | " + " | ".join(cells) + f" | {prior_cell} | {random_cell} |")
     max_entropy = result["start"]["max_entropy_token_to_patch"]
+    probe = seg["probe_config"]
     lines += [
         "",
-        f"Grounding (tier_openclip.grounding, `tokens` maps) on the {result['grounding_phrases']} phrases of the "
-        f"test set; the image-free prior points where the finding's training boxes usually are "
+        f"Grounding (tier_openclip.grounding) on the {result['grounding_phrases']} phrases of the test set, with "
+        "two phrase maps: token maps (the mean of the phrase's token→patch similarities, the maps TIER "
+        "regularises) and pooled-phrase maps (the phrase's own embedding against every patch, what CLIP's "
+        "loss trains; BioViL's way on MS-CXR). The image-free prior points where the finding's training boxes usually are "
         f"({prior.get('source', '?')}), the random patch is chance. Entropies at scale 1 over "
         f"{result['start']['patches']} patches (at most ln {result['start']['patches']} = {max_entropy:.3f}); "
         "lower means sparser token→patch maps.",
+        "",
+        f"Linear probe (tier_openclip.segmentation: frozen image tower, a 1×1 convolution on the projected patch "
+        f"embeddings, upsampled bilinearly) segmenting {seg['target']}: trained on {seg['train_images']} train "
+        f"images (label fraction 1.0, one probe seed, {probe['epochs']} epochs at lr {probe['lr']:g}, batch "
+        f"{probe['batch_size']}, {probe['loss']}), Dice and mIoU over the pixels of the {seg['test_images']} test "
+        f"images ({seg['test_positive_images']} with {seg['target']}). Baselines: the empty head (nothing "
+        f"predicted) has Dice {seg['empty']['probe_dice']:.3f}, mIoU {seg['empty']['probe_miou']:.3f}; the "
+        "image-free prior column is the training masks' mean mask at its best threshold. A probe at the prior "
+        "has learned nothing from the image.",
+        "",
+        "Collapse (issue #13): the mean cosine between two distinct patch embeddings of one test image, and "
+        "between two valid text tokens or two sentences of one caption; near 1 = every local embedding is one "
+        f"vector. Reading of the patch cosine, collapsed at ≥ {COLLAPSE_LINE:g}: "
+        + "; ".join(f"{arm} {_collapse_reading(result['summary'][arm]['cos_patches'])}" for arm in arms) + ".",
         "",
     ]
     for arm, differences in result["differences"].items():
@@ -154,7 +193,6 @@ def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: P
     from matplotlib.patches import Rectangle
     from PIL import Image
 
-    from tier_openclip.demo.design import MODEL
     from tier_openclip.features import token_features
     from tier_openclip.grounding import MapGeometry, grid_shape, phrase_embeddings, read_grounding_set, resize_mode_of, upsample_maps
     from tier_openclip.models import load_model
@@ -168,7 +206,8 @@ def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for index, (image_name, phrases) in enumerate(chosen):
-        image = Image.open(gset.directory / image_name).convert("RGB")
+        with Image.open(gset.directory / image_name) as opened:
+            image = opened.convert("RGB")
         gray = np.asarray(image.convert("L"))
         fig, axes = plt.subplots(len(models), len(phrases) + 1, figsize=(2.4 * (len(phrases) + 1), 2.4 * len(models)),
                                  squeeze=False)

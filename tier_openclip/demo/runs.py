@@ -10,7 +10,7 @@ evaluation's settings, and reused while they match.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import re
 import shutil
@@ -20,10 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tier_openclip.data_prep.atomic import write_csv_atomic
 from tier_openclip.demo.design import MODEL
 from tier_openclip.errors import CommandError
+from tier_openclip.segmentation import ProbeConfig
 
 COMMAND_FILE, EVAL_FILE = "demo-command.json", "demo-eval.json"
+# The linear segmentation probe of every checkpoint (label fraction 1.0, one seed): a short
+# schedule, ~7 s per checkpoint of TIER-tiny on the small preset on the shared 2-core VM.
+SEG_PROBE = ProbeConfig(epochs=10, lr=3e-2, batch_size=32)
+SEG_TRAIN_IMAGES = 1000  # the probe's labelled images: the phantom's first 1000 train samples
 STEP_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Batch \(t\): ([0-9.]+)")
 
 
@@ -48,10 +54,7 @@ def write_training_csv(data: dict, out_dir: Path) -> Path:
         rows.append([str(image.resolve()), " ".join(sample["txt"].decode("utf-8").split())])
     if len(rows) != data["num_train"]:
         raise CommandError(f"{data['train_shards']}: {len(rows)} samples, expected {data['num_train']}")
-    with open(table, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-        writer.writerow(["filepath", "title"])
-        writer.writerows(rows)
+    write_csv_atomic(table, ["filepath", "title"], rows, delimiter="\t", lineterminator="\n")
     stamp_path.write_text(json.dumps(stamp))
     return table
 
@@ -112,32 +115,62 @@ def _file_id(path: Path) -> list:
 
 
 def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
-    """Zero-shot AUC, phrase grounding and token↔patch statistics of one checkpoint (cached)."""
-    sets = [Path(data["eval_dir"]) / "labels.csv", Path(data["grounding_dir"]) / "boxes.csv"]
+    """Zero-shot AUC, phrase grounding, the linear segmentation probe, token↔patch statistics and
+    the local collapse measure of one checkpoint (cached)."""
+    from dataclasses import asdict
+
+    sets = [Path(data["eval_dir"]) / "labels.csv", Path(data["grounding_dir"]) / "boxes.csv",
+            Path(data["seg_dir"]) / "splits.csv", Path(data["seg_dir"]) / "meta.json"]
     settings = {"checkpoint": _file_id(checkpoint), "bootstrap": bootstrap, "sets": [_file_id(p) for p in sets],
-                "version": 1}
+                "probe": asdict(SEG_PROBE), "version": 3}
     cache = checkpoint.parent.parent / EVAL_FILE
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("settings") == settings:
             return saved["result"]
     from tier_openclip.analyze import accumulate_similarity_stats, shard_batches
+    from tier_openclip.demo.collapse import local_cosines
     from tier_openclip.evaluate import zeroshot_evaluate
     from tier_openclip.grounding import grounding_evaluate
     from tier_openclip.models import load_model
+    from tier_openclip.segmentation import segmentation_evaluate
 
     started = time.time()
     loaded = load_model(MODEL, str(checkpoint))
     # The phantom's meta.json holds its prompts: "{finding}" vs "no {finding}", the captions' words.
     zeroshot = zeroshot_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["eval_dir"],
                                  bootstrap=bootstrap, seed=0)
-    grounding = grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["grounding_dir"],
-                                   bootstrap=bootstrap, seed=0)
-    grounding.pop("phrases", None)  # per-phrase rows: too many to keep for every run
-    batches = shard_batches(data["test_shards"], loaded.preprocess, loaded.tokenizer, data["num_test"])
+    # Both phrase maps: "tokens" (mean over the phrase's token maps: what TIER regularises) and "pooled"
+    # (the phrase's own text embedding: what CLIP's loss trains, BioViL's way on MS-CXR).
+    grounding, grounding_pooled = (
+        grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["grounding_dir"],
+                           phrase_mode=mode, bootstrap=bootstrap, seed=0) for mode in ("tokens", "pooled"))
+    for entry in (grounding, grounding_pooled):
+        entry.pop("phrases", None)  # per-phrase rows: too many to keep for every run
+    seg_started = time.time()
+    with _torch_threads(1):  # the probe's many small steps: thread contention costs more than it gains
+        segmentation = segmentation_evaluate(loaded.model, loaded.preprocess, data["seg_dir"], label_fraction=1.0,
+                                             seeds=1, seed=0, config=SEG_PROBE, bootstrap=bootstrap)
+    segmentation["seconds"] = time.time() - seg_started
+    batches = list(shard_batches(data["test_shards"], loaded.preprocess, loaded.tokenizer, data["num_test"]))
     similarity = accumulate_similarity_stats(loaded.model, batches).summary()
-    result = {"checkpoint": str(checkpoint), "zeroshot": zeroshot, "grounding": grounding, "similarity": similarity,
+    result = {"checkpoint": str(checkpoint), "zeroshot": zeroshot, "grounding": grounding,
+              "grounding_pooled": grounding_pooled,
+              "segmentation": segmentation, "similarity": similarity,
+              "local_cosine": local_cosines(loaded.model, loaded.tokenizer, batches),
               "eval_seconds": time.time() - started}
     cache.write_text(json.dumps({"settings": settings, "result": result}))
     return result
 
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    """torch's intra-op threads set to ``count`` inside, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -17,12 +17,24 @@ import numpy as np
 # metric -> its label in reports
 METRICS: dict[str, str] = {
     "auc": "zero-shot AUC (mean over findings)",
-    "cnr": "grounding CNR",
-    "pointing_game": "pointing game",
-    "miou": "grounding mIoU",
+    "cnr": "grounding CNR (token maps)",
+    "pointing_game": "pointing game (token maps)",
+    "miou": "grounding mIoU (token maps)",
+    "cnr_pooled": "grounding CNR (pooled-phrase maps)",
+    "pointing_game_pooled": "pointing game (pooled-phrase maps)",
+    "miou_pooled": "grounding mIoU (pooled-phrase maps)",
     "entropy_token_to_patch": "H token→patch",
     "entropy_patch_to_token": "H patch→token",
+    "probe_dice": "linear-probe Dice",
+    "probe_miou": "linear-probe mIoU",
+    "cos_patches": "within-sample cosine: patches",
+    "cos_tokens": "within-sample cosine: text tokens",
+    "cos_sentences": "within-sample cosine: sentences",
 }
+#: the grounding metrics, each reported for both phrase maps (the same model-free baselines)
+GROUNDING_METRICS = ("cnr", "pointing_game", "miou")
+#: metric -> the segmentation evaluator's metric of the linear probe (and of its baselines)
+PROBE_METRICS = {"probe_dice": "dice", "probe_miou": "miou"}
 NOISE_RULE = ("a paired difference counts as an effect only when every seed's difference has the same sign and "
               "|mean| ≥ 2·sd/√n (sd over the n seeds); otherwise it is within noise")
 
@@ -31,13 +43,20 @@ def metric_values(result: Mapping) -> dict[str, float]:
     """The headline numbers of one evaluated checkpoint (runs.evaluate_checkpoint's result)."""
     grounding = result["grounding"]["overall"]
     similarity = result["similarity"]
+    cosines = result["local_cosine"]
     return {
         "auc": float(result["zeroshot"]["means"]["all"]["mean_auc"]),
         "cnr": float(grounding["cnr"]["value"]),
         "pointing_game": float(grounding["pointing_game"]["value"]),
         "miou": float(grounding["miou"]["value"]),
+        **{f"{metric}_pooled": float(result["grounding_pooled"]["overall"][metric]["value"])
+           for metric in GROUNDING_METRICS},
         "entropy_token_to_patch": float(similarity["entropy_token_to_patch"]),
         "entropy_patch_to_token": float(similarity["entropy_patch_to_token"]),
+        **{metric: float(result["segmentation"]["probe"][name]["value"]) for metric, name in PROBE_METRICS.items()},
+        # None (no pair with two members) as NaN, so every row has every metric
+        **{f"cos_{unit}": math.nan if cosines[unit] is None else float(cosines[unit]) for unit in ("patches", "tokens",
+                                                                                                   "sentences")},
     }
 
 
@@ -96,6 +115,17 @@ def per_finding_grounding(results: Sequence[Mapping], metric: str) -> dict[str, 
         if all(v is not None for v in values):
             table[finding] = spread(values)
     return table
+
+
+def segmentation_baselines(result: Mapping) -> dict:
+    """The linear probe's model-free baselines on the segmentation set (the same for every run):
+    the empty head and the image-free prior mask, as {name: {probe metric: value}}, with the set."""
+    seg = result["segmentation"]
+    out: dict = {name: {metric: float(seg["baselines"][name][key]["value"]) for metric, key in PROBE_METRICS.items()}
+                 for name in ("empty", "prior")}
+    out.update(target=seg["target"], train_images=seg["num_train_images"], test_images=seg["num_test_images"],
+               test_positive_images=seg["test_positive_images"], probe_config=seg["probe_config"])
+    return out
 
 
 def baselines(result: Mapping) -> dict:

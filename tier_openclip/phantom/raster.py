@@ -15,7 +15,6 @@ import numpy as np
 Box = tuple[int, int, int, int]
 
 
-@lru_cache(maxsize=64)
 def png_bytes(pixels: np.ndarray) -> bytes:
     """A uint8 H × W image as the PNG the phantom stores (mode "L")."""
     import io
@@ -27,6 +26,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=64)
 def gauss_kernel(sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian taps out to 3 sigma."""
     radius = max(1, math.ceil(3 * sigma))

@@ -145,15 +145,16 @@ def test_reduced_demo_pairs_its_arms_and_reports_their_differences(tmp_path):
     # Fine-tuning moved the weights away from the shared start, differently per loss.
     start_state = _state(start)
     clip0, tier0 = _state(runs / "clip-seed0" / "checkpoints" / "epoch_1.pt"), _state(runs / "tier-l0.1-s1-seed0" / "checkpoints" / "epoch_1.pt")
-    key = "visual.conv1.weight"
-    assert not torch.equal(clip0[key], start_state[key]) and not torch.equal(clip0[key], tier0[key])
+    for key in ("visual.trunk.stem.conv.weight", "visual.head.proj.weight"):  # TIER-tiny-ResNet's first and last
+        assert not torch.equal(clip0[key], start_state[key]) and not torch.equal(clip0[key], tier0[key])
 
     saved = json.loads((out / "demo.json").read_text())
     assert set(saved["summary"]) == {"clip", "tier"}
     rows = saved["rows"]
     difference = saved["differences"]["tier"]["auc"]
     assert difference["values"] == pytest.approx([rows["tier"][s]["auc"] - rows["clip"][s]["auc"] for s in (0, 1)])
-    for metric in ("auc", "cnr", "pointing_game", "miou", "entropy_token_to_patch", "entropy_patch_to_token"):
+    for metric in ("auc", "cnr", "pointing_game", "miou", "pointing_game_pooled", "entropy_token_to_patch",
+                   "entropy_patch_to_token", "probe_dice", "cos_patches"):
         assert len(saved["summary"]["tier"][metric]["values"]) == 2
     prior = saved["baselines"]["prior"]
     assert 0 <= prior["pointing_game"] <= 1 and prior["source"] == "train boxes"

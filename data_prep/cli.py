@@ -28,11 +28,28 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _csv_list(value: str) -> tuple[str, ...]:
-    items = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
+def _word(value: str) -> str:
+    """One item of a list flag. Lists are words after the flag (``--views PA AP``), as in every
+    tier-openclip command; a comma is refused rather than matched as part of a value (which would
+    silently select nothing)."""
+    item = value.strip()
+    if not item or "," in item:
+        raise argparse.ArgumentTypeError(f"{value!r}: give the values as separate words (e.g. PA AP), not a "
+                                         "comma-separated list")
+    return item
+
+
+def _add_list_flag(parser: argparse.ArgumentParser, flag: str, default: tuple[str, ...], help: str) -> None:
+    """``--flag A B``; repeating the flag adds more. Unset: ``default`` (see _listed)."""
+    parser.add_argument(flag, type=_word, nargs="+", action="extend", default=None, metavar="VALUE",
+                        help=f"{help} (default: {' '.join(default)})")
+    parser.set_defaults(**{f"{flag.lstrip('-').replace('-', '_')}_default": default})
+
+
+def _listed(args: argparse.Namespace, name: str) -> tuple[str, ...]:
+    """A list flag's values in order, duplicates dropped, or its default."""
+    values = getattr(args, name)
+    return tuple(dict.fromkeys(values)) if values else getattr(args, f"{name}_default")
 
 
 def _positive(value: str) -> int:
@@ -200,10 +217,8 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     mimic.add_argument("--text", choices=TEXT_MODES, default="impression",
                        help="report text to train on; impression-or-findings falls back to the findings when a "
                        "report has no impression. Studies without it are skipped (reason in failures.csv)")
-    mimic.add_argument("--views", type=_csv_list, default=("PA", "AP"), metavar="LIST",
-                       help="ViewPosition values to keep, comma-separated (metadata CSV), or 'all'")
-    mimic.add_argument("--splits", type=_csv_list, default=MIMIC_SPLITS, metavar="LIST",
-                       help="splits to write, comma-separated, of " + ",".join(MIMIC_SPLITS))
+    _add_list_flag(mimic, "--views", ("PA", "AP"), "ViewPosition values to keep (metadata CSV), or 'all'")
+    _add_list_flag(mimic, "--splits", MIMIC_SPLITS, "splits to write, of " + " ".join(MIMIC_SPLITS))
     mimic.add_argument("--format", dest="image_format", choices=("jpg", "png"), default="jpg",
                        help="image encoding in the shards")
     mimic.add_argument("--jpeg-quality", type=_positive, default=95, metavar="Q", help="JPEG quality (1-100)")
@@ -235,8 +250,8 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     padchest.add_argument("--image-root", type=Path, required=True, metavar="DIR",
                           help="folder holding the ImageDir subfolders (0, 1, ... 54)")
     padchest.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    padchest.add_argument("--projections", type=_csv_list, default=("PA", "AP", "AP_horizontal"), metavar="LIST",
-                          help="Projection values to keep, comma-separated, or 'all' (L is lateral)")
+    _add_list_flag(padchest, "--projections", ("PA", "AP", "AP_horizontal"),
+                   "Projection values to keep, or 'all' (L is lateral)")
     padchest.add_argument("--min-positives", type=_positive, default=1, metavar="N",
                           help="label columns only for labels with at least N positive images")
     _add_image_options(padchest)
@@ -251,8 +266,7 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     ms_cxr.add_argument("--image-root", type=Path, required=True, metavar="DIR",
                         help="MIMIC-CXR-JPG root: the folder the CSV's path column (files/pXX/...) is relative to")
     ms_cxr.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    ms_cxr.add_argument("--splits", type=_csv_list, default=("all",), metavar="LIST",
-                        help="values of the CSV's split column to keep, comma-separated (train,val,test), or 'all'")
+    _add_list_flag(ms_cxr, "--splits", ("all",), "values of the CSV's split column to keep (train val test), or 'all'")
     _add_image_options(ms_cxr)
     ms_cxr.set_defaults(func=run_ms_cxr)
 
@@ -279,14 +293,20 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     rsna.set_defaults(func=run_rsna)
 
 
-def _fractions(value: str) -> tuple[float, float, float]:
+def _fraction(value: str) -> float:
     try:
-        parts = tuple(float(part) for part in value.split(","))
+        number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers train,val,test, got {value!r}") from None
-    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"expected three numbers >= 0 summing to 1 (train,val,test), got {value!r}")
-    return parts  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(f"expected a number (three of them: train val test), got {value!r}") from None
+    if not (math.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError(f"expected a share >= 0, got {value!r}")
+    return number
+
+
+def _check_fractions(fractions: tuple[float, ...]) -> tuple[float, float, float]:
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise PrepError(f"--split-fractions {' '.join(f'{f:g}' for f in fractions)}: the three shares must sum to 1")
+    return fractions  # type: ignore[return-value]
 
 
 def _add_segmentation_options(parser: argparse.ArgumentParser, id_column: str) -> None:
@@ -297,8 +317,9 @@ def _add_segmentation_options(parser: argparse.ArgumentParser, id_column: str) -
                        "validation, validate also read); images it does not list are skipped. Default: a seeded "
                        "split by patient")
     group.add_argument("--seed", type=int, default=0, help="seed of the split by patient")
-    group.add_argument("--split-fractions", type=_fractions, default=(0.7, 0.1, 0.2), metavar="TRAIN,VAL,TEST",
-                       help="shares of the patients in train, val and test (default: 0.7,0.1,0.2)")
+    group.add_argument("--split-fractions", type=_fraction, nargs=3, default=(0.7, 0.1, 0.2),
+                       metavar=("TRAIN", "VAL", "TEST"),
+                       help="shares of the patients in train, val and test, summing to 1 (default: 0.7 0.1 0.2)")
     _add_image_options(parser)
 
 
@@ -364,7 +385,7 @@ def run_mimic(args: argparse.Namespace) -> int:
 
     options = MimicOptions(
         mimic_root=args.mimic_root, out=args.out, image_root=args.image_root, metadata_dir=args.metadata_dir,
-        text=args.text, views=_all_or(args.views), splits=tuple(args.splits), image_size=args.image_size,
+        text=args.text, views=_all_or(_listed(args, "views")), splits=_listed(args, "splits"), image_size=args.image_size,
         resize=args.resize, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
         shard_size=args.shard_size, workers=args.workers, sample_timeout=args.sample_timeout,
         max_pixels=args.max_pixels,
@@ -384,7 +405,7 @@ def _eval(args: argparse.Namespace, dataset: str) -> int:
     options = EvalOptions(
         dataset=dataset, csv=args.csv, image_root=args.image_root, out=args.out, image_size=args.image_size,
         resize=args.resize, workers=args.workers, frontal_only=not getattr(args, "all_views", False),
-        projections=_all_or(getattr(args, "projections", ("all",))), min_positives=getattr(args, "min_positives", 1),
+        projections=_all_or(_listed(args, "projections") if dataset == "padchest" else ("all",)), min_positives=getattr(args, "min_positives", 1),
         sample_timeout=args.sample_timeout, max_pixels=args.max_pixels,
     )  # fmt: skip
     meta = prepare_eval_set(options, progress=not args.quiet, log=_log)
@@ -412,7 +433,7 @@ def run_ms_cxr(args: argparse.Namespace) -> int:
 
     options = MsCxrOptions(
         csv=args.csv, image_root=args.image_root, out=args.out, image_size=args.image_size, resize=args.resize,
-        splits=_all_or(args.splits), workers=args.workers, sample_timeout=args.sample_timeout,
+        splits=_all_or(_listed(args, "splits")), workers=args.workers, sample_timeout=args.sample_timeout,
         max_pixels=args.max_pixels,
     )  # fmt: skip
     meta = prepare_ms_cxr(options, progress=not args.quiet, log=_log)
@@ -428,7 +449,7 @@ def _segmentation(args: argparse.Namespace, prepare, csv_path: Path) -> int:
     options = SegPrepOptions(
         out=args.out, image_size=args.image_size, resize=args.resize, workers=args.workers,
         sample_timeout=args.sample_timeout, max_pixels=args.max_pixels, splits=args.splits, seed=args.seed,
-        fractions=tuple(args.split_fractions),
+        fractions=_check_fractions(tuple(args.split_fractions)),
     )  # fmt: skip
     meta = prepare(csv_path, args.image_root, options, progress=not args.quiet, log=_log)
     splits = ", ".join(f"{split} {n} ({meta['positives'][split]} with {meta['target']})" for split, n in meta["splits"].items())

@@ -388,7 +388,7 @@ def test_jpg_release_path(release, tmp_path):
     mimic, jpg, cases = release
     out = tmp_path / "out"
     assert run_cli(*mimic_args(mimic, jpg, out, "--workers", "1", "--format", "png", "--text", "impression-or-findings",
-                               "--splits", "train,test", "--views", "all", source="jpg")) == 0  # fmt: skip
+                               "--splits", "train", "test", "--views", "all", source="jpg")) == 0  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "jpg" and set(manifest["splits"]) == {"train", "test"}
     written = read_shards(out / "train") | read_shards(out / "test")
@@ -503,8 +503,11 @@ def test_user_errors_say_what_to_do(release, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "mimic-cxr-2.0.0-split.csv.gz" in error and "--metadata-dir" in error
     assert run_cli("mimic-cxr", "--mimic-root", str(mimic), "--metadata-dir", str(jpg), "--out", str(tmp_path / "o"),
-                   "--splits", "train,dev") == 2  # fmt: skip
+                   "--splits", "train", "dev") == 2  # fmt: skip
     assert "dev" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a comma list would match no split: refused by the parser
+        run_cli("mimic-cxr", "--mimic-root", str(mimic), "--out", str(tmp_path / "o"), "--views", "PA,AP")
+    assert "separate words" in capsys.readouterr().err
     out = tmp_path / "locked"
     with shards.run_lock(out / shards.STATE_DIR):  # another run holds --out
         assert run_cli(*mimic_args(mimic, jpg, out)) == 2

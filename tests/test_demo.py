@@ -376,3 +376,17 @@ def test_every_checkpoint_evaluation_has_the_probe_and_the_collapse_measure(tmp_
     assert set(cosines) == {"patches", "tokens", "sentences"} and all(-1.0 <= v <= 1.0 for v in cosines.values())
     cached = json.loads((tmp_path / "run" / "demo-eval.json").read_text())["result"]
     assert cached["segmentation"]["probe"] == seg["probe"] and cached["local_cosine"] == cosines
+
+
+def test_list_flags_take_words_and_refuse_the_comma_form(tmp_path, capsys, monkeypatch):
+    """`--losses clip tier` as every command gives lists; `clip,tier` would name one unknown arm."""
+    from tier_openclip import cli
+    from tier_openclip.demo import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_demo", lambda options: seen.setdefault("losses", list(options.losses)) and 1 / 0)
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--losses", "clip,tier"]) == 2
+    assert "separate words" in capsys.readouterr().err and not seen
+    with pytest.raises(ZeroDivisionError):  # parsed: the (stubbed) demo ran with both arms
+        cli.main(["demo", "--out", str(tmp_path / "d"), "--losses", "clip", "tier", "--losses", "clip"])
+    assert seen["losses"] == ["clip", "tier"]

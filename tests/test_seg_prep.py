@@ -205,7 +205,7 @@ def test_prep_siim_decodes_masks_at_the_dicom_size_and_carries_them_with_the_ima
     csv_path, root, union = siim_release
     out = tmp_path / "siim"
     code = cli.main(["siim", "--rle-csv", str(csv_path), "--image-root", str(root), "--out", str(out),
-                     "--image-size", "16", "--workers", "1", "--quiet", "--split-fractions", "0.5,0,0.5"])
+                     "--image-size", "16", "--workers", "1", "--quiet", "--split-fractions", "0.5", "0", "0.5"])
     assert code == 0, capsys.readouterr().err
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["dataset"], meta["target"], meta["image_size"]) == ("siim", "pneumothorax", 16)
@@ -256,6 +256,9 @@ def test_prep_errors_are_one_line(tmp_path, capsys):
         assert cli.main(["siim", "--rle-csv", str(good), "--image-root", str(tmp_path / "root"), "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "someone else's" and not (tmp_path / "root" / "out").exists()
+    assert cli.main(["rsna", "--csv", str(bad), "--image-root", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--split-fractions", "0.5", "0.5", "0.5"]) == 2
+    assert "must sum to 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["rsna", "--csv", str(bad), "--image-root", str(tmp_path), "--out", str(tmp_path / "o"),
                   "--split-fractions", "0.5,0.5,0.5"])
@@ -274,7 +277,7 @@ def test_prep_rsna_draws_boxes_carried_through_the_resize(tmp_path, capsys):
     labels = write_csv(tmp_path / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], rows)
     out = tmp_path / "rsna"
     code = cli.main(["rsna", "--csv", str(labels), "--image-root", str(root), "--out", str(out), "--image-size", "20",
-                     "--workers", "1", "--quiet", "--split-fractions", "1,0,0"])
+                     "--workers", "1", "--quiet", "--split-fractions", "1", "0", "0"])
     assert code == 0, capsys.readouterr().err
     meta = json.loads((out / "meta.json").read_text())
     assert meta["skipped"] == {"box_invalid": 1, "rows_disagree": 1, "unsafe_path": 1}

@@ -2,7 +2,8 @@
 on the command line: the model flags, the one way to give a list, and the run of an evaluation.
 
 Lists are given as separate words after the flag (``--labels Edema "Pleural Effusion"``), and
-repeating the flag adds more; the demo's ``--losses clip,tier`` keeps its README form.
+repeating the flag adds more — in every command (``prep`` defines the same form in data_prep/cli.py,
+which imports nothing of tier_openclip).
 """
 
 from __future__ import annotations

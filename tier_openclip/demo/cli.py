@@ -6,23 +6,32 @@ import argparse
 from pathlib import Path
 
 from tier_openclip.demo.design import ARM_NAMES, DEFAULT_ARMS, SIZES, SWEEP_LAMBDAS, SWEEP_SCALES, DemoOptions, check_scale
+from tier_openclip.cli_common import add_list_flag
 from tier_openclip.errors import UsageError
 
 
-def _positive_floats(text: str) -> list[float]:
+def _positive_floats(texts: list[str]) -> list[float]:
     try:
-        values = [float(v) for v in text.split(",")]
+        values = [float(v) for v in texts]
     except ValueError:
         values = []
     if not values or not all(v > 0 for v in values):
-        raise UsageError(f"--sweep-lambdas {text}: expected comma-separated positive numbers, e.g. 0.01,0.1,0.5")
+        raise UsageError(f"--sweep-lambdas {' '.join(texts)}: expected positive numbers, e.g. 0.01 0.1 0.5")
     return values
+
+
+def _words(flag: str, texts: list[str]) -> list[str]:
+    """A list flag's values; a comma means the old comma-list form, which would name one odd value."""
+    if any("," in text for text in texts):
+        raise UsageError(f"{flag} {' '.join(texts)}: give the values as separate words "
+                         f"(e.g. {flag} {' '.join(t for text in texts for t in text.split(',') if t)})")
+    return list(dict.fromkeys(texts))
 
 
 def demo(args: argparse.Namespace) -> int:
     from tier_openclip.demo.pipeline import run_demo, run_sweep
 
-    losses = [name.strip() for name in args.losses.split(",") if name.strip()]
+    losses = _words("--losses", args.losses or list(DEFAULT_ARMS))
     options = DemoOptions(
         out=Path(args.out), size=args.size, seeds=args.seeds, losses=losses, tier_lambda=args.tier_lambda,
         tier_scale=check_scale(args.tier_scale), uniform_weight=args.uniform_weight, bootstrap=args.bootstrap,
@@ -36,8 +45,8 @@ def demo(args: argparse.Namespace) -> int:
     if options.out.exists() and not options.out.is_dir():
         raise UsageError(f"--out {options.out} is a file; give a folder")
     if args.sweep:
-        lambdas = _positive_floats(args.sweep_lambdas)
-        scales = [check_scale(s.strip()) for s in args.sweep_scales.split(",") if s.strip()]
+        lambdas = _positive_floats(_words("--sweep-lambdas", args.sweep_lambdas or [f"{v:g}" for v in SWEEP_LAMBDAS]))
+        scales = [check_scale(s) for s in _words("--sweep-scales", args.sweep_scales or list(SWEEP_SCALES))]
         result = run_sweep(options, lambdas, scales)
         text, files = (options.out / "sweep.md").read_text(), "sweep.md, sweep.json and sweep.png"
     else:
@@ -64,9 +73,9 @@ def add_demo_parser(subparsers) -> None:
                         help="small: about 10 minutes on 2 CPU cores (default); medium and large: more data and "
                              "steps, for more time.")
     parser.add_argument("--seeds", type=int, default=3, help="Fine-tuning seeds per arm (default: 3).")
-    parser.add_argument("--losses", default=",".join(DEFAULT_ARMS),
-                        help=f"Comma-separated arms from {', '.join(ARM_NAMES)}; clip is the control and is "
-                             f"required (default: {','.join(DEFAULT_ARMS)}).")
+    add_list_flag(parser, "--losses", "ARM",
+                  f"Arms from {', '.join(ARM_NAMES)}; clip is the control and is required "
+                  f"(default: {' '.join(DEFAULT_ARMS)}).")
     parser.add_argument("--tier-lambda", type=float, default=0.1, help="TIER λ, both directions (default: 0.1).")
     parser.add_argument("--tier-scale", default="1",
                         help="TIER's similarity scale: a positive number or 'logit' (default: 1, the paper's).")
@@ -80,8 +89,8 @@ def add_demo_parser(subparsers) -> None:
     sweep.add_argument("--sweep", action="store_true",
                        help="Instead of the arms above: TIER at every λ × scale against the clip control, same "
                             "paired design (sweep.md, sweep.json, sweep.png).")
-    sweep.add_argument("--sweep-lambdas", default=",".join(f"{v:g}" for v in SWEEP_LAMBDAS),
-                       help="λ values of the sweep (default: %(default)s).")
-    sweep.add_argument("--sweep-scales", default=",".join(SWEEP_SCALES),
-                       help="Scales of the sweep, numbers or 'logit' (default: %(default)s).")
+    add_list_flag(sweep, "--sweep-lambdas", "λ",
+                  f"λ values of the sweep (default: {' '.join(f'{v:g}' for v in SWEEP_LAMBDAS)}).")
+    add_list_flag(sweep, "--sweep-scales", "SCALE",
+                  f"Scales of the sweep, numbers or 'logit' (default: {' '.join(SWEEP_SCALES)}).")
     parser.set_defaults(func=demo)

@@ -66,14 +66,6 @@ class EvalImage:
     labels: tuple  # one value per label: 1, 0 or None (CheXpert); the label list (PadChest)
 
 
-@dataclass(frozen=True)
-class EvalRender:
-    out: str
-    image_size: int
-    resize: str
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-
 @dataclass
 class EvalResult:
     image: str
@@ -93,7 +85,7 @@ def load_gray(path: str, min_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return images.jpeg_to_gray(path, min_size, max_pixels)
 
 
-def render_eval_image(item: EvalImage, options: EvalRender) -> EvalResult:
+def render_eval_image(item: EvalImage, options: images.RenderOptions) -> EvalResult:
     """Decode, resize and write one PNG (temporary name, then rename). Never raises."""
     try:
         gray = load_gray(item.source, options.image_size, options.max_pixels)
@@ -372,7 +364,7 @@ def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path,
     recorded = before | {item.image for item in items}
     write_json_atomic(state_dir / IMAGES_RECORD, sorted(recorded))  # before any image is written
     render = functools.partial(
-        render_eval_image, options=EvalRender(str(options.out), options.image_size, options.resize, options.max_pixels)
+        render_eval_image, options=images.RenderOptions(str(options.out), options.image_size, options.resize, options.max_pixels)
     )
     failed: Counter = Counter()
     notes: Counter = Counter()

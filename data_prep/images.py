@@ -100,6 +100,17 @@ class ImageError(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class RenderOptions:
+    """What every evaluation-set writer's worker needs to store one image: the output folder, the
+    square side, the resize mode and the decoded-pixel limit (passed to worker processes)."""
+
+    out: str
+    image_size: int
+    resize: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
 @dataclass
 class GrayImage:
     """An 8-bit grayscale image and the notes (handled conditions) met on the way."""

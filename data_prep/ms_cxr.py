@@ -81,14 +81,6 @@ class MsCxrImage:
     boxes: tuple[MsCxrBox, ...]
 
 
-@dataclass(frozen=True)
-class MsCxrRender:
-    out: str
-    image_size: int
-    resize: str
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-
-
 @dataclass
 class MsCxrResult:
     ok: bool
@@ -169,7 +161,7 @@ def select_ms_cxr(rows: Sequence[dict[str, str]], image_root: Path, *, splits: S
     return selection
 
 
-def render_ms_cxr_image(item: MsCxrImage, options: MsCxrRender) -> MsCxrResult:
+def render_ms_cxr_image(item: MsCxrImage, options: images.RenderOptions) -> MsCxrResult:
     """Decode at full size, check the size, resize, write one PNG (temporary name, then
     rename). Never raises."""
     from .eval_sets import load_gray
@@ -234,7 +226,7 @@ def prepare_ms_cxr(options: MsCxrOptions, *, progress: bool = True, log: Callabl
     selection = select_ms_cxr(rows, options.image_root, splits=options.splits)
 
     options.out.mkdir(parents=True, exist_ok=True)
-    render = functools.partial(render_ms_cxr_image, options=MsCxrRender(str(options.out), options.image_size,
+    render = functools.partial(render_ms_cxr_image, options=images.RenderOptions(str(options.out), options.image_size,
                                                                           options.resize, options.max_pixels))
     failed: Counter = Counter()
     notes: Counter = Counter()

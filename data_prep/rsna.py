@@ -28,7 +28,7 @@ from pathlib import Path
 from . import images
 from .eval_layout import region_mask
 from .paths import UNSAFE_PATH, UnsafePathError, resolve_inside, safe_key
-from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegRender, SegResult, SegSelection, SegSource,
+from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegResult, SegSelection, SegSource,
                        prepare_seg_set, save_pair)
 
 DATASET, TARGET = "rsna", "lung opacity"
@@ -92,7 +92,7 @@ def select_rsna(rows: list[dict[str, str]], image_root: Path) -> SegSelection:
     return selection
 
 
-def render_rsna(item: SegSource, options: SegRender) -> SegResult:
+def render_rsna(item: SegSource, options: images.RenderOptions) -> SegResult:
     """Decode the DICOM, carry its boxes into the stored square, draw them, write both. Never raises."""
     from .eval_sets import load_gray
     from .ms_cxr import box_to_stored

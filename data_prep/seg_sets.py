@@ -256,14 +256,6 @@ class SegSource:
     spec: Any
 
 
-@dataclass(frozen=True)
-class SegRender:
-    out: str
-    image_size: int
-    resize: str
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-
-
 @dataclass
 class SegResult:
     ok: bool
@@ -292,7 +284,7 @@ class SegPrepOptions:
                 "seed": self.seed, "fractions": list(self.fractions)}
 
 
-def save_pair(options: SegRender, key: str, gray: images.GrayImage, stored_mask: np.ndarray, notes: Sequence[str] = ()) -> SegResult:
+def save_pair(options: images.RenderOptions, key: str, gray: images.GrayImage, stored_mask: np.ndarray, notes: Sequence[str] = ()) -> SegResult:
     """Resize the image like every prep image, write it and its (already stored-frame) mask."""
     square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
     if stored_mask.shape != (options.image_size, options.image_size):
@@ -336,7 +328,7 @@ class SegInputs:
 
 def prepare_seg_set(inputs: SegInputs, csv_path: Path, image_root: Path, options: SegPrepOptions,
                     select: Callable[[list[dict[str, str]]], SegSelection],
-                    render: Callable[[SegSource, SegRender], SegResult], *, dataset: str, target: str,
+                    render: Callable[[SegSource, images.RenderOptions], SegResult], *, dataset: str, target: str,
                     id_columns: Sequence[str], progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``prep siim|rsna``: check the inputs and options, read the CSV (keys stripped), select, and
     :func:`run_seg_prep`; returns meta.json's content."""
@@ -358,7 +350,7 @@ def prepare_seg_set(inputs: SegInputs, csv_path: Path, image_root: Path, options
                         log=log, **{inputs.csv_key: str(csv_path.resolve())}, image_root=str(image_root.resolve()))
 
 
-def run_seg_prep(sources: Sequence[SegSource], render: Callable[[SegSource, SegRender], SegResult],
+def run_seg_prep(sources: Sequence[SegSource], render: Callable[[SegSource, images.RenderOptions], SegResult],
                  options: SegPrepOptions, *, dataset: str, target: str, skipped: Counter, failures: list[list],
                  id_columns: Sequence[str], progress: bool = True, log: Callable[[str], None] = print,
                  **extra_meta: Any) -> dict[str, Any]:
@@ -372,7 +364,7 @@ def run_seg_prep(sources: Sequence[SegSource], render: Callable[[SegSource, SegR
                            failures=failures, id_columns=id_columns, progress=progress, log=log, **extra_meta)
 
 
-def _run_locked(sources: Sequence[SegSource], render: Callable[[SegSource, SegRender], SegResult],
+def _run_locked(sources: Sequence[SegSource], render: Callable[[SegSource, images.RenderOptions], SegResult],
                 options: SegPrepOptions, *, dataset: str, target: str, skipped: Counter, failures: list[list],
                 id_columns: Sequence[str], progress: bool, log: Callable[[str], None], **extra_meta: Any) -> dict[str, Any]:
     import functools
@@ -391,7 +383,7 @@ def _run_locked(sources: Sequence[SegSource], render: Callable[[SegSource, SegRe
                 skipped[SKIP_NOT_IN_SPLITS] += 1
                 failures.append([item.source, "skipped", SKIP_NOT_IN_SPLITS, f"{item.id} is not in --splits {options.splits}"])
         sources = kept
-    job = functools.partial(render, options=SegRender(str(options.out), options.image_size, options.resize, options.max_pixels))
+    job = functools.partial(render, options=images.RenderOptions(str(options.out), options.image_size, options.resize, options.max_pixels))
     failed: Counter = Counter()
     notes: Counter = Counter()
     done: list[tuple[SegSource, SegResult]] = []

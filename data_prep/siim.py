@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import images, rle
 from .paths import safe_key
-from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegRender, SegResult, SegSelection, SegSource,
+from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegResult, SegSelection, SegSource,
                        dicom_patient, prepare_seg_set, resize_mask, save_pair)
 
 DATASET, TARGET = "siim", "pneumothorax"
@@ -90,7 +90,7 @@ def select_siim(rows: list[dict[str, str]], dicoms: dict[str, Path], twice: Coll
     return selection
 
 
-def render_siim(item: SegSource, options: SegRender) -> SegResult:
+def render_siim(item: SegSource, options: images.RenderOptions) -> SegResult:
     """Decode the DICOM, decode its mask at the DICOM's size, resize both, write both. Never raises."""
     from .eval_sets import load_gray
 

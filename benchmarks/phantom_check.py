@@ -33,17 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_prep import cpu_model  # the CPU name as every benchmark result records it
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def train_arrays(data: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray, list]:

@@ -153,7 +153,7 @@ def test_reduced_demo_pairs_its_arms_and_reports_their_differences(tmp_path):
     rows = saved["rows"]
     difference = saved["differences"]["tier"]["auc"]
     assert difference["values"] == pytest.approx([rows["tier"][s]["auc"] - rows["clip"][s]["auc"] for s in (0, 1)])
-    for metric in ("auc", "cnr", "pointing_game", "miou", "pointing_game_pooled", "entropy_token_to_patch",
+    for metric in ("auc", "cnr", "pointing_game", "miou", "pointing_game_pooled", "pointing_game_cam", "entropy_token_to_patch",
                    "entropy_patch_to_token", "probe_dice", "cos_patches"):
         assert len(saved["summary"]["tier"][metric]["values"]) == 2
     prior = saved["baselines"]["prior"]
@@ -189,13 +189,15 @@ def test_goals_script_reads_a_demo_json(tmp_path):
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
     result = {"timings": {"total_seconds": 540.0}, "baselines": {"prior": {"pointing_game": 0.30}},
-              # the goal reads the pooled-phrase maps, not the token maps
+              # the goal reads the CAM maps, not the token or pooled-cosine maps
               "summary": {"clip": {"auc": spread([0.82, 0.80, 0.81]), "pointing_game": spread([0.1, 0.1, 0.1]),
-                                   "pointing_game_pooled": spread([0.25, 0.35, 0.33])}}}
+                                   "pointing_game_pooled": spread([0.1, 0.1, 0.1]),
+                                   "pointing_game_cam": spread([0.25, 0.35, 0.33])}}}
     assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True]  # 0.31 > 0.30
     result["summary"]["clip"]["auc"] = spread([0.82, 0.70, 0.81])
     result["timings"]["total_seconds"] = 601.0
-    result["summary"]["clip"]["pointing_game_pooled"] = spread([0.25, 0.30, 0.33])  # 0.293
+    result["summary"]["clip"]["pointing_game_cam"] = spread([0.25, 0.30, 0.33])  # 0.293
+    result["summary"]["clip"]["pointing_game_pooled"] = spread([0.5, 0.5, 0.5])
     assert [met for _, met, _ in goals.check_goals(result)] == [False, False, False]
     result["summary"]["local-uniformity"] = {"cos_patches": spread([0.95, 0.97, 0.99])}
     assert [met for _, met, _ in goals.check_goals(result)] == [False, False, False, False]
@@ -289,6 +291,8 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
                                               "per_finding": {"opacity": {"pointing_game": 0.3}}},
                                     "random": {"cnr": 0.0, "pointing_game": 0.1, "miou": 0.05}}},
         "grounding_pooled": {"overall": {"cnr": value, "pointing_game": {"value": 0.6 + 0.01 * seed}, "miou": value}},
+        "grounding_cam": {"overall": {"cnr": value, "pointing_game": {"value": 0.2 + 0.01 * seed}, "miou": value},
+                          "per_finding": {"opacity": {"pointing_game": {"value": 0.2 + 0.01 * seed}}}},
         "segmentation": _probe_result(informative=not local, seed=seed),
         "similarity": {"entropy_token_to_patch": 3.0, "entropy_patch_to_token": 2.0, "patches": 64,
                        "max_entropy_token_to_patch": math.log(64)},
@@ -347,6 +351,10 @@ def test_report_and_json_carry_probe_dice_and_collapse_for_every_arm(tmp_path, m
     assert f"empty head (nothing predicted) has Dice {seg['empty']['probe_dice']:.3f}" in report
     pooled_row = next(line for line in table.splitlines() if line.startswith("| pointing game (pooled-phrase maps) |"))
     assert [c.strip() for c in pooled_row.strip("|").split("|")][2:] == ["0.605 ± 0.007", "0.605 ± 0.007", "0.300", "0.100"]
+    cam_row = next(line for line in table.splitlines() if line.startswith("| pointing game (CAM maps) |"))
+    assert [c.strip() for c in cam_row.strip("|").split("|")][2:] == ["0.205 ± 0.007", "0.205 ± 0.007", "0.300", "0.100"]
+    per_finding = report.split("## Pointing game per finding, CAM maps")[1]
+    assert "| opacity | 0.205 ± 0.007 | 0.205 ± 0.007 | 0.300 |" in per_finding
     assert "clip 0.505, not collapsed" in report and "local-uniformity 0.970, collapsed" in report
     paired = report.split("## Paired differences: local-uniformity − clip")[1]
     assert "| linear-probe Dice | " in paired.split("Rule:")[0]

@@ -360,19 +360,23 @@ def test_maps_of_a_real_model_are_its_token_patch_similarities_upsampled(tmp_pat
             ("images/a.png", "effusion", "small left pleural effusion", 30, 40, 64, 64),
             ("images/wide.png", "opacity", "right upper zone opacity", 20, 10, 60, 40)]
     directory = make_set(tmp_path / "real", images, rows)
-    for mode in ("tokens", "pooled"):
+    for mode in ("tokens", "pooled", "cam"):
         results = grounding.grounding_evaluate(tiny.model, tiny.preprocess, tiny.tokenizer, directory,
                                                phrase_mode=mode, bootstrap=0, random_draws=2)
         assert results["phrase_mode"] == mode and results["overall"]["cnr"]["ci"] is None
         with torch.no_grad():
             for row, got in zip(rows, results["phrases"]):
                 image = Image.open(directory / row[0]).convert("RGB")
-                patches = token_features(tiny.model, images=tiny.preprocess(image)[None])["image_tokens"][0]
+                pixels = tiny.preprocess(image)[None]
+                patches = token_features(tiny.model, images=pixels)["image_tokens"][0]
                 text = token_features(tiny.model, texts=tiny.tokenizer([row[2]]))
                 if mode == "tokens":
                     sims = (patches @ text["text_tokens"][0][text["text_mask"][0]].T).mean(dim=1)
-                else:
+                elif mode == "pooled":
                     sims = patches @ text["text_features"][0]
+                else:  # the patches before their normalisation
+                    raw = token_features(tiny.model, images=pixels, normalize=False)["image_tokens"][0]
+                    sims = raw @ text["text_features"][0]
                 grid = interpolate(sims.reshape(8, 8).double().numpy(), (64, 64))
                 expected = np.full((image.height, image.width), np.nan)
                 left = (image.width - 64) // 2
@@ -383,6 +387,27 @@ def test_maps_of_a_real_model_are_its_token_patch_similarities_upsampled(tmp_pat
                 assert got["miou"] == pytest.approx(loop_miou(expected, region), abs=1e-6)
     assert results["per_finding"]["opacity"]["phrases"] == 2
     assert results["overall"]["miou"]["value"] == pytest.approx(np.mean([p["miou"] for p in results["phrases"]]))
+
+
+@pytest.mark.parametrize("name", ["TIER-tiny", "TIER-tiny-ResNet"])
+def test_cam_maps_are_the_parts_of_the_image_phrase_similarity_of_a_mean_pooled_tower(name):
+    """For a tower whose image feature is the mean of its projected patches, the mean of a phrase's
+    CAM over the patches, divided by the unnormalised image feature's length, is the image–phrase
+    cosine that CLIP's loss and zero-shot scores use."""
+    from tier_openclip.features import token_features
+    from tier_openclip.models import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model(name)
+    pixels = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        raw = token_features(loaded.model, images=pixels, normalize=False)
+        unit = token_features(loaded.model, images=pixels)
+        text = token_features(loaded.model, texts=loaded.tokenizer(["left pleural effusion", "cardiomegaly"]))
+    cams = raw["image_tokens"] @ text["text_features"].T  # (images, patches, phrases)
+    score = cams.mean(dim=1) / raw["image_features"].norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(score, unit["image_features"] @ text["text_features"].T, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(cams, unit["image_tokens"] @ text["text_features"].T)  # not the cosine map
 
 
 # --- command line and training -------------------------------------------------------------------

@@ -154,8 +154,8 @@ def run_demo(options: DemoOptions) -> dict:
     result["differences"] = {name: summary.paired_differences(rows, control)
                              for name, rows in result["rows"].items() if name != "clip"}
     result["per_finding_auc"] = {name: summary.per_finding_auc(runs) for name, runs in result["results"].items()}
-    result["per_finding_pointing"] = {name: summary.per_finding_grounding(runs, "pointing_game")
-                                      for name, runs in result["results"].items()}
+    result["per_finding_pointing_cam"] = {name: summary.per_finding_grounding(runs, "pointing_game", "grounding_cam")
+                                          for name, runs in result["results"].items()}
     started = time.time()
     plot_rank_curves({"start": result["start_result"]["similarity"],
                       **{name: runs[0]["similarity"] for name, runs in result["results"].items()}},

@@ -11,8 +11,8 @@ from tier_openclip.demo.summary import GROUNDING_METRICS, METRICS, NOISE_RULE, P
 
 
 def _grounding_metric(metric: str) -> str | None:
-    """The model-free baselines' key of a grounding row (both phrase maps share them), else None."""
-    name = metric.removesuffix("_pooled")
+    """The model-free baselines' key of a grounding row (every phrase map shares them), else None."""
+    name = metric.removesuffix("_pooled").removesuffix("_cam")
     return name if name in GROUNDING_METRICS else None
 
 
@@ -79,9 +79,12 @@ def format_report(result: Mapping) -> str:
     lines += [
         "",
         f"Grounding (tier_openclip.grounding) on the {result['grounding_phrases']} phrases of the test set, with "
-        "two phrase maps: token maps (the mean of the phrase's token→patch similarities, the maps TIER "
-        "regularises) and pooled-phrase maps (the phrase's own embedding against every patch, what CLIP's "
-        "loss trains; BioViL's way on MS-CXR). The image-free prior points where the finding's training boxes usually are "
+        "three phrase maps: token maps (the mean of the phrase's token→patch cosine similarities, the maps TIER "
+        "regularises), pooled-phrase maps (the cosine of the phrase's own embedding with every patch; BioViL's "
+        "way on MS-CXR) and CAM maps (the phrase's embedding against the patch embeddings before their "
+        "normalisation: this tower's image feature is the mean of its patch embeddings, so the CAM is each "
+        "patch's share of the image–phrase score that CLIP's loss trains). The image-free prior points where "
+        "the finding's training boxes usually are "
         f"({prior.get('source', '?')}), the random patch is chance. Entropies at scale 1 over "
         f"{result['start']['patches']} patches (at most ln {result['start']['patches']} = {max_entropy:.3f}); "
         "lower means sparser token→patch maps.",
@@ -115,11 +118,11 @@ def format_report(result: Mapping) -> str:
         cells = [_cell(result["per_finding_auc"][arm][finding]) if finding in result["per_finding_auc"][arm] else "–"
                  for arm in arms]
         lines.append(f"| {finding} | " + " | ".join(cells) + " |")
-    lines += ["", "## Pointing game per finding (mean ± sd over seeds)", "",
+    lines += ["", "## Pointing game per finding, CAM maps (mean ± sd over seeds)", "",
               "| finding | " + " | ".join(arms) + " | image-free prior | random patch |",
               "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
-    for finding in result["per_finding_pointing"][arms[0]]:
-        cells = [_cell(result["per_finding_pointing"][arm][finding]) for arm in arms]
+    for finding in result["per_finding_pointing_cam"][arms[0]]:
+        cells = [_cell(result["per_finding_pointing_cam"][arm][finding]) for arm in arms]
         lines.append(f"| {finding} | " + " | ".join(cells) + f" | {_baseline(base['per_finding'].get(finding, {}).get('prior'))} "
                      f"| {_baseline(base['per_finding'].get(finding, {}).get('random'))} |")
     timings = result["timings"]
@@ -151,7 +154,7 @@ def format_sweep(result: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-SWEEP_COLUMNS = ("auc", "cnr", "pointing_game", "miou", "entropy_token_to_patch")
+SWEEP_COLUMNS = ("auc", "cnr", "pointing_game", "pointing_game_cam", "entropy_token_to_patch")
 
 
 def plot_sweep(result: Mapping, out_path: Path) -> None:
@@ -182,8 +185,9 @@ def plot_sweep(result: Mapping, out_path: Path) -> None:
 
 
 def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: Path, count: int) -> list[str]:
-    """For the first ``count`` test images with findings: each grounded phrase's map (the map the
-    grounding evaluator scores, upsampled to the stored image) with its box, one row per model."""
+    """For the first ``count`` test images with findings: each grounded phrase's token map and CAM
+    map (as the grounding evaluator scores them, upsampled to the stored image) with its box, two
+    rows per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,27 +213,35 @@ def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: P
         with Image.open(gset.directory / image_name) as opened:
             image = opened.convert("RGB")
         gray = np.asarray(image.convert("L"))
-        fig, axes = plt.subplots(len(models), len(phrases) + 1, figsize=(2.4 * (len(phrases) + 1), 2.4 * len(models)),
-                                 squeeze=False)
-        for row_axes, (name, loaded) in zip(axes, models.items()):
+        fig, axes = plt.subplots(2 * len(models), len(phrases) + 1,
+                                 figsize=(2.4 * (len(phrases) + 1), 2.4 * 2 * len(models)), squeeze=False)
+        rows = iter(axes)
+        for name, loaded in models.items():
             with torch.inference_mode():
                 pixels = loaded.preprocess(image).unsqueeze(0)
-                patches = token_features(loaded.model, images=pixels)["image_tokens"][0].float()
-                grid = grid_shape(patches.shape[0], tuple(pixels.shape[-2:]))
+                features = token_features(loaded.model, images=pixels, normalize=False)
+                raw = features["image_tokens"][0].float()
+                grid = grid_shape(raw.shape[0], tuple(pixels.shape[-2:]))
                 geometry = MapGeometry(grid, tuple(pixels.shape[-2:]), gset.image_sizes[image_name],
                                        resize_mode_of(loaded.preprocess))
-                embedded = phrase_embeddings(loaded.model, loaded.tokenizer, [p.phrase for p in phrases], "tokens", "cpu")
-                grid_maps = torch.stack([(patches @ e.T).mean(dim=1) for e in embedded]).reshape(len(phrases), *grid)
-            maps = upsample_maps(grid_maps.double().numpy(), geometry)
-            row_axes[0].imshow(gray, cmap="gray")
-            row_axes[0].set_title(name, fontsize=9)
-            for ax, phrase, saliency in zip(row_axes[1:], phrases, maps):
-                ax.imshow(gray, cmap="gray")
-                ax.imshow(saliency, cmap="jet", alpha=0.45)
-                for x0, y0, x1, y1 in phrase.boxes:
-                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white",
-                                           linewidth=1.2))
-                ax.set_title(phrase.phrase, fontsize=7)
+                texts = [p.phrase for p in phrases]
+                tokens = phrase_embeddings(loaded.model, loaded.tokenizer, texts, "tokens", "cpu")
+                pooled = phrase_embeddings(loaded.model, loaded.tokenizer, texts, "cam", "cpu")
+                unit = torch.nn.functional.normalize(raw, dim=-1)
+                token_maps = torch.stack([(unit @ e.T).mean(dim=1) for e in tokens])
+                cam_maps = torch.stack([(raw @ e.T)[:, 0] for e in pooled])
+            for kind, grid_maps in (("token maps", token_maps), ("CAM maps", cam_maps)):
+                maps = upsample_maps(grid_maps.reshape(len(phrases), *grid).double().numpy(), geometry)
+                row_axes = next(rows)
+                row_axes[0].imshow(gray, cmap="gray")
+                row_axes[0].set_title(f"{name}: {kind}", fontsize=9)
+                for ax, phrase, saliency in zip(row_axes[1:], phrases, maps):
+                    ax.imshow(gray, cmap="gray")
+                    ax.imshow(saliency, cmap="jet", alpha=0.45)
+                    for x0, y0, x1, y1 in phrase.boxes:
+                        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white",
+                                               linewidth=1.2))
+                    ax.set_title(phrase.phrase, fontsize=7)
         for ax in axes.flat:
             ax.axis("off")
         fig.tight_layout()

@@ -140,12 +140,14 @@ def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
     # The phantom's meta.json holds its prompts: "{finding}" vs "no {finding}", the captions' words.
     zeroshot = zeroshot_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["eval_dir"],
                                  bootstrap=bootstrap, seed=0)
-    # Both phrase maps: "tokens" (mean over the phrase's token maps: what TIER regularises) and "pooled"
-    # (the phrase's own text embedding: what CLIP's loss trains, BioViL's way on MS-CXR).
-    grounding, grounding_pooled = (
+    # Every phrase map: "tokens" (mean over the phrase's token maps: what TIER regularises), "pooled"
+    # (the phrase's own embedding, cosine per patch: BioViL's way on MS-CXR) and "cam" (the same
+    # against the unnormalised patches: for this mean-pooled tower, each patch's share of the score
+    # CLIP's loss trains).
+    grounding, grounding_pooled, grounding_cam = (
         grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["grounding_dir"],
-                           phrase_mode=mode, bootstrap=bootstrap, seed=0) for mode in ("tokens", "pooled"))
-    for entry in (grounding, grounding_pooled):
+                           phrase_mode=mode, bootstrap=bootstrap, seed=0) for mode in ("tokens", "pooled", "cam"))
+    for entry in (grounding, grounding_pooled, grounding_cam):
         entry.pop("phrases", None)  # per-phrase rows: too many to keep for every run
     seg_started = time.time()
     with _torch_threads(1):  # the probe's many small steps: thread contention costs more than it gains
@@ -155,7 +157,7 @@ def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
     batches = list(shard_batches(data["test_shards"], loaded.preprocess, loaded.tokenizer, data["num_test"]))
     similarity = accumulate_similarity_stats(loaded.model, batches).summary()
     result = {"checkpoint": str(checkpoint), "zeroshot": zeroshot, "grounding": grounding,
-              "grounding_pooled": grounding_pooled,
+              "grounding_pooled": grounding_pooled, "grounding_cam": grounding_cam,
               "segmentation": segmentation, "similarity": similarity,
               "local_cosine": local_cosines(loaded.model, loaded.tokenizer, batches),
               "eval_seconds": time.time() - started}

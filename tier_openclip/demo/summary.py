@@ -23,6 +23,9 @@ METRICS: dict[str, str] = {
     "cnr_pooled": "grounding CNR (pooled-phrase maps)",
     "pointing_game_pooled": "pointing game (pooled-phrase maps)",
     "miou_pooled": "grounding mIoU (pooled-phrase maps)",
+    "cnr_cam": "grounding CNR (CAM maps)",
+    "pointing_game_cam": "pointing game (CAM maps)",
+    "miou_cam": "grounding mIoU (CAM maps)",
     "entropy_token_to_patch": "H token→patch",
     "entropy_patch_to_token": "H patch→token",
     "probe_dice": "linear-probe Dice",
@@ -31,7 +34,7 @@ METRICS: dict[str, str] = {
     "cos_tokens": "within-sample cosine: text tokens",
     "cos_sentences": "within-sample cosine: sentences",
 }
-#: the grounding metrics, each reported for both phrase maps (the same model-free baselines)
+#: the grounding metrics, each reported for every phrase map (the same model-free baselines)
 GROUNDING_METRICS = ("cnr", "pointing_game", "miou")
 #: metric -> the segmentation evaluator's metric of the linear probe (and of its baselines)
 PROBE_METRICS = {"probe_dice": "dice", "probe_miou": "miou"}
@@ -49,8 +52,8 @@ def metric_values(result: Mapping) -> dict[str, float]:
         "cnr": float(grounding["cnr"]["value"]),
         "pointing_game": float(grounding["pointing_game"]["value"]),
         "miou": float(grounding["miou"]["value"]),
-        **{f"{metric}_pooled": float(result["grounding_pooled"]["overall"][metric]["value"])
-           for metric in GROUNDING_METRICS},
+        **{f"{metric}_{maps}": float(result[f"grounding_{maps}"]["overall"][metric]["value"])
+           for maps in ("pooled", "cam") for metric in GROUNDING_METRICS},
         "entropy_token_to_patch": float(similarity["entropy_token_to_patch"]),
         "entropy_patch_to_token": float(similarity["entropy_patch_to_token"]),
         **{metric: float(result["segmentation"]["probe"][name]["value"]) for metric, name in PROBE_METRICS.items()},
@@ -107,11 +110,12 @@ def per_finding_auc(results: Sequence[Mapping]) -> dict[str, dict]:
     return table
 
 
-def per_finding_grounding(results: Sequence[Mapping], metric: str) -> dict[str, dict]:
-    """finding -> spread of one grounding metric over the seeds' results."""
+def per_finding_grounding(results: Sequence[Mapping], metric: str, maps: str = "grounding") -> dict[str, dict]:
+    """finding -> spread of one grounding metric over the seeds' results; ``maps``: the result's key
+    of the phrase maps ("grounding": token maps, "grounding_pooled", "grounding_cam")."""
     table = {}
-    for finding in results[0]["grounding"]["per_finding"]:
-        values = [r["grounding"]["per_finding"].get(finding, {}).get(metric, {}).get("value") for r in results]
+    for finding in results[0][maps]["per_finding"]:
+        values = [r[maps]["per_finding"].get(finding, {}).get(metric, {}).get("value") for r in results]
         if all(v is not None for v in values):
             table[finding] = spread(values)
     return table

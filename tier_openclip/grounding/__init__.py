@@ -13,12 +13,20 @@ evaluation layout (its one definition: ``data_prep/eval_layout.py``):
 A pixel (column c, row r) is inside a box when its centre (c + ½, r + ½) is.
 
 Maps. Each phrase gets a similarity map over the model's patch grid (patch tokens of
-``features.token_features``, all L2-normalised):
+``features.token_features``, L2-normalised except for ``cam``):
 - ``tokens`` (default): the mean over the phrase's valid tokens (the tower's ``text_mask``: no
   padding, and no start token for causal CLIP text, whose output is the same for every text) of
   each token's cosine similarity to each patch — what TIER's entropies act on;
 - ``pooled``: the cosine similarity of the pooled phrase embedding (the one zero-shot scores
   use) to each patch.
+- ``cam``: the pooled phrase embedding's dot product with each patch embedding *before* its L2
+  normalisation. For a tower whose image feature is the mean of its projected patch embeddings
+  (``TIER-tiny``, ``TIER-tiny-ResNet``, BioViL's ResNet), the image–phrase similarity CLIP trains
+  is exactly the mean of this map over the patches divided by the feature's length, so the map is
+  each patch's additive share of that score: a class activation map (Zhou et al., CVPR 2016).
+  Cosine maps give a patch with little to say (a short embedding) the same vote as one that
+  carries the finding; the CAM weighs each by what it adds. For a class-token or attention-pooled
+  tower the patches are not the score's parts and the CAM is only a heuristic.
 The grid map is interpolated bilinearly at every pixel centre of the stored image, undoing
 open_clip's validation preprocessing (resize keeping the aspect ratio + centre crop; its
 ``longest`` and ``squash`` modes too): one interpolation, equal to

@@ -18,7 +18,9 @@ from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_p
 from tier_openclip.grounding.maps import MapGeometry, grid_shape, resize_mode_of, upsample_maps
 from tier_openclip.grounding.metrics import CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, grounding_metrics
 
-PHRASE_MODES = ("tokens", "pooled")
+PHRASE_MODES = ("tokens", "pooled", "cam")
+# Maps whose patches are not L2-normalised: "cam" keeps each patch's length, its weight in the mean.
+_RAW_PATCH_MODES = ("cam",)
 
 
 def summarise(per_phrase: Sequence[Mapping[str, Any]], labels: Sequence[str], bootstrap: int, seed: int,
@@ -67,14 +69,14 @@ class _Images:
 
 def phrase_embeddings(model: Any, tokenizer: Callable, texts: Sequence[str], phrase_mode: str, device: str,
                       batch_size: int = 64) -> list:
-    """Per text: its valid token embeddings (T, E) ('tokens') or pooled embedding (1, E) ('pooled')."""
+    """Per text: its valid token embeddings (T, E) ('tokens') or pooled embedding (1, E) ('pooled', 'cam')."""
     from tier_openclip.features import token_features
 
     out = []
     for first in range(0, len(texts), batch_size):
         features = token_features(model, texts=tokenizer(list(texts[first : first + batch_size])).to(device))
         for n in range(features["text_features"].shape[0]):
-            if phrase_mode == "pooled":
+            if phrase_mode != "tokens":
                 out.append(features["text_features"][n : n + 1].float())
             else:
                 valid = features["text_mask"][n]
@@ -132,7 +134,8 @@ def grounding_evaluate(
         embedded = dict(zip(texts, phrase_embeddings(model, tokenizer, texts, phrase_mode, device)))
         bar = tqdm(total=len(images), unit="img", desc="grounding", disable=not progress, dynamic_ncols=True)
         for indices, pixels in loader:
-            patches = token_features(model, images=pixels.to(device=device, dtype=dtype))["image_tokens"].float()
+            patches = token_features(model, images=pixels.to(device=device, dtype=dtype),
+                                     normalize=phrase_mode not in _RAW_PATCH_MODES)["image_tokens"].float()
             input_size = tuple(pixels.shape[-2:])
             grid = grid_shape(patches.shape[1], input_size)
             for n, image_index in enumerate(indices.tolist()):
@@ -320,7 +323,9 @@ def add_grounding_parser(tasks: Any) -> None:
                         help="Write results JSON here, and the markdown table next to it (same name, .md).")
     parser.add_argument("--phrase-mode", choices=PHRASE_MODES, default="tokens",
                         help="tokens: mean over the phrase's valid tokens of token-patch similarity (default); "
-                             "pooled: similarity of the pooled phrase embedding.")
+                             "pooled: similarity of the pooled phrase embedding; cam: the pooled phrase embedding "
+                             "against the patch embeddings before normalisation (for a mean-pooled image tower, "
+                             "each patch's share of the image-phrase similarity).")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="Bootstrap resamples of the phrases for the CIs (default 1000; 0: no intervals).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap and the random maps (default 0).")

@@ -9,7 +9,12 @@ Goals, for the default `tier-openclip demo` on a 2-core CPU:
   (the phrase's embedding against the unnormalised patch embeddings: the demo's tower averages
   them into its image feature, so the CAM is each patch's share of the score CLIP's loss trains).
   Until 2026-12-02 this goal read the pooled-phrase cosine maps, which weigh every patch alike
-  whatever its length; they stay in the report and still point below the prior (README);
+  whatever its length; they stay in the report (README);
+- the same pointing game above the located prior's (the best guess from the phrase's location
+  words without the image: "left apical pneumothorax" -> the left apex), so that a model cannot
+  pass by reading the phrase alone;
+- the same pointing game on the phrases without location words above those phrases' image-free
+  prior: there only the image says where;
 - with a local-uniformity arm (issue 13): its patch embeddings not collapsed (mean within-sample
   cosine below 0.9).
 Prints one line per goal and exits 0 when all are met, 1 otherwise (2 for an unreadable file).
@@ -32,12 +37,21 @@ def check_goals(result: dict) -> list[tuple[str, bool, str]]:
     clip = result["summary"]["clip"]
     auc, pointing = clip["auc"]["mean"], clip["pointing_game_cam"]["mean"]
     prior = result["baselines"]["prior"]["pointing_game"]
+    located = result["baselines"].get("located_prior", {}).get("pointing_game")
+    unlocated = clip.get("pointing_game_cam_unlocated", {}).get("mean", float("nan"))
+    unlocated_prior = result["baselines"].get("unlocated", {}).get("prior")
     goals = [
         (f"wall time <= {MAX_WALL_SECONDS / 60:.0f} min", wall <= MAX_WALL_SECONDS, f"{wall / 60:.1f} min"),
         (f"clip mean zero-shot AUC >= {MIN_CLIP_AUC:.2f}", auc >= MIN_CLIP_AUC,
          f"{auc:.3f} ± {clip['auc']['sd']:.3f} over {len(clip['auc']['values'])} seeds"),
         ("clip pointing game (CAM maps) > image-free prior", prior is not None and pointing > prior,
          f"{pointing:.3f} vs prior {prior if prior is None else round(prior, 3)}"),
+        ("clip pointing game (CAM maps) > located prior (reads the phrase's location words, not the image)",
+         located is not None and pointing > located,
+         f"{pointing:.3f} vs located prior {located if located is None else round(located, 3)}"),
+        ("clip pointing game (CAM maps) on phrases without location words > their image-free prior",
+         unlocated_prior is not None and unlocated == unlocated and unlocated > unlocated_prior,
+         f"{unlocated:.3f} vs prior {unlocated_prior if unlocated_prior is None else round(unlocated_prior, 3)}"),
     ]
     if "local-uniformity" in result["summary"]:
         cosine = result["summary"]["local-uniformity"]["cos_patches"]["mean"]

@@ -11,8 +11,8 @@ sets) and the phantom (both in one folder); read by the zero-shot evaluator and 
     boxes.csv        grounding: image,finding,phrase,x0,y0,x1,y1: one row per box, in pixels of
                      the stored image, half-open; the rows of one (image, phrase) are one phrase
                      whose region is the union of its boxes
-    prior_boxes.csv  grounding, optional: finding,x0,y0,x1,y1: boxes of a training split
-                     (image-free prior)
+    prior_boxes.csv  grounding, optional: finding,x0,y0,x1,y1[,phrase]: boxes of a training split
+                     (image-free priors; with the phrase, also the located prior)
 
 A pixel (column c, row r) is inside a box when its centre (c + ½, r + ½) is.
 
@@ -41,6 +41,7 @@ BOX_FORMAT = "x0, y0, x1, y1 in pixels of the stored image, half-open"
 LABELS_CSV, BOXES_CSV, PRIOR_BOXES_CSV, META_JSON = "labels.csv", "boxes.csv", "prior_boxes.csv", "meta.json"
 BOX_COLUMNS = ("image", "finding", "phrase", "x0", "y0", "x1", "y1")
 PRIOR_COLUMNS = ("finding", "x0", "y0", "x1", "y1")
+PRIOR_PHRASE_COLUMN = "phrase"  # optional: the training phrase that named the box
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -76,8 +77,13 @@ def write_boxes_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
 
 
 def write_prior_boxes_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
-    """prior_boxes.csv from (finding, x0, y0, x1, y1) rows (boxes of a training split)."""
-    write_csv_atomic(path, PRIOR_COLUMNS, rows)
+    """prior_boxes.csv from (finding, x0, y0, x1, y1) or (finding, x0, y0, x1, y1, phrase) rows
+    (boxes of a training split; all rows of one file alike)."""
+    rows = [list(row) for row in rows]
+    with_phrase = bool(rows) and len(rows[0]) == len(PRIOR_COLUMNS) + 1
+    if any(len(row) != len(PRIOR_COLUMNS) + with_phrase for row in rows):
+        raise ValueError("prior_boxes.csv rows must all be (finding, x0, y0, x1, y1) or all add the phrase")
+    write_csv_atomic(path, (*PRIOR_COLUMNS, PRIOR_PHRASE_COLUMN) if with_phrase else PRIOR_COLUMNS, rows)
 
 
 # --- reading: shared ---------------------------------------------------------------------------
@@ -202,6 +208,7 @@ class GroundingSet:
     image_sizes: dict[str, tuple[int, int]]  # image -> (width, height)
     prior_boxes: dict[str, list[Box]] | None  # finding -> training boxes; None without prior_boxes.csv
     meta: dict[str, Any]
+    prior_phrases: dict[str, list[str]] | None = None  # finding -> each training box's phrase, when given
 
     @property
     def images(self) -> list[str]:
@@ -304,12 +311,17 @@ def read_grounding_set(data_dir: str | Path) -> GroundingSet:
     phrases = [GroundingPhrase(image, finding, phrase, tuple(boxes)) for (image, phrase), (finding, boxes) in grouped.items()]
     labels += sorted({p.finding for p in phrases} - set(labels))
 
-    prior = None
+    prior = prior_phrases = None
     prior_path = directory / PRIOR_BOXES_CSV
     if prior_path.is_file():
         prior = {}
-        for i, row in enumerate(_read_csv(prior_path, PRIOR_COLUMNS)):
+        prior_rows = _read_csv(prior_path, PRIOR_COLUMNS)
+        prior_phrases = {} if prior_rows and PRIOR_PHRASE_COLUMN in prior_rows[0] else None
+        for i, row in enumerate(prior_rows):
             finding = str(row["finding"] or "").strip()
             prior.setdefault(finding, []).append(_parse_box(row, f"{prior_path} row {i + 2}"))
+            if prior_phrases is not None:
+                prior_phrases.setdefault(finding, []).append(str(row[PRIOR_PHRASE_COLUMN] or "").strip())
     dataset = meta.get("dataset")
-    return GroundingSet(directory, str(dataset) if dataset else None, labels, phrases, sizes, prior, meta)
+    return GroundingSet(directory, str(dataset) if dataset else None, labels, phrases, sizes, prior, meta,
+                        prior_phrases)

@@ -188,19 +188,26 @@ def test_goals_script_reads_a_demo_json(tmp_path):
     spec = importlib.util.spec_from_file_location("demo_goals", path)
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
-    result = {"timings": {"total_seconds": 540.0}, "baselines": {"prior": {"pointing_game": 0.30}},
+    result = {"timings": {"total_seconds": 540.0},
+              "baselines": {"prior": {"pointing_game": 0.30}, "located_prior": {"pointing_game": 0.28},
+                            "unlocated": {"prior": 0.40, "located_prior": 0.40, "random": 0.1}},
               # the goal reads the CAM maps, not the token or pooled-cosine maps
               "summary": {"clip": {"auc": spread([0.82, 0.80, 0.81]), "pointing_game": spread([0.1, 0.1, 0.1]),
                                    "pointing_game_pooled": spread([0.1, 0.1, 0.1]),
-                                   "pointing_game_cam": spread([0.25, 0.35, 0.33])}}}
-    assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True]  # 0.31 > 0.30
+                                   "pointing_game_cam": spread([0.25, 0.35, 0.33]),
+                                   "pointing_game_cam_unlocated": spread([0.5, 0.5, 0.5])}}}
+    assert [met for _, met, _ in goals.check_goals(result)] == [True] * 5  # 0.31 > 0.30, 0.28; 0.5 > 0.4
+    result["baselines"]["located_prior"]["pointing_game"] = 0.32  # reading the phrase would beat the model
+    assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True, False, True]
+    result["summary"]["clip"]["pointing_game_cam_unlocated"] = spread([0.3, 0.4, 0.4])
+    assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True, False, False]
     result["summary"]["clip"]["auc"] = spread([0.82, 0.70, 0.81])
     result["timings"]["total_seconds"] = 601.0
     result["summary"]["clip"]["pointing_game_cam"] = spread([0.25, 0.30, 0.33])  # 0.293
     result["summary"]["clip"]["pointing_game_pooled"] = spread([0.5, 0.5, 0.5])
-    assert [met for _, met, _ in goals.check_goals(result)] == [False, False, False]
+    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 5
     result["summary"]["local-uniformity"] = {"cos_patches": spread([0.95, 0.97, 0.99])}
-    assert [met for _, met, _ in goals.check_goals(result)] == [False, False, False, False]
+    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 6
     result["summary"]["local-uniformity"] = {"cos_patches": spread([0.05, 0.1, 0.2])}
     assert goals.check_goals(result)[-1][1]
 
@@ -287,12 +294,18 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
         "zeroshot": {"means": {"all": {"mean_auc": 0.7 + 0.01 * seed}}, "labels": {"opacity": {"auc": 0.7}}},
         "grounding": {"overall": {"cnr": value, "pointing_game": value, "miou": value}, "num_phrases": 3,
                       "per_finding": {"opacity": {"pointing_game": value}},
+                      "by_location_words": {"without": {"baselines": {
+                          "prior": {"pointing_game": 0.35}, "located_prior": {"pointing_game": 0.35},
+                          "random": {"pointing_game": 0.1}}}},
                       "baselines": {"prior": {"cnr": 0.1, "pointing_game": 0.3, "miou": 0.1, "source": "train boxes",
                                               "per_finding": {"opacity": {"pointing_game": 0.3}}},
+                                    "located_prior": {"cnr": 0.2, "pointing_game": 0.4, "miou": 0.15, "source": "train boxes",
+                                                      "per_finding": {"opacity": {"pointing_game": 0.4}}},
                                     "random": {"cnr": 0.0, "pointing_game": 0.1, "miou": 0.05}}},
         "grounding_pooled": {"overall": {"cnr": value, "pointing_game": {"value": 0.6 + 0.01 * seed}, "miou": value}},
         "grounding_cam": {"overall": {"cnr": value, "pointing_game": {"value": 0.2 + 0.01 * seed}, "miou": value},
-                          "per_finding": {"opacity": {"pointing_game": {"value": 0.2 + 0.01 * seed}}}},
+                          "per_finding": {"opacity": {"pointing_game": {"value": 0.2 + 0.01 * seed}}},
+                          "by_location_words": {"without": {"pointing_game": {"value": 0.7 + 0.01 * seed}}}},
         "segmentation": _probe_result(informative=not local, seed=seed),
         "similarity": {"entropy_token_to_patch": 3.0, "entropy_patch_to_token": 2.0, "patches": 64,
                        "max_entropy_token_to_patch": math.log(64)},
@@ -350,11 +363,15 @@ def test_report_and_json_carry_probe_dice_and_collapse_for_every_arm(tmp_path, m
     assert "| within-sample cosine: patches |" in table and "| linear-probe mIoU |" in table
     assert f"empty head (nothing predicted) has Dice {seg['empty']['probe_dice']:.3f}" in report
     pooled_row = next(line for line in table.splitlines() if line.startswith("| pointing game (pooled-phrase maps) |"))
-    assert [c.strip() for c in pooled_row.strip("|").split("|")][2:] == ["0.605 ± 0.007", "0.605 ± 0.007", "0.300", "0.100"]
+    assert [c.strip() for c in pooled_row.strip("|").split("|")][2:] == ["0.605 ± 0.007", "0.605 ± 0.007", "0.300", "0.400", "0.100"]
     cam_row = next(line for line in table.splitlines() if line.startswith("| pointing game (CAM maps) |"))
-    assert [c.strip() for c in cam_row.strip("|").split("|")][2:] == ["0.205 ± 0.007", "0.205 ± 0.007", "0.300", "0.100"]
+    assert [c.strip() for c in cam_row.strip("|").split("|")][2:] == ["0.205 ± 0.007", "0.205 ± 0.007", "0.300", "0.400", "0.100"]
+    unlocated_row = next(line for line in table.splitlines() if line.startswith(
+        "| pointing game (CAM maps), phrases without location words |"))
+    assert [c.strip() for c in unlocated_row.strip("|").split("|")][2:] == ["0.705 ± 0.007", "0.705 ± 0.007", "0.350",
+                                                                            "0.350", "0.100"]
     per_finding = report.split("## Pointing game per finding, CAM maps")[1]
-    assert "| opacity | 0.205 ± 0.007 | 0.205 ± 0.007 | 0.300 |" in per_finding
+    assert "| opacity | 0.205 ± 0.007 | 0.205 ± 0.007 | 0.300 | 0.400 | – |" in per_finding
     assert "clip 0.505, not collapsed" in report and "local-uniformity 0.970, collapsed" in report
     paired = report.split("## Paired differences: local-uniformity − clip")[1]
     assert "| linear-probe Dice | " in paired.split("Rule:")[0]

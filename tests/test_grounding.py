@@ -267,6 +267,52 @@ def test_prior_is_the_mean_box_map_of_training_boxes_or_of_the_other_images(tmp_
     assert no_frame.reason == "prior_boxes.csv needs meta.json's image_size when the images differ in size"
 
 
+def test_location_words_are_the_phrases_words_that_say_where():
+    from tier_openclip.grounding.baselines import location_words
+
+    assert location_words("Small LEFT pleural effusion") == ("left",)
+    assert location_words("opacity in the right upper zone") == ("right", "upper")
+    assert location_words("5.5 cm bulla in the left middle zone") == ("left", "middle")
+    assert location_words("cardiomegaly") == () and location_words("leftover lefts") == ()
+
+
+def test_located_prior_reads_the_phrases_location_words_and_falls_back_to_the_finding(tmp_path):
+    """The located prior: the mean map of the same finding's boxes named with the same location
+    words (other images only, or training boxes with their phrases); without location words, or
+    with words no other box has, the finding's prior."""
+    rows = [("images/a.png", "effusion", "left pleural effusion", 0, 4, 4, 8),
+            ("images/b.png", "effusion", "small left pleural effusion", 0, 5, 3, 8),
+            ("images/c.png", "effusion", "right pleural effusion", 4, 4, 8, 8),
+            ("images/d.png", "effusion", "pleural effusion", 4, 6, 8, 8),
+            ("images/d.png", "opacity", "bilateral opacity", 0, 0, 8, 2)]
+    images = {f"images/{n}.png": dark(8, 8) for n in "abcd"}
+    box = lambda *b: region_mask([b], 8, 8).astype(float)  # noqa: E731
+    gset = read_grounding_set(make_set(tmp_path / "loo", images, rows))
+    located, plain = PriorMaps(gset, located=True), PriorMaps(gset)
+    np.testing.assert_array_equal(located.map("effusion", "images/a.png", "left pleural effusion"), box(0, 5, 3, 8))
+    everything_else = (box(0, 5, 3, 8) + box(4, 4, 8, 8) + box(4, 6, 8, 8)) / 3
+    np.testing.assert_array_equal(plain.map("effusion", "images/a.png", "left pleural effusion"), everything_else)
+    # no location words: the finding's prior; "right" on c only: nothing left but the finding's
+    np.testing.assert_array_equal(located.map("effusion", "images/a.png", "pleural effusion"), everything_else)
+    np.testing.assert_array_equal(located.map("effusion", "images/c.png", "right pleural effusion"),
+                                  (box(0, 4, 4, 8) + box(0, 5, 3, 8) + box(4, 6, 8, 8)) / 3)
+    np.testing.assert_array_equal(located.map("opacity", "images/d.png", "bilateral opacity"), np.zeros((8, 8)))
+    # training boxes with their phrases
+    prior = [("effusion", 0, 4, 4, 8, "left pleural effusion"), ("effusion", 4, 4, 8, 8, "Right pleural effusion"),
+             ("effusion", 4, 5, 8, 8, "moderate right pleural effusion")]
+    trained = read_grounding_set(make_set(tmp_path / "train", images, rows, prior=prior))
+    assert trained.prior_phrases == {"effusion": ["left pleural effusion", "Right pleural effusion",
+                                                  "moderate right pleural effusion"]}
+    located = PriorMaps(trained, located=True)
+    np.testing.assert_array_equal(located.map("effusion", "images/a.png", "right pleural effusion"),
+                                  (box(4, 4, 8, 8) + box(4, 5, 8, 8)) / 2)
+    np.testing.assert_array_equal(located.map("effusion", "images/a.png", "pleural effusion"),
+                                  (box(0, 4, 4, 8) + box(4, 4, 8, 8) + box(4, 5, 8, 8)) / 3)
+    unnamed = read_grounding_set(make_set(tmp_path / "unnamed", images, rows, prior=[p[:5] for p in prior]))
+    assert PriorMaps(unnamed, located=True).reason == "prior_boxes.csv has no phrase column"
+    assert PriorMaps(unnamed).reason is None and unnamed.prior_phrases is None
+
+
 def test_bootstrap_intervals_are_seeded_percentiles_of_resampled_means():
     values = np.array([[0.0], [1.0]])
     assert grounding.bootstrap_means(values, 2000, seed=0) == [[0.0, 1.0]]  # means 0, ½, 1 w.p. ¼, ½, ¼
@@ -319,7 +365,8 @@ def bright_set(tmp_path) -> Path:
     images = {name: bright(64, 64, box) for name, box in boxes.items()}
     images["images/wide.png"] = bright(96, 64, (56, 8, 72, 24))
     boxes["images/wide.png"] = (56, 8, 72, 24)
-    rows = [(name, "opacity" if i % 2 else "effusion", f"phrase {i}", *box) for i, (name, box) in enumerate(boxes.items())]
+    rows = [(name, "opacity" if i % 2 else "effusion", f"{'left ' if i < 2 else ''}phrase {i}", *box)
+            for i, (name, box) in enumerate(boxes.items())]
     return make_set(tmp_path / "bright", images, rows)
 
 
@@ -334,15 +381,22 @@ def test_a_model_that_sees_the_findings_points_at_them_and_beats_the_baselines(b
     assert results["overall"]["pointing_game"]["value"] == 1.0
     assert results["overall"]["miou"]["value"] > 0.5
     assert results["overall"]["cnr"]["value"] > 2.0
-    random, prior = results["baselines"]["random"], results["baselines"]["prior"]
-    assert prior["source"] == "leave-one-out" and "reason" not in prior
+    random, prior, located = (results["baselines"][name] for name in ("random", "prior", "located_prior"))
+    assert prior["source"] == located["source"] == "leave-one-out" and "reason" not in prior
     for metric in ("cnr", "pointing_game", "miou"):
-        assert results["overall"][metric]["value"] > max(random[metric], prior[metric])
+        assert results["overall"][metric]["value"] > max(random[metric], prior[metric], located[metric])
     assert random["pointing_game"] == pytest.approx(4 / 64)  # a 16-px box holds 2x2 of the 64 patch centres
     assert set(results["per_finding"]) == {"opacity", "effusion"} and results["per_finding"]["opacity"]["phrases"] == 3
     assert [p["pointing_game"] for p in results["phrases"]] == [1.0] * 6
     table = grounding.grounding_markdown(results)
     assert "| **Overall** | 6 | " in table and "leave-one-image-out" in table and "Random patch" in table
+    assert "| Located prior (mean box map of the finding's boxes named with the phrase's location words" in table
+    split = results["by_location_words"]
+    named = [p for p in results["phrases"] if grounding.location_words(p["phrase"])]
+    assert split["with"]["phrases"] == len(named) and split["with"]["phrases"] + split["without"]["phrases"] == 6
+    assert split["with"]["pointing_game"]["value"] == 1.0 and set(split["without"]["baselines"]) == {
+        "random", "prior", "located_prior"}
+    assert "| without location words |" in table
 
 
 def test_maps_of_a_real_model_are_its_token_patch_similarities_upsampled(tmp_path):

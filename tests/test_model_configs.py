@@ -77,10 +77,9 @@ def test_chexzero_config_takes_openai_vit_b_32_weights():
     assert shipped_config("TIER-CheXzero-ViT-B-32")["quick_gelu"] is True
 
 
-def test_tiny_resnet_cells_see_only_their_neighbourhood():
-    """The demo model's point (model_configs/README.md): a patch token depends only on the 39×39
-    input pixels around its cell, so a finding can raise the global similarity only through the
-    cells that cover it."""
+def test_tiny_resnet_cells_see_only_their_receptive_field():
+    """The demo model (model_configs/README.md): a patch token depends only on the input pixels
+    within 8·i ± 43 of its cell i (two stages of two basic blocks after a /2 stem)."""
     import open_clip
 
     from tier_openclip.models import register_model_configs
@@ -92,8 +91,9 @@ def test_tiny_resnet_cells_see_only_their_neighbourhood():
         torch.nn.init.normal_(parameter, 0.0, 0.2)
     images = torch.randn(1, 3, 64, 64)
     far, near = images.clone(), images.clone()
-    far[..., 20:, 20:] += 5.0  # cell (0, 0) sees rows and columns -19..19: 8·i ± 19 for cell i
-    near[..., 19:, 19:] += 5.0
+    far[..., 44:, :] += 5.0  # cell (0, 0) sees rows and columns -43..43
+    far[..., :, 44:] += 5.0
+    near[..., 43:, :] += 5.0
     with torch.no_grad():
         base, moved_far, moved_near = (token_features(model, x, normalize=False)["image_tokens"][0, 0]
                                        for x in (images, far, near))

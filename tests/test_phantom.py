@@ -456,7 +456,10 @@ def test_prompts_are_the_phrase_banks_and_the_evaluators_defaults():
         spec = FINDINGS_BY_NAME[site.name]
         for severity, size in itertools.product(spec.severities, np.linspace(*next(iter(spec.severities.values())), 5)):
             finding = PlannedFinding(*site, severity, float(size), 1.0, 0, "")
-            for phrase in phantom.phrase_options(finding):
+            options = phantom.phrase_options(finding)
+            assert options[0] == TERMS[site.name]  # the bare term, as the prompt says it
+            assert len(options) > 1
+            for phrase in options[1:]:  # the located phrases say where
                 assert phrase == phrase.lower() and TERMS[site.name] in phrase, phrase
                 assert all(word in phrase.split() for word in (site.side, site.zone) if word), (site, phrase)
                 if site.name in LUNG:

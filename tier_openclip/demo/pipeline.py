@@ -135,7 +135,8 @@ def _mean_step_seconds(timings: dict[str, dict]) -> dict[str, float]:
 def _per_finding_baselines(result: dict) -> dict:
     base = result["grounding"]["baselines"]
     findings = result["grounding"]["per_finding"]
-    return {f: {name: base[name].get("per_finding", {}).get(f, {}).get("pointing_game") for name in ("prior", "random")}
+    return {f: {name: base[name].get("per_finding", {}).get(f, {}).get("pointing_game") if name in base else None
+                for name in ("prior", "located_prior", "random")}
             for f in findings}
 
 

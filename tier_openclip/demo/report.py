@@ -58,13 +58,13 @@ def format_report(result: Mapping) -> str:
     """report.md of a demo run (run_demo's result)."""
     arms = list(result["summary"])
     base = result["baselines"]
-    prior, random = base.get("prior", {}), base.get("random", {})
+    prior, located, random = base.get("prior", {}), base.get("located_prior", {}), base.get("random", {})
     wall = result["timings"]["total_seconds"]
     lines = ["# tier-openclip demo: phantom chest X-rays", "", *_setup_lines(result),
              f"Wall time {wall / 60:.1f} min on {result['machine']['cpu']} ({result['machine']['cores']} cores).", "",
              "## Each arm (mean ± sd over seeds)", "",
-             "| metric | start (pre-trained) | " + " | ".join(arms) + " | image-free prior | random patch |",
-             "| --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
+             "| metric | start (pre-trained) | " + " | ".join(arms) + " | image-free prior | located prior | random patch |",
+             "| --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- | --- |"]
     start = result["start"]["metrics"]
     seg = base["segmentation"]
     for metric, label in METRICS.items():
@@ -72,8 +72,12 @@ def format_report(result: Mapping) -> str:
         grounding = _grounding_metric(metric)
         prior_cell = (_baseline(prior.get(grounding)) if grounding
                       else _baseline(seg["prior"][metric]) if metric in PROBE_METRICS else "–")
-        random_cell = _baseline(random.get(grounding)) if grounding else "–"
-        lines.append(f"| {label} | {start[metric]:.3f} | " + " | ".join(cells) + f" | {prior_cell} | {random_cell} |")
+        located_cell, random_cell = ((_baseline(b.get(grounding)) if grounding else "–") for b in (located, random))
+        if metric == "pointing_game_cam_unlocated":  # the baselines on the same phrases
+            prior_cell, located_cell, random_cell = (_baseline(base.get("unlocated", {}).get(name))
+                                                     for name in ("prior", "located_prior", "random"))
+        lines.append(f"| {label} | {start[metric]:.3f} | " + " | ".join(cells)
+                     + f" | {prior_cell} | {located_cell} | {random_cell} |")
     max_entropy = result["start"]["max_entropy_token_to_patch"]
     probe = seg["probe_config"]
     lines += [
@@ -85,7 +89,10 @@ def format_report(result: Mapping) -> str:
         "normalisation: this tower's image feature is the mean of its patch embeddings, so the CAM is each "
         "patch's share of the image–phrase score that CLIP's loss trains). The image-free prior points where "
         "the finding's training boxes usually are "
-        f"({prior.get('source', '?')}), the random patch is chance. Entropies at scale 1 over "
+        f"({prior.get('source', '?')}); the located prior reads the phrase but not the image: it points where "
+        "that finding's training boxes named with the same location words (\"left\", \"upper\", \"apical\"...) "
+        "usually are, the finding's prior for a phrase without them. The random patch is chance. "
+        "Entropies at scale 1 over "
         f"{result['start']['patches']} patches (at most ln {result['start']['patches']} = {max_entropy:.3f}); "
         "lower means sparser token→patch maps.",
         "",
@@ -119,12 +126,13 @@ def format_report(result: Mapping) -> str:
                  for arm in arms]
         lines.append(f"| {finding} | " + " | ".join(cells) + " |")
     lines += ["", "## Pointing game per finding, CAM maps (mean ± sd over seeds)", "",
-              "| finding | " + " | ".join(arms) + " | image-free prior | random patch |",
-              "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
+              "| finding | " + " | ".join(arms) + " | image-free prior | located prior | random patch |",
+              "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- | --- |"]
     for finding in result["per_finding_pointing_cam"][arms[0]]:
         cells = [_cell(result["per_finding_pointing_cam"][arm][finding]) for arm in arms]
-        lines.append(f"| {finding} | " + " | ".join(cells) + f" | {_baseline(base['per_finding'].get(finding, {}).get('prior'))} "
-                     f"| {_baseline(base['per_finding'].get(finding, {}).get('random'))} |")
+        baselines = base["per_finding"].get(finding, {})
+        lines.append(f"| {finding} | " + " | ".join(cells) + " | "
+                     + " | ".join(_baseline(baselines.get(name)) for name in ("prior", "located_prior", "random")) + " |")
     timings = result["timings"]
     lines += ["", "## Time", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings["stages"].items()]
@@ -144,7 +152,7 @@ def format_sweep(result: Mapping) -> str:
              f"({result['machine']['cores']} cores).", "",
              "Paired differences tier − clip (mean ± sd over seeds, with the reading by the rule below). "
              "The clip control: " + ", ".join(f"{METRICS[m]} {_cell(result['control'][m])}"
-                                               for m in ("auc", "cnr", "pointing_game")) + ".", "",
+                                               for m in ("auc", "cnr", "pointing_game", "pointing_game_cam")) + ".", "",
              "| λ | scale | " + " | ".join(METRICS[m] for m in SWEEP_COLUMNS) + " |",
              "| --- | --- | " + " | ".join("---" for _ in SWEEP_COLUMNS) + " |"]
     for row in result["grid"]:
@@ -154,7 +162,8 @@ def format_sweep(result: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-SWEEP_COLUMNS = ("auc", "cnr", "pointing_game", "pointing_game_cam", "entropy_token_to_patch")
+SWEEP_COLUMNS = ("auc", "cnr", "pointing_game", "pointing_game_cam", "pointing_game_cam_unlocated",
+                 "entropy_token_to_patch")
 
 
 def plot_sweep(result: Mapping, out_path: Path) -> None:

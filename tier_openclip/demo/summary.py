@@ -26,6 +26,7 @@ METRICS: dict[str, str] = {
     "cnr_cam": "grounding CNR (CAM maps)",
     "pointing_game_cam": "pointing game (CAM maps)",
     "miou_cam": "grounding mIoU (CAM maps)",
+    "pointing_game_cam_unlocated": "pointing game (CAM maps), phrases without location words",
     "entropy_token_to_patch": "H token→patch",
     "entropy_patch_to_token": "H patch→token",
     "probe_dice": "linear-probe Dice",
@@ -54,6 +55,7 @@ def metric_values(result: Mapping) -> dict[str, float]:
         "miou": float(grounding["miou"]["value"]),
         **{f"{metric}_{maps}": float(result[f"grounding_{maps}"]["overall"][metric]["value"])
            for maps in ("pooled", "cam") for metric in GROUNDING_METRICS},
+        "pointing_game_cam_unlocated": _unlocated(result["grounding_cam"]).get("pointing_game", {}).get("value", math.nan),
         "entropy_token_to_patch": float(similarity["entropy_token_to_patch"]),
         "entropy_patch_to_token": float(similarity["entropy_patch_to_token"]),
         **{metric: float(result["segmentation"]["probe"][name]["value"]) for metric, name in PROBE_METRICS.items()},
@@ -61,6 +63,11 @@ def metric_values(result: Mapping) -> dict[str, float]:
         **{f"cos_{unit}": math.nan if cosines[unit] is None else float(cosines[unit]) for unit in ("patches", "tokens",
                                                                                                    "sentences")},
     }
+
+
+def _unlocated(grounding: Mapping) -> Mapping:
+    """The numbers of the phrases without location words (grounding's by_location_words), or {}."""
+    return grounding.get("by_location_words", {}).get("without", {})
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -139,4 +146,7 @@ def baselines(result: Mapping) -> dict:
         out[name] = {m: entry.get(m) for m in ("cnr", "pointing_game", "miou")}
         if "source" in entry:
             out[name]["source"] = entry["source"]
+    # the same baselines on the phrases without location words only (their own row in reports)
+    out["unlocated"] = {name: entry.get("pointing_game")
+                        for name, entry in _unlocated(result["grounding"]).get("baselines", {}).items()}
     return out

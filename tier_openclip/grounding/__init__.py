@@ -8,7 +8,8 @@ evaluation layout (its one definition: ``data_prep/eval_layout.py``):
     boxes.csv        image,finding,phrase,x0,y0,x1,y1: one row per box, in pixels of the stored
                      image, half-open; the rows of one (image, phrase) are one phrase whose region
                      is the union of its boxes
-    prior_boxes.csv  optional finding,x0,y0,x1,y1: boxes of a training split (image-free prior)
+    prior_boxes.csv  optional finding,x0,y0,x1,y1[,phrase]: boxes of a training split (image-free
+                     prior; with their phrases, the located prior too)
 
 A pixel (column c, row r) is inside a box when its centre (c + ½, r + ½) is.
 
@@ -53,6 +54,14 @@ Baselines, always beside them, from the same metric functions on the same region
   in the frame of meta.json's image_size) or, without it, leave-one-image-out over the set itself
   (the finding's boxes on the other images; each box scaled from its image's size to the one it
   is drawn on). A reader sees whether a model beats "pointing where the finding usually is".
+- located prior: the best guess that reads the phrase but not the image — the mean box map of the
+  same finding's boxes whose phrases name the same location words ("left", "upper", "apical"...;
+  ``baselines.LOCATION_WORDS``), the finding's prior for a phrase without them. Training boxes
+  need prior_boxes.csv's optional ``phrase`` column. On the phantom, whose located phrases name
+  side and zone, it points better than the models do: the pointing game of a phrase that says
+  where measures the words as much as the map. ``by_location_words`` therefore repeats the
+  overall numbers and baselines for the phrases with and without location words; on the second
+  kind only the image can tell a model where to point.
 
 Modules: the set is read and written by ``data_prep.eval_layout`` (one owner of the layout for
 prep, the phantom and both evaluators); here ``metrics`` (pure), ``maps`` (patch grid to
@@ -61,7 +70,9 @@ Used three ways, with one results schema: ``tier-openclip eval grounding`` (JSON
 ``grounding_evaluate`` (Python) and ``grounding_during_training`` (``--tier-grounding DIR``).
 """
 
-from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_pointing, random_map_metrics
+from tier_openclip.grounding.baselines import (
+    LOCATION_WORDS, PRIOR_SOURCES, PriorMaps, chance_pointing, location_words, random_map_metrics,
+)
 from tier_openclip.grounding.evaluator import (
     PHRASE_MODES, add_grounding_parser, check_training_dir, grounding_during_training, grounding_evaluate,
     grounding_markdown, phrase_embeddings, run_grounding, summarise, training_metrics,
@@ -77,11 +88,11 @@ from tier_openclip.grounding.metrics import (
 )
 
 __all__ = [
-    "BOX_COLUMNS", "BOX_FORMAT", "BOXES_CSV", "CNR_EPS", "FORMAT", "META_JSON", "METRICS", "PHRASE_MODES",
+    "BOX_COLUMNS", "BOX_FORMAT", "BOXES_CSV", "CNR_EPS", "FORMAT", "LOCATION_WORDS", "META_JSON", "METRICS", "PHRASE_MODES",
     "PRIOR_BOXES_CSV", "PRIOR_COLUMNS", "PRIOR_SOURCES", "THRESHOLDS", "Box", "GroundingPhrase", "GroundingSet",
     "MapGeometry", "PriorMaps", "add_grounding_parser", "bootstrap_means", "box_covers_pixels", "chance_pointing",
     "check_training_dir", "cnr", "grid_shape", "grounding_during_training", "grounding_evaluate",
-    "grounding_markdown", "grounding_meta", "grounding_metrics", "input_frame", "miou", "phrase_embeddings",
+    "grounding_markdown", "grounding_meta", "grounding_metrics", "input_frame", "location_words", "miou", "phrase_embeddings",
     "pointing_game", "random_map_metrics", "read_grounding_set", "region_mask", "resize_mode_of", "run_grounding",
     "summarise", "training_metrics", "upsample_maps", "write_boxes_csv", "write_prior_boxes_csv",
 ]

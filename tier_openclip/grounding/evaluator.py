@@ -14,7 +14,7 @@ import numpy as np
 
 from tier_openclip.cli_common import add_model_flags
 from tier_openclip.data_prep.eval_layout import read_grounding_set, region_mask
-from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_pointing, random_map_metrics
+from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_pointing, location_words, random_map_metrics
 from tier_openclip.grounding.maps import MapGeometry, grid_shape, resize_mode_of, upsample_maps
 from tier_openclip.grounding.metrics import CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, grounding_metrics
 
@@ -49,6 +49,22 @@ def _baseline(per_phrase: Sequence[Mapping[str, Any]], key: str, labels: Sequenc
     by_finding = {f: means([r for r in per_phrase if r["finding"] == f]) for f in labels
                   if any(r["finding"] == f for r in per_phrase)}
     return {**means(per_phrase), "per_finding": by_finding}
+
+
+def _by_location_words(rows: Sequence[Mapping[str, Any]], priors: Sequence[str], bootstrap: int, seed: int,
+                       confidence: float) -> dict[str, Any]:
+    """The overall numbers and baselines of the phrases that name a location ("with") and of those
+    that do not ("without"): on the second kind the located prior is the finding's prior, and only
+    the image can tell a model where to point."""
+    out = {}
+    for kind, named in (("with", True), ("without", False)):
+        subset = [row for row in rows if bool(location_words(row["phrase"])) == named]
+        if subset:
+            overall, _ = summarise(subset, [], bootstrap, seed, confidence)
+            overall["baselines"] = {name: {m: float(np.mean([row[name][m] for row in subset])) for m in METRICS}
+                                    for name in ("random", *priors) if all(name in row for row in subset)}
+            out[kind] = overall
+    return out
 
 
 class _Images:
@@ -123,7 +139,7 @@ def grounding_evaluate(
     for index, phrase in enumerate(gset.phrases):
         by_image.setdefault(phrase.image, []).append(index)
     images = list(by_image)
-    prior = PriorMaps(gset)
+    priors = {"prior": PriorMaps(gset), "located_prior": PriorMaps(gset, located=True)}
     rng = np.random.default_rng(seed)
     per_phrase: list[dict[str, Any] | None] = [None] * len(gset.phrases)
     geometry = None
@@ -152,21 +168,25 @@ def grounding_evaluate(
                                            "boxes": len(phrase.boxes), **grounding_metrics(saliency, region)}
                     row["random"] = {"pointing_game": chance_pointing(region, geometry),
                                      **random_map_metrics(region, geometry, random_draws, rng)}
-                    if not prior.reason:
-                        row["prior"] = grounding_metrics(prior.map(phrase.finding, phrase.image), region)
+                    for name, prior in priors.items():
+                        if not prior.reason:
+                            row[name] = grounding_metrics(prior.map(phrase.finding, phrase.image, phrase.phrase), region)
                     per_phrase[k] = row
             bar.update(len(indices))
         bar.close()
 
     rows = [row for row in per_phrase if row is not None]
     overall, per_finding = summarise(rows, gset.labels, bootstrap, seed, confidence)
-    prior_entry: dict[str, Any] = {"source": prior.source}
-    if prior.reason:
-        prior_entry.update({m: None for m in METRICS}, reason=prior.reason)
-    else:
-        prior_entry.update(_baseline(rows, "prior", gset.labels))
-        if prior.missing:
-            prior_entry["missing_findings"] = prior.missing  # no training box: a flat (zero) map
+    prior_entries = {}
+    for name, prior in priors.items():
+        entry: dict[str, Any] = {"source": prior.source}
+        if prior.reason:
+            entry.update({m: None for m in METRICS}, reason=prior.reason)
+        else:
+            entry.update(_baseline(rows, name, gset.labels))
+            if prior.missing:
+                entry["missing_findings"] = prior.missing  # no training box: a flat (zero) map
+        prior_entries[name] = entry
     return {
         "dataset": gset.dataset,
         "data_dir": str(gset.directory),
@@ -176,7 +196,8 @@ def grounding_evaluate(
         "num_boxes": sum(row["boxes"] for row in rows),
         "overall": overall,
         "per_finding": per_finding,
-        "baselines": {"random": {**_baseline(rows, "random", gset.labels), "draws": random_draws}, "prior": prior_entry},
+        "by_location_words": _by_location_words(rows, list(priors), bootstrap, seed, confidence),
+        "baselines": {"random": {**_baseline(rows, "random", gset.labels), "draws": random_draws}, **prior_entries},
         "bootstrap": bootstrap,
         "seed": seed,
         "confidence": confidence,
@@ -185,7 +206,7 @@ def grounding_evaluate(
         "grid": list(geometry.grid) if geometry else None,
         "input_size": list(geometry.input_size) if geometry else None,
         "resize_mode": resize_mode,
-        "phrases": [{k: v for k, v in row.items() if k not in ("random", "prior")} for row in rows],
+        "phrases": [{k: v for k, v in row.items() if k not in ("random", *priors)} for row in rows],
     }
 
 
@@ -214,25 +235,41 @@ def grounding_markdown(results: Mapping[str, Any]) -> str:
                   f"seed {results['seed']}).", ""]
     baselines = results["baselines"]
     random, prior = baselines["random"], baselines["prior"]
-    lines += ["| Finding | Phrases | CNR | Pointing game | mIoU | Prior pointing | Chance pointing |",
-              "|:--|--:|--:|--:|--:|--:|--:|"]
+    located = baselines.get("located_prior", {"source": prior["source"], "reason": "not computed"})
+    lines += ["| Finding | Phrases | CNR | Pointing game | mIoU | Prior pointing | Located-prior pointing | "
+              "Chance pointing |", "|:--|--:|--:|--:|--:|--:|--:|--:|"]
     rows = [(name, entry, name) for name, entry in results["per_finding"].items()]
     rows.append(("**Overall**", results["overall"], None))
     for name, entry, finding in rows:
-        prior_values = prior.get("per_finding", {}).get(finding, {}) if finding else prior
-        random_values = random["per_finding"].get(finding, {}) if finding else random
+        prior_values, located_values, random_values = (
+            (base.get("per_finding", {}).get(finding, {}) if finding else base) for base in (prior, located, random))
         lines.append(f"| {name} | {entry['phrases']} | {_value(entry['cnr'])} | {_value(entry['pointing_game'])} | "
                      f"{_value(entry['miou'])} | {_number(prior_values.get('pointing_game'))} | "
-                     f"{_number(random_values.get('pointing_game'))} |")
+                     f"{_number(located_values.get('pointing_game'))} | {_number(random_values.get('pointing_game'))} |")
     source = "training boxes" if prior["source"] == PRIOR_SOURCES["train"] else "leave-one-image-out over this set"
     lines += ["", "Baselines, the same metrics on the same regions:", "",
               "| Baseline | CNR | Pointing game | mIoU |", "|:--|--:|--:|--:|",
               f"| Image-free prior (mean box map of the finding, {source}) | {_number(prior.get('cnr'))} | "
               f"{_number(prior.get('pointing_game'))} | {_number(prior.get('miou'))} |",
+              f"| Located prior (mean box map of the finding's boxes named with the phrase's location words, {source}) | "
+              f"{_number(located.get('cnr'))} | {_number(located.get('pointing_game'))} | {_number(located.get('miou'))} |",
               f"| Random patch (chance; CNR and mIoU of {random.get('draws', '?')} random maps per phrase) | "
               f"{_number(random['cnr'])} | {_number(random['pointing_game'])} | {_number(random['miou'])} |"]
     if prior.get("reason"):
         lines += ["", f"No prior baseline: {prior['reason']}."]
+    if located.get("reason") and not prior.get("reason"):
+        lines += ["", f"No located prior: {located['reason']}."]
+    split = results.get("by_location_words", {})
+    if split:
+        lines += ["", "Phrases with and without location words (without them only the image says where):", "",
+                  "| Phrases | Count | Pointing game | CNR | Prior pointing | Located-prior pointing | Chance pointing |",
+                  "|:--|--:|--:|--:|--:|--:|--:|"]
+        for kind, entry in split.items():
+            base = entry["baselines"]
+            lines.append(f"| {kind} location words | {entry['phrases']} | {_value(entry['pointing_game'])} | "
+                         f"{_value(entry['cnr'])} | "
+                         + " | ".join(_number(base.get(name, {}).get("pointing_game"))
+                                      for name in ("prior", "located_prior", "random")) + " |")
     if prior.get("missing_findings"):
         lines += ["", f"No training boxes for: {', '.join(prior['missing_findings'])} (flat prior map)."]
     return "\n".join(lines) + "\n"
@@ -244,13 +281,14 @@ def _slug(text: str) -> str:
 
 def training_metrics(results: Mapping[str, Any], dataset: str) -> dict[str, float]:
     """Flat names as logged during training: '<dataset>-grounding-<metric>' (overall),
-    '<dataset>-grounding-<metric>-<finding>', and the baselines' '<dataset>-grounding-prior-<metric>'
-    and '<dataset>-grounding-random-<metric>'."""
+    '<dataset>-grounding-<metric>-<finding>', and the baselines' '<dataset>-grounding-prior-<metric>',
+    '<dataset>-grounding-located-prior-<metric>' and '<dataset>-grounding-random-<metric>'."""
     metrics = {f"{dataset}-grounding-{_slug(m)}": results["overall"][m]["value"] for m in METRICS}
     for finding, entry in results["per_finding"].items():
         metrics.update({f"{dataset}-grounding-{_slug(m)}-{_slug(finding)}": entry[m]["value"] for m in METRICS})
     for name, baseline in results["baselines"].items():
-        metrics.update({f"{dataset}-grounding-{name}-{_slug(m)}": baseline[m] for m in METRICS if baseline.get(m) is not None})
+        metrics.update({f"{dataset}-grounding-{_slug(name)}-{_slug(m)}": baseline[m] for m in METRICS
+                        if baseline.get(m) is not None})
     return metrics
 
 

@@ -179,8 +179,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
             shards.write_sizes(out / split, split_plans, records)
             summary[f"{split}_shards"] = str(out / shards.shard_urls(split, len(split_plans)))
             summary[f"num_{split}"] = counts[split]
-        train_boxes = [(f["name"], tuple(f["box"])) for _, _, record in _samples(out / "train", plans["train"], records,
-                                                                                  with_images=False)
+        train_boxes = [(f["name"], tuple(f["box"]), f["phrase"])
+                       for _, _, record in _samples(out / "train", plans["train"], records, with_images=False)
                        for f in record["findings"]]
         eval_dir, label_counts, test_boxes = _write_eval_set(out, plans["test"], records, config, summary, train_boxes)
         seg_rows = itertools.chain(
@@ -191,7 +191,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
                                 background=source)
         summary.update(seg_dir=str(seg_dir), seg_target=SEG_TARGET)
     summary.update(eval_dir=str(eval_dir), grounding_dir=str(eval_dir), counts=label_counts,
-                   prior_pointing_game=prior_pointing(train_boxes, test_boxes, config.image_size))
+                   prior_pointing_game=prior_pointing([(name, box) for name, box, _ in train_boxes], test_boxes,
+                                                      config.image_size))
     return summary
 
 
@@ -228,7 +229,7 @@ def _samples(split_dir: Path, plans: Sequence[shards.ShardPlan], records: Mappin
 
 
 def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mapping[str, shards.ShardRecord],
-                    config: PhantomConfig, summary: Mapping, train_boxes: Sequence[tuple[str, tuple]]
+                    config: PhantomConfig, summary: Mapping, train_boxes: Sequence[tuple[str, tuple, str]]
                     ) -> tuple[Path, dict, list[tuple[str, tuple]]]:
     """``test_eval/`` from the test shards as written. Read back rather than kept from rendering:
     data_prep's writer consumes the render results itself, a rerun keeps finished shards without
@@ -256,7 +257,7 @@ def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mappi
                      "unknown": 0} for j, name in enumerate(FINDING_NAMES)}
     write_labels_csv(eval_dir / LABELS_CSV, FINDING_NAMES, label_rows, lineterminator="\n")
     write_boxes_csv(eval_dir / BOXES_CSV, box_rows)
-    write_prior_boxes_csv(eval_dir / PRIOR_BOXES_CSV, [[name, *box] for name, box in train_boxes])
+    write_prior_boxes_csv(eval_dir / PRIOR_BOXES_CSV, [[name, *box, phrase] for name, box, phrase in train_boxes])
     write_json_atomic(eval_dir / "prompts.json", summary["prompts"])
     meta = grounding_meta(
         "phantom", FINDING_NAMES, config.image_size,

@@ -6,9 +6,14 @@ One bank (``PHRASES``) gives every word the benchmark uses about a finding:
   word of every positive phrase; its negation "no {term}" is the negative prompt and the
   commonest negative sentence of the captions (CheXzero's "{x}" vs "no {x}" test then asks
   what the captions taught);
-- located ``phrases`` ("{severity} {side} pleural effusion", "opacity in the {side} {zone}
-  zone"): how a caption names a present finding and where it is. The phrase a caption uses is
-  the grounded phrase of that finding in the grounding set (boxes.csv ``phrase``).
+- ``phrases``: how a caption names a present finding — the bare term ("pleural effusion", as
+  the zero-shot prompt says it) or a located phrase that also says where ("{severity} {side}
+  pleural effusion", "opacity in the {side} {zone} zone"). The phrase a caption uses is the
+  grounded phrase of that finding in the grounding set (boxes.csv ``phrase``). The bare term
+  puts the prompt's words in the captions (without it, "pleural effusion." alone is a text the
+  text tower never saw, and zero-shot AUC swung with the prompt's exact form:
+  benchmarks/results/model-choice-amd-epyc-2cpu/), and a grounded phrase without location
+  words can be found only by looking at the image.
 
 A caption states every present finding once (one positive sentence around its phrase), negates
 each absent category with probability ``negation_prob`` (mostly as "No {term}."), sometimes
@@ -42,18 +47,18 @@ class CategoryPhrases:
 PHRASES: dict[str, CategoryPhrases] = {
     "opacity": CategoryPhrases(
         "opacity",
-        ("{side} {zone} zone opacity", "{severity} {side} {zone} zone opacity",
+        ("opacity", "{side} {zone} zone opacity", "{severity} {side} {zone} zone opacity",
          "opacity in the {side} {zone} zone", "{severity} opacity in the {side} {zone} zone"),
         ("No focal consolidation.",),
     ),
     "bulla": CategoryPhrases(
         "bulla",
-        ("{side} {zone} zone bulla", "{cm} cm {side} {zone} zone bulla", "{cm} cm bulla in the {side} {zone} zone",
+        ("bulla", "{side} {zone} zone bulla", "{cm} cm {side} {zone} zone bulla", "{cm} cm bulla in the {side} {zone} zone",
          "large bulla in the {side} {zone} zone"),
     ),
     "pleural effusion": CategoryPhrases(
         "pleural effusion",
-        ("{side} pleural effusion", "{severity} {side} pleural effusion"),
+        ("pleural effusion", "{side} pleural effusion", "{severity} {side} pleural effusion"),
         ("The costophrenic angles are sharp.",),
     ),
     "cardiomegaly": CategoryPhrases(
@@ -61,7 +66,7 @@ PHRASES: dict[str, CategoryPhrases] = {
     ),
     "pneumothorax": CategoryPhrases(
         "pneumothorax",
-        ("{side} pneumothorax", "{severity} {side} pneumothorax", "{side} apical pneumothorax",
+        ("pneumothorax", "{side} pneumothorax", "{severity} {side} pneumothorax", "{side} apical pneumothorax",
          "{severity} {side} apical pneumothorax"),
     ),
 }

@@ -167,7 +167,9 @@ def test_the_scale_bound_is_where_tier_entropies_stop_vanishing():
     at_bound = token_patch_entropy_reference(text, image, None, MAX_TIER_SCALE)
     saturated = token_patch_entropy_reference(text, image, None, 1e6)
     assert all(bool((h > 0.1).all()) for h in at_bound)
-    assert all(bool((h == 0).all()) for h in saturated)
+    # Saturated softmaxes leave only float dust, whose size depends on the CPU's kernels (0 on
+    # one VM, 2e-5 on another): "vanishing" is five orders below the bound's 0.1.
+    assert all(bool((h < 1e-4).all()) for h in saturated)
 
 
 # --- evaluation folders at start-up (§5) -----------------------------------------------------------

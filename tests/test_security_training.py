@@ -101,6 +101,8 @@ def test_full_flags_and_open_clips_own_abbreviations_still_parse(params):
     (["--loss", "local-uniformity", "--tier-impl", "torch"], "--tier-impl", "tier", "local-uniformity"),
     (["--lu-uniform-weight", "1"], "--lu-uniform-weight", "tier or local-uniformity", "clip"),
     (["--siglip", "--tier-token-mask", "all"], "--tier-token-mask", "tier or local-uniformity", "clip"),
+    (["--loss", "local-uniformity", "--tier-diagnostics-every", "5"], "--tier-diagnostics-every", "tier",
+     "local-uniformity"),
 ])
 def test_loss_flags_without_their_loss_stop_the_run(params, capsys, argv, flag, allowed, loss):
     first = allowed.split(" or ")[0]
@@ -120,6 +122,8 @@ def test_flags_that_act_with_the_chosen_loss_parse(params, tmp_path):
     assert (both.lu_uniform_weight, both.lu_t, both.tier_token_mask) == (0.2, 1.0, "all")
     lu = params.parse_args(["--loss", "local-uniformity", "--tier-token-mask", "all", "--lu-temperature", "0.05"])
     assert (lu.tier_token_mask, lu.lu_temperature) == ("all", 0.05)
+    assert params.parse_args(["--loss", "tier", "--tier-diagnostics-every", "50"]).tier_diagnostics_every == 50
+    assert params.parse_args(["--loss", "tier"]).tier_diagnostics_every == 0  # off by default
     clip = params.parse_args(["--tier-zeroshot-chexpert", str(write_set(tmp_path / "set"))])  # evaluation: any loss
     assert clip.loss == "clip" and clip.tier_zeroshot_chexpert == str(tmp_path / "set")
 
@@ -139,6 +143,7 @@ def test_flags_that_act_with_the_chosen_loss_parse(params, tmp_path):
                               "saturate and the entropies underflow to exactly 0, which switches TIER off. Use at "
                               "most 100 (open_clip's cap on its own logit scale), or 'logit'"),
     (["--tier-scale", "100.5"], "--tier-scale 100.5 is above 100"),
+    (["--tier-diagnostics-every", "-1"], "--tier-diagnostics-every -1: must be a finite number >= 0"),
 ])
 def test_bad_numbers_stop_the_run(params, capsys, argv, message):
     err = refused(params, ["--loss", "tier", *argv], capsys)

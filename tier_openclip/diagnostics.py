@@ -53,7 +53,8 @@ def token_map_stats(
         # The reference implementation is TIER's definition; the Triton kernel is held to it.
         h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, scale, impl="torch")
         dtype = torch.promote_types(text_tokens.dtype, torch.float32)
-        scores = scale * torch.einsum("ntd,npd->ntp", text_tokens.to(dtype), image_tokens.to(dtype))
+        with torch.autocast(text_tokens.device.type, enabled=False):  # the training loop may run under AMP
+            scores = scale * torch.einsum("ntd,npd->ntp", text_tokens.to(dtype), image_tokens.to(dtype))
         probs = torch.softmax(scores, dim=2)  # token→patch, (N, T, P)
         k = min(top_k, num_patches)
         top = probs.topk(k, dim=2).values  # sorted, largest first

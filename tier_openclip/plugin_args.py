@@ -40,6 +40,7 @@ _RANGES = {
     "lu_uniform_weight": (0.0, True),
     "lu_temperature": (0.0, False),
     "lu_t": (0.0, False),
+    "tier_diagnostics_every": (0, True),
 }
 
 

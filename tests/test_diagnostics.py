@@ -180,3 +180,30 @@ def test_manipulation_check_on_an_open_clip_model_matches_its_parts():
     ratio = gradient_norm_ratio(loss, out, [p for p in model.parameters() if p.requires_grad])
     assert check["tier_grad_ratio"] == pytest.approx(ratio["tier_grad_ratio"], rel=1e-5)
     assert check["max_entropy_token_patch"] == math.log(64)
+
+
+@pytest.mark.parametrize("directions", [("text", "image"), ("text",)])
+def test_auto_lambda_hits_the_target_ratio_once_and_records_it(tmp_path, directions):
+    import argparse
+    import json
+
+    from tier_openclip.auto_lambda import RECORD, AutoLambda, recorded_lambda
+
+    (tmp_path / "params.txt").write_text("loss: tier\n")
+    args = argparse.Namespace(rank=0, checkpoint_path=str(tmp_path / "checkpoints"), resume=None)
+    model, loss = Towers(), TierLoss(0.0, 0.25, impl="torch")
+    if "image" in directions:
+        loss.lambda_image = 0.0
+    loss.lambda_calibration = AutoLambda(args, directions, target=0.2)
+    loss.lambda_calibration.params = list(model.parameters())
+    loss(**model(), output_dict=True)
+
+    assert loss.lambda_calibration is None and loss.lambda_text > 0
+    ratio = gradient_norm_ratio(loss, model(), list(model.parameters()))
+    key = "tier_grad_ratio" if len(directions) == 2 else "tier_grad_ratio_text"
+    assert ratio[key] == pytest.approx(0.2, rel=1e-12)
+    assert loss.lambda_image == (loss.lambda_text if "image" in directions else 0.25)
+    record = json.loads((tmp_path / "checkpoints" / RECORD).read_text())
+    assert record["lambda"] == loss.lambda_text and recorded_lambda(args) == loss.lambda_text
+    assert f"tier_lambda_text_auto: {loss.lambda_text}\n" in (tmp_path / "params.txt").read_text()
+    assert all(p.grad is None for p in model.parameters())

@@ -195,3 +195,20 @@ def test_diagnostics_logger_measures_the_loss_call_every_n_steps_and_logs_them(t
     assert lines[0]["diag_tier_grad_ratio"] > 0 and lines[0]["diag_max_entropy_token_patch"] == pytest.approx(1.791759, abs=1e-6)
     assert "tier-openclip diagnostics step 6: diag_entropy_token_patch: " in caplog.text
     assert weight.grad is None
+
+
+def test_auto_lambda_is_measured_once_or_read_back_on_resume(params, tmp_path):
+    import json
+
+    import open_clip
+
+    from tier_openclip.auto_lambda import RECORD, AutoLambda
+
+    args = _args(params, "--loss", "tier", "--tier-lambda-image", "auto", "--tier-lambda-text", "0.3")
+    args.checkpoint_path, args.resume = str(tmp_path), None
+    fresh = open_clip.create_loss(args)
+    assert isinstance(fresh.lambda_calibration, AutoLambda) and fresh.lambda_calibration.directions == ("image",)
+    assert (fresh.lambda_text, fresh.lambda_image) == (0.3, 0.0)
+    (tmp_path / RECORD).write_text(json.dumps({"lambda": 7.5}))
+    resumed = open_clip.create_loss(args)
+    assert resumed.lambda_calibration is None and (resumed.lambda_text, resumed.lambda_image) == (0.3, 7.5)

@@ -166,3 +166,25 @@ def test_tier_diagnostics_are_logged_and_leave_training_bit_identical(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     assert losses(off) == losses(on)
+
+
+def test_auto_lambda_hits_its_target_ratio_and_a_resume_keeps_it(tmp_path, data):
+    model = model_dir(tmp_path, "vit")
+    auto = ("--loss", "tier", "--tier-lambda-text", "auto", "--tier-lambda-image", "auto", "--tier-target-ratio", "0.2",
+            "--tier-diagnostics-every", "1")
+    run = train(tmp_path, model, data, *auto)
+    log = (run / "out.log").read_text()
+    chosen = re.findall(r"--tier-lambda-text and --tier-lambda-image auto: λ = ([0-9.e+-]+) \(TIER/contrastive "
+                        r"gradient ratio [0-9.e-]+ at λ 1 on the first batch, target 0.2\), fixed", log)
+    assert len(chosen) == 1
+    # The diagnostics of that same first step measure the chosen λ: the target, up to float32 rounding.
+    first = json.loads((run / "checkpoints" / "results.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and abs(first["diag_tier_grad_ratio"] - 0.2) < 1e-4
+    recorded = re.findall(r"tier_lambda_(text|image)_auto: ([0-9.e+-]+)", (run / "params.txt").read_text())
+    assert [d for d, _ in recorded] == ["text", "image"]
+    assert all(abs(float(value) / float(chosen[0]) - 1) < 1e-5 for _, value in recorded)
+
+    resumed = train(tmp_path, model, data, *auto, "--epochs", "2", "--resume", "latest")
+    log = (resumed / "out.log").read_text()
+    assert re.search(rf"auto: λ = {re.escape(chosen[0])}, as chosen at the start of the resumed run", log)
+    assert log.count("on the first batch") == 1  # the first run's line only: no new measurement

@@ -113,6 +113,8 @@ class ContrastiveTokenLoss(nn.Module):
         )
         self.metrics_hook: MetricsHook | None = None
         self.diagnostics_hook: DiagnosticsHook | None = None
+        # (loss, contrastive term, mean h_text, mean h_image) -> None; sets lambda_* (tier_openclip.auto_lambda)
+        self.lambda_calibration: Callable[..., None] | None = None
 
     def forward(
         self,
@@ -150,6 +152,8 @@ class ContrastiveTokenLoss(nn.Module):
         metrics: dict[str, Tensor] = {}
         if self.with_tier:
             h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, scale, self.impl)
+            if self.lambda_calibration is not None:  # --tier-lambda-* auto: sets the λ once, from this batch
+                self.lambda_calibration(self, losses["contrastive_loss"], h_text.mean(), h_image.mean())
             losses["tier_text_loss"] = self.lambda_text * h_text.mean()
             losses["tier_image_loss"] = self.lambda_image * h_image.mean()
             metrics["tier_text_entropy"] = h_text.detach().mean()

@@ -41,10 +41,14 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     group.add_argument("--loss", choices=LOSSES, default="clip",
                        help="Training loss: open_clip's own (clip, or SigLIP with --siglip), "
                             "TIER (tier), or local alignment + uniformity (local-uniformity). Default: clip.")
-    group.add_argument("--tier-lambda-text", type=float, default=0.1,
-                       help="Weight of the mean token→patch entropy (default: 0.1).")
-    group.add_argument("--tier-lambda-image", type=float, default=0.1,
-                       help="Weight of the mean patch→token entropy (default: 0.1).")
+    group.add_argument("--tier-lambda-text", type=_tier_lambda, default=0.1, metavar="{L,auto}",
+                       help="Weight of the mean token→patch entropy (default: 0.1), or 'auto' (see --tier-target-ratio).")
+    group.add_argument("--tier-lambda-image", type=_tier_lambda, default=0.1, metavar="{L,auto}",
+                       help="Weight of the mean patch→token entropy (default: 0.1), or 'auto' (see --tier-target-ratio).")
+    group.add_argument("--tier-target-ratio", type=float, default=0.1, metavar="R",
+                       help="With --tier-lambda-* auto: the λ (one for the auto terms) that makes their gradient R "
+                            "times the contrastive loss's on the trainable parameters, measured on the first batch "
+                            "and fixed for the run (kept on --resume). Default: 0.1.")
     group.add_argument("--tier-scale", type=_tier_scale, default=1.0, metavar="{S,logit}",
                        help="Scale of the cosine similarities inside the entropies: a positive number, or "
                             "'logit' for the model's own learned logit scale (detached: TIER does not train "
@@ -82,6 +86,15 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="Grounding set (`tier-openclip prep ms-cxr`, or the demo's phantom test set): CNR, "
                             "pointing game and mIoU every --zeroshot-frequency epochs.")
     return parser
+
+
+def _tier_lambda(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)  # a range error (negative, nan) is plugin_args's to report
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _tier_scale(text: str) -> float | str:
@@ -142,6 +155,7 @@ def build_loss(args: argparse.Namespace):
     local alignment and uniformity terms) and their flags describe."""
     import torch
 
+    from tier_openclip import auto_lambda
     from tier_openclip.entropy import resolve_impl
     from tier_openclip.local_uniformity import LocalUniformityTerms, collapse_is_stable
     from tier_openclip.loss import ContrastiveTokenLoss, TierLoss
@@ -172,9 +186,9 @@ def build_loss(args: argparse.Namespace):
             sentence_vocab=_sentence_vocab(args) if args.lu_text_units == "sentences" else None,
         )
     loss_class = TierLoss if args.loss == "tier" else ContrastiveTokenLoss
-    return loss_class(
-        lambda_text=args.tier_lambda_text,
-        lambda_image=args.tier_lambda_image,
+    loss = loss_class(
+        lambda_text=0.0 if args.tier_lambda_text == "auto" else args.tier_lambda_text,
+        lambda_image=0.0 if args.tier_lambda_image == "auto" else args.tier_lambda_image,
         scale=args.tier_scale,
         impl=args.tier_impl,
         token_mask=args.tier_token_mask,
@@ -182,6 +196,15 @@ def build_loss(args: argparse.Namespace):
         siglip=args.siglip,
         **dataclasses.asdict(adapter.contrastive_args_from(args)),
     )
+    if args.loss == "tier" and auto_lambda.auto_directions(args):
+        directions = auto_lambda.auto_directions(args)
+        recorded = auto_lambda.recorded_lambda(args)
+        if recorded is None:
+            loss.lambda_calibration = auto_lambda.AutoLambda(args, directions, args.tier_target_ratio)
+        else:
+            auto_lambda.set_lambda(loss, directions, recorded)
+            logger.info("tier-openclip: --tier-lambda-* auto: λ = %.6g, as chosen at the start of the resumed run", recorded)
+    return loss
 
 
 def _sentence_vocab(args: argparse.Namespace):
@@ -280,8 +303,10 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
         if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
             loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
+            params = [p for p in model.parameters() if p.requires_grad]
+            if loss.lambda_calibration is not None:
+                loss.lambda_calibration.params = params
             if getattr(args, "tier_diagnostics_every", 0) and loss.with_tier:
-                params = [p for p in model.parameters() if p.requires_grad]
                 loss.diagnostics_hook = TierDiagnosticsLogger(
                     args, tb_writer, epoch, data["train"].dataloader.num_batches, params)
         result = original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)

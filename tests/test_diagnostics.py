@@ -124,6 +124,14 @@ def test_gradient_ratio_equals_separate_backward_passes(token_mask):
     assert 0 < ratio["tier_grad_ratio"] < ratio["tier_grad_ratio_text"] + ratio["tier_grad_ratio_image"]
 
 
+def test_a_loss_scale_changes_no_figure():
+    model, loss = Towers(), TierLoss(0.1, 0.1, impl="torch")
+    losses = loss(**model(), output_dict=True)
+    plain = gradient_ratio_of_terms(losses, list(model.parameters()))
+    scaled = gradient_ratio_of_terms(losses, list(model.parameters()), loss_scale=2.0 ** 16)
+    assert scaled == pytest.approx(plain, rel=1e-12)
+
+
 def test_the_ratio_writes_no_grad_and_leaves_the_graph_for_training():
     model, loss = Towers(), TierLoss(0.1, 0.1, impl="torch")
     losses = loss(**model(), output_dict=True)

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import importlib
 import logging
+import math
 import sys
 from typing import Any, Callable
 
@@ -291,10 +292,13 @@ class TierDiagnosticsLogger(TrainMetricsLogger):
         # Every rank computes: with --gather-with-grad the contrastive gradient crosses ranks.
         loss_scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
         try:
-            values = {**token_map_stats(**tier_inputs), **gradient_ratio_of_terms(losses, self.params, loss_scale)}
+            ratio = gradient_ratio_of_terms(losses, self.params, loss_scale)
+            if loss_scale != 1.0 and not all(math.isfinite(value) for value in ratio.values()):
+                ratio = gradient_ratio_of_terms(losses, self.params)  # the scale overflowed (the scaler skips this step)
         except ValueError as exc:  # a diagnostic must never stop a training run
             logging.warning("tier-openclip diagnostics step %d skipped: %s", step, exc)
             return
+        values = {**token_map_stats(**tier_inputs), **ratio}
         if self.args.rank == 0:
             values = {f"diag_{name}": value for name, value in values.items()}
             self._log(values, step, what="diagnostics step", fmt=".5g")

@@ -177,9 +177,12 @@ def test_manipulation_check_on_an_open_clip_model_matches_its_parts():
     loss = TierLoss(0.1, 0.1, scale="logit", impl="torch")
     hook_calls = []
     loss.metrics_hook = hook_calls.append
+    loss.lambda_calibration = lambda *args: hook_calls.append(args)  # a pending auto λ: not set from this batch
     check = manipulation_check(model, loss, images, texts, top_k=3)
 
     assert hook_calls == [] and all(p.grad is None for p in model.parameters())
+    assert loss.metrics_hook is not None and loss.lambda_calibration is not None  # restored
+    loss.metrics_hook = loss.lambda_calibration = None
     out = token_features(model, images, texts)
     scale = model.logit_scale.exp().detach()
     assert check["top1_mass"] == pytest.approx(

@@ -5,8 +5,9 @@
   how much room the maps have to move.
 - ``gradient_norm_ratio`` / ``gradient_ratio_of_terms``: ‖∇ TIER's terms‖ / ‖∇ contrastive term‖
   with respect to given tensors, e.g. the trainable parameters. At the paper's setting (λ 0.1,
-  scale 1) it was 0.36% on the parameters: TIER then barely moves the model, and a null result
-  says nothing about the hypothesis.
+  scale 1) it is a fraction of a percent (0.03% for the demo's model at initialisation,
+  benchmarks/results/diagnostics-amd-epyc-2cpu.json): TIER then barely moves the model, and a
+  null result says nothing about the hypothesis.
 
 Where to measure the ratio: on the parameters (what the optimizer sees), or on a tensor that both
 the pooled features and the tokens are computed from. Not on the model's ``image_tokens`` /
@@ -135,17 +136,19 @@ def tier_call(loss: ContrastiveTokenLoss, model_out: Mapping[str, Tensor]) -> tu
     """``loss(**model_out, output_dict=True)`` and TIER's inputs as TIER saw them (text_tokens,
     image_tokens, text_mask, scale: windowed by --tier-token-mask all, the detached logit scale).
 
-    The loss's own hooks are paused for the call, so a training logger attached to it counts nothing.
+    The loss's own hooks (and a pending --tier-lambda-* auto calibration) are paused for the call,
+    so a training logger attached to it counts nothing and no λ is set from this batch.
     """
     if not getattr(loss, "with_tier", False):
         raise ValueError(f"the TIER diagnostics need a TierLoss (--loss tier), got {type(loss).__name__}")
     seen: list[dict] = []
-    hooks = loss.metrics_hook, loss.diagnostics_hook
-    loss.metrics_hook, loss.diagnostics_hook = None, lambda _losses, tier_inputs: seen.append(tier_inputs)
+    hooks = loss.metrics_hook, loss.diagnostics_hook, loss.lambda_calibration
+    loss.metrics_hook, loss.lambda_calibration = None, None
+    loss.diagnostics_hook = lambda _losses, tier_inputs: seen.append(tier_inputs)
     try:
         losses = loss(**model_out, output_dict=True)
     finally:
-        loss.metrics_hook, loss.diagnostics_hook = hooks
+        loss.metrics_hook, loss.diagnostics_hook, loss.lambda_calibration = hooks
     return losses, seen[0]
 
 

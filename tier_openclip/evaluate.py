@@ -1,8 +1,13 @@
 """Zero-shot chest X-ray classification AUC, by the CheXzero protocol (Tiu et al., 2022).
 
 For each label, the image embedding is compared with a positive and a negative prompt embedding
-(each the renormalised mean of its normalised prompt ensemble, see tier_openclip/prompts.py);
-the score is ``softmax(logit_scale · [sim_pos, sim_neg])[0]``. Per label: ROC AUC (scikit-learn's
+(each the renormalised mean of its normalised prompt ensemble, see tier_openclip/prompts.py).
+CheXzero scores ``softmax(logit_scale · [sim_pos, sim_neg])[0]`` = ``sigmoid(logit_scale · (sim_pos −
+sim_neg))``, a monotone function of ``sim_pos − sim_neg``; we score with that difference itself, in
+float64 (``zeroshot_scores``), so the AUC is CheXzero's computed exactly. (The softmax in float32
+rounds to exactly 1.0 once the difference exceeds ~0.166 at logit scale 100, and the ties it
+makes lowered AUCs by up to 7e-3.) ``zeroshot_probability`` gives CheXzero's probability from
+the scores, in float64, where one is wanted. Per label: ROC AUC (scikit-learn's
 roc_auc_score) over the images whose label is known, with a percentile bootstrap confidence
 interval that resamples images (jointly for all labels, so the CI of the mean AUC is one of a mean
 over the same images; each resample's AUC is the same statistic, computed in bulk);
@@ -71,7 +76,9 @@ def zeroshot_scores(
     device: str = "cpu",
     num_workers: int = 0,
 ):
-    """(N, L) numpy scores softmax(logit_scale · [sim_pos, sim_neg])[0] for each image and label."""
+    """(N, L) float64 numpy scores sim_pos − sim_neg for each image and label: a monotone transform
+    of CheXzero's softmax(logit_scale · [sim_pos, sim_neg])[0], so the AUCs are the same, without
+    the float32 softmax's saturation (see the module docstring)."""
     import torch
 
     model = adapter.unwrap_model(model)
@@ -79,16 +86,25 @@ def zeroshot_scores(
     loader = torch.utils.data.DataLoader(ImageFiles(images, preprocess), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False, collate_fn=stack_or_errors)
     with torch.inference_mode():
-        classes = prompt_embeddings(model, tokenizer, prompt_sets, device)
-        logit_scale = model.logit_scale.exp().float()
+        # float64 on the CPU (some accelerators have no float64): an (N, E) matrix per batch, cheap.
+        classes = prompt_embeddings(model, tokenizer, prompt_sets, device).cpu().double()
         scores = []
         for batch in loader:
             if isinstance(batch, list):
                 raise ValueError(batch[0] + (f" (and {len(batch) - 1} more in this batch)" if len(batch) > 1 else ""))
-            features = model.encode_image(batch.to(device=device, dtype=dtype), normalize=True).float()
-            logits = logit_scale * torch.einsum("ne,lke->nlk", features, classes)
-            scores.append(logits.softmax(dim=-1)[..., 0].cpu())
-    return torch.cat(scores).numpy() if scores else torch.empty(0, len(prompt_sets)).numpy()
+            features = model.encode_image(batch.to(device=device, dtype=dtype), normalize=True).cpu().double()
+            similarities = torch.einsum("ne,lke->nlk", features, classes)
+            scores.append(similarities[..., 0] - similarities[..., 1])
+    return torch.cat(scores).numpy() if scores else torch.empty(0, len(prompt_sets), dtype=torch.float64).numpy()
+
+
+def zeroshot_probability(scores: Any, logit_scale: float) -> Any:
+    """CheXzero's probability softmax(logit_scale · [sim_pos, sim_neg])[0] from zeroshot_scores'
+    differences: sigmoid(logit_scale · difference), in float64 (well-defined for any score)."""
+    import numpy as np
+
+    # sigmoid(x) = (1 + tanh(x / 2)) / 2: no overflow for any x (exp(-x) would overflow below -709).
+    return 0.5 * (1.0 + np.tanh(0.5 * float(logit_scale) * np.asarray(scores, dtype=np.float64)))
 
 
 def zeroshot_evaluate(

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tier_openclip import openclip_adapter as adapter
+from tier_openclip.authors_protocol import AUTHORS_CHEXPERT_LABELS, PADCHEST_FINDINGS
 from tier_openclip.bootstrap import auc_report
 # The evaluation sets' layout (labels.csv, meta.json) is written and read by data_prep.eval_layout.
 from tier_openclip.data_prep.eval_layout import read_eval_set
@@ -44,7 +45,8 @@ from tier_openclip.validation_log import eval_transforms, log_validation_metrics
 DATASETS = ("chexpert", "padchest")
 # PadChest has many rare labels: an AUC over a handful of positives is noise.
 DEFAULT_MIN_POSITIVES = {"chexpert": 1, "padchest": 10}
-GROUP_TITLES = {"competition": "CheXpert competition labels", "all": "all labels"}
+GROUP_TITLES = {"competition": "CheXpert competition labels", "tier57": "the TIER paper's PadChest findings",
+                "all": "all labels"}
 
 
 # --- model scoring ------------------------------------------------------------------------------
@@ -124,25 +126,33 @@ def zeroshot_evaluate(
 ) -> dict[str, Any]:
     """Zero-shot AUCs of ``model`` on an evaluation set folder (see the module docstring).
 
-    prompts: a prompt file path or a {label: {"positive": [...], "negative": [...]}} mapping
-    (default "{label}" vs "no {label}"). min_positives: default 10 for PadChest, 1 otherwise.
-    Returns auc_report's dict plus "dataset", "data_dir", "num_images", the settings, and each
-    evaluated label's prompts; means are "all" (every evaluated label) and, for CheXpert,
-    "competition" (the 5 competition labels).
+    prompts: a named prompt set ("authors"), a prompt file path or a {label: {"positive": [...],
+    "negative": [...]}} mapping (default "{label}" vs "no {label}"). min_positives: default 10 for
+    PadChest, 1 otherwise. Returns auc_report's dict plus "dataset", "split" (meta.json's, e.g.
+    CheXpert "valid" or "test"), "data_dir", "num_images", the settings, and each evaluated
+    label's prompts; means are "all" (every evaluated label), for CheXpert "competition" (the 5
+    competition labels) and for PadChest "tier57" (those of the TIER paper's 57 findings evaluated).
     """
     eval_set = read_eval_set(data_dir, labels)
     if min_positives is None:
         min_positives = DEFAULT_MIN_POSITIVES.get(eval_set.dataset or "", 1)
-    prompt_sets = resolve_prompts(eval_set.labels, prompts)
+    prompt_sets = resolve_prompts(eval_set.labels, prompts, eval_set.dataset)
     scores = zeroshot_scores(model, preprocess, tokenizer, eval_set.images, prompt_sets, batch_size, device, num_workers)
     groups = {"all": eval_set.labels}
     if eval_set.competition_labels:
         groups = {"competition": eval_set.competition_labels, **groups}
+    if eval_set.dataset == "padchest":
+        # PadChest labels are lower-cased by `prep padchest`; the authors spell "COPD signs".
+        paper = {finding.lower() for finding in PADCHEST_FINDINGS}
+        tier57 = [label for label in eval_set.labels if label.lower() in paper]
+        if tier57:
+            groups = {"tier57": tier57, **groups}
     report = auc_report(scores, eval_set.targets, eval_set.labels, groups, bootstrap, seed, confidence, min_positives)
     for label, entry in report["labels"].items():
         entry["prompts"] = prompt_sets[label]
     return {
         "dataset": eval_set.dataset,
+        "split": eval_set.split,
         "data_dir": str(eval_set.directory),
         "num_images": len(eval_set.images),
         "bootstrap": bootstrap,
@@ -177,6 +187,60 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         skipped = ", ".join(f"{label} ({entry['reason']})" for label, entry in results["skipped"].items())
         lines += ["", f"Skipped: {skipped}."]
     return "\n".join(lines) + "\n"
+
+
+def _auc_cell(value: float | None, note: str = "") -> str:
+    return "–" if value is None else f"{value:.3f}{note}"
+
+
+def _paper_row(name: str, results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """One model's cells and its footnotes, from its CheXpert and/or PadChest results."""
+    by_dataset: dict[str, Mapping[str, Any]] = {}
+    for result in results:
+        dataset = result.get("dataset")
+        if dataset not in DATASETS:
+            raise ValueError(f"row {name!r}: results of dataset {dataset!r}; the paper's table takes chexpert and padchest")
+        if dataset in by_dataset:
+            raise ValueError(f"row {name!r}: two {dataset} results; give one CheXpert and one PadChest file per row")
+        by_dataset[dataset] = result
+    cells, notes = [], []
+    chexpert = by_dataset.get("chexpert")
+    labels = chexpert["labels"] if chexpert else {}
+    cells += [_auc_cell(labels[label]["auc"]) if label in labels else "–" for label in AUTHORS_CHEXPERT_LABELS]
+    mean = (chexpert or {}).get("means", {}).get("competition")
+    count = len(mean["labels"]) if mean else 0
+    cells.append(_auc_cell(mean["mean_auc"] if mean else None, "" if count in (0, 5) else f" ({count} of 5)"))
+    if chexpert:
+        notes.append(f"CheXpert {chexpert.get('split') or 'split unknown'}, {chexpert['num_images']} images")
+    padchest = by_dataset.get("padchest")
+    mean = (padchest or {}).get("means", {}).get("tier57")
+    count = len(mean["labels"]) if mean else 0
+    cells.append(_auc_cell(mean["mean_auc"] if mean else None, "" if count in (0, 57) else f" ({count} of 57)"))
+    if padchest:
+        notes.append(f"PadChest {padchest['num_images']} images, min. {padchest.get('min_positives')} positives")
+    prompts = {r.get("prompts_set") or r.get("prompts_file") or "CheXzero's default" for r in by_dataset.values()}
+    notes.append("prompts: " + ", ".join(sorted(prompts)))
+    return cells, notes
+
+
+def paper_table_markdown(rows: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> str:
+    """The TIER paper's zero-shot table from ``tier-openclip eval zeroshot`` results (the same JSON):
+    one row per (model name, [its CheXpert results, its PadChest results]); columns the 5 CheXpert
+    labels in the authors' order, their mean, and the mean over the paper's 57 PadChest findings
+    (the "tier57" mean; "k of 57" when fewer were evaluated), then a chance row. ValueError when a
+    row's results are not one CheXpert and/or one PadChest evaluation."""
+    header = ["Model", *AUTHORS_CHEXPERT_LABELS, "CheXpert mean (5)", "PadChest mean (57)"]
+    lines = ["### Zero-shot AUC (the TIER paper's layout)", "", "| " + " | ".join(header) + " |",
+             "|:--|" + "--:|" * (len(header) - 1)]
+    footnotes = []
+    for name, results in rows:
+        cells, notes = _paper_row(name, results)
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+        footnotes.append(f"- {name}: {'; '.join(notes)}.")
+    # An image-free score (a constant, or any score that ignores the image) ranks no positive
+    # above a negative on average: AUC 0.5 for every label and so for every mean.
+    lines.append("| Chance (any image-free score) | " + " | ".join(["0.500"] * (len(header) - 1)) + " |")
+    return "\n".join([*lines, "", *footnotes]) + "\n"
 
 
 def _slug(label: str) -> str:

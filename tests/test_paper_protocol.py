@@ -83,15 +83,17 @@ def test_authors_embedding_arithmetic_and_scores_match_a_loop(tiny, tmp_path):
     got = evaluate.prompt_embeddings(tiny.model, tiny.tokenizer, prompts, "cpu")
     eval_set = evaluate.read_eval_set(data)
     scores = evaluate.zeroshot_scores(tiny.model, tiny.preprocess, tiny.tokenizer, eval_set.images, prompts)
+    images = []
+    for path in eval_set.images:
+        with torch.no_grad():
+            image = tiny.model.encode_image(tiny.preprocess(Image.open(path).convert("RGB"))[None])[0].double()
+        images.append(image / image.norm())
     for j, label in enumerate(AUTHORS_CHEXPERT_LABELS):
         positive = _loop_embedding(tiny.model, tiny.tokenizer, CHEXPERT_SENTENCES[label])
         negative = _loop_embedding(tiny.model, tiny.tokenizer, [*NO_FINDING_SENTENCES, f"No {label}."])
         torch.testing.assert_close(got[j, 0].double(), positive, atol=1e-6, rtol=0)
         torch.testing.assert_close(got[j, 1].double(), negative, atol=1e-6, rtol=0)
-        for i, path in enumerate(eval_set.images):
-            with torch.no_grad():
-                image = tiny.model.encode_image(tiny.preprocess(Image.open(path).convert("RGB"))[None])[0].double()
-            image = image / image.norm()
+        for i, image in enumerate(images):
             assert scores[i, j] == pytest.approx(float(image @ positive - image @ negative), abs=1e-6)
         assert results["labels"][label]["prompts"] == prompts[label]
 

@@ -173,7 +173,8 @@ def _ci_text(ci: list[float] | None) -> str:
 def results_markdown(results: Mapping[str, Any]) -> str:
     """A markdown table of zeroshot_evaluate's results: one row per label, then the means."""
     percent = round(100 * results.get("confidence", 0.95))
-    title = f"Zero-shot AUC, {results.get('dataset') or 'evaluation set'} ({results['num_images']} images)"
+    split = f" {results['split']}" if results.get("split") else ""  # CheXpert: valid (tune) or test (report)
+    title = f"Zero-shot AUC, {results.get('dataset') or 'evaluation set'}{split} ({results['num_images']} images)"
     lines = [f"### {title}", ""]
     if results.get("bootstrap"):
         lines += [f"{percent}% CIs from {results['bootstrap']} bootstrap resamples of the images (seed {results['seed']}).", ""]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from test_evaluate import CHEXPERT_LABELS, run_cli, write_eval_set
+from test_evaluate import CHEXPERT_LABELS, run_cli, training_args, write_eval_set
 from tier_openclip import evaluate
 from tier_openclip.authors_protocol import (
     AUTHORS_CHEXPERT_LABELS, CHEXPERT_SENTENCES, NO_FINDING_SENTENCES, PADCHEST_FINDINGS, authors_prompts,
@@ -188,3 +188,21 @@ def test_paper_table_cli_errors(tmp_path):
     with pytest.raises(UsageError, match="no such file"):  # only the exact name is a named set
         run_cli(["eval", "zeroshot", "--model", "TIER-tiny", "--dataset", "chexpert", "--data", str(data),
                  "--prompts", "author"])  # fmt: skip
+
+
+def test_zeroshot_during_training_uses_the_given_prompts(tiny, tmp_path):
+    rng = np.random.default_rng(6)
+    targets = np.tile([[1.0] * 14, [0.0] * 14], (3, 1))
+    targets[::3] = 1 - targets[::3]
+    pixels = [(rng.random((64, 64)) * 255).astype(np.uint8) for _ in range(6)]
+    data = write_eval_set(tmp_path / "chexpert", CHEXPERT_LABELS, targets, pixels)
+    model = tiny.model.eval()
+    args = training_args(tmp_path, data, tier_zeroshot_prompts="authors", epochs=1, zeroshot_frequency=1)
+    metrics = evaluate.zeroshot_during_training(model, 1, args)
+    authors = evaluate.zeroshot_evaluate(model, tiny.preprocess, tiny.tokenizer, data, prompts="authors", bootstrap=0)
+    default = evaluate.zeroshot_evaluate(model, tiny.preprocess, tiny.tokenizer, data, bootstrap=0)
+    assert metrics["chexpert-zeroshot-mean-auc-competition"] == pytest.approx(authors["means"]["competition"]["mean_auc"])
+    assert authors["means"]["competition"]["mean_auc"] != pytest.approx(default["means"]["competition"]["mean_auc"])
+    assert evaluate.check_training_set("chexpert", str(data), "authors") is None
+    message = evaluate.check_training_set("chexpert", str(data), str(tmp_path / "none.json"))
+    assert message.startswith("--tier-zeroshot-prompts ") and "does not exist" in message

@@ -264,7 +264,8 @@ def training_metrics(results: Mapping[str, Any], dataset: str) -> dict[str, floa
 
 
 def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_writer: Any = None) -> dict[str, float]:
-    """Zero-shot AUCs on --tier-zeroshot-chexpert / --tier-zeroshot-padchest after an epoch.
+    """Zero-shot AUCs on --tier-zeroshot-chexpert / --tier-zeroshot-padchest after an epoch, with
+    --tier-zeroshot-prompts (a prompt file or a named set; default CheXzero's prompts).
 
     Runs on rank 0 every --zeroshot-frequency epochs and after the last one (never when the
     frequency is 0), without bootstrap. Logs like open_clip's own evaluation: the log, a JSON line
@@ -291,7 +292,8 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
             # (a file changed since, memory) is logged: it must not cost the run its checkpoint.
             try:
                 results = zeroshot_evaluate(
-                    inner, preprocess, tokenizer, directory, bootstrap=0, batch_size=getattr(args, "batch_size", 64),
+                    inner, preprocess, tokenizer, directory, prompts=getattr(args, "tier_zeroshot_prompts", None),
+                    bootstrap=0, batch_size=getattr(args, "batch_size", 64),
                     device=str(getattr(args, "device", "cpu")), num_workers=getattr(args, "workers", 0),
                 )
                 if results["dataset"] not in (None, dataset):
@@ -313,8 +315,9 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
     return metrics
 
 
-def check_training_set(dataset: str, directory: str | None) -> str | None:
-    """Why --tier-zeroshot-<dataset> DIR cannot be evaluated (read at start-up, before any training), or None."""
+def check_training_set(dataset: str, directory: str | None, prompts: PromptsArg = None) -> str | None:
+    """Why --tier-zeroshot-<dataset> DIR cannot be evaluated with --tier-zeroshot-prompts ``prompts``
+    (read at start-up, before any training), or None."""
     if not directory:
         return None
     try:
@@ -324,4 +327,8 @@ def check_training_set(dataset: str, directory: str | None) -> str | None:
     if eval_set.dataset not in (None, dataset):
         return (f"--tier-zeroshot-{dataset} {directory} holds a {eval_set.dataset} set (meta.json); "
                 f"pass it as --tier-zeroshot-{eval_set.dataset}")
+    try:
+        resolve_prompts(eval_set.labels, prompts, eval_set.dataset or dataset)
+    except (OSError, ValueError) as exc:
+        return f"--tier-zeroshot-prompts {prompts}: {exc}"
     return None

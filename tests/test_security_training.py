@@ -204,7 +204,8 @@ def test_zeroshot_prompts_are_checked_at_start_up(params, capsys, tmp_path):
         "tier-openclip: --tier-zeroshot-prompts acts only with --tier-zeroshot-chexpert or --tier-zeroshot-padchest: "
         "add one, or drop it\n")
     chexpert, missing = write_set(tmp_path / "chexpert"), tmp_path / "prompts.json"
-    err = refused(params, ["--tier-zeroshot-chexpert", str(chexpert), "--zeroshot-frequency", "1", "--tier-zeroshot-prompts", str(missing)], capsys)
+    err = refused(params, ["--tier-zeroshot-chexpert", str(chexpert), "--zeroshot-frequency", "1",
+                           "--tier-zeroshot-prompts", str(missing)], capsys)
     assert err == f"tier-openclip: --tier-zeroshot-prompts {missing}: prompt file {missing} does not exist\n"
 
 

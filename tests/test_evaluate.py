@@ -291,6 +291,8 @@ def test_scores_are_the_similarity_differences_per_label(brightness_set):
     # CheXzero's probability, from the scores: softmax(logit_scale · [sim_pos, sim_neg])[0]
     np.testing.assert_allclose(evaluate.zeroshot_probability(scores[:, 0], 2.0),
                                torch.softmax(2.0 * image, dim=1)[:, 0].numpy(), atol=1e-6)
+    with np.errstate(all="raise"):  # no overflow, no NaN, whatever the score
+        assert evaluate.zeroshot_probability([-1e6, 0.0, 1e6], 100.0).tolist() == [0.0, 0.5, 1.0]
 
 
 def test_auc_equals_chexzeros_formula_in_float64_where_float32_softmax_saturates(tmp_path):

@@ -6,7 +6,7 @@ CheXzero scores ``softmax(logit_scale · [sim_pos, sim_neg])[0]`` = ``sigmoid(lo
 sim_neg))``, a monotone function of ``sim_pos − sim_neg``; we score with that difference itself, in
 float64 (``zeroshot_scores``), so the AUC is CheXzero's computed exactly. (The softmax in float32
 rounds to exactly 1.0 once the difference exceeds ~0.166 at logit scale 100, and the ties it
-makes lowered AUCs by up to 7e-3.) ``zeroshot_probability`` gives CheXzero's probability from
+makes lower the AUC: benchmarks/zeroshot_saturation.py measures by how much.) ``zeroshot_probability`` gives CheXzero's probability from
 the scores, in float64, where one is wanted. Per label: ROC AUC (scikit-learn's
 roc_auc_score) over the images whose label is known, with a percentile bootstrap confidence
 interval that resamples images (jointly for all labels, so the CI of the mean AUC is one of a mean

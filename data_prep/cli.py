@@ -150,10 +150,12 @@ Output, read by the zero-shot evaluator:
   OUT/failures.csv   every skipped or failed image with its reason"""
 
 CHEXPERT_DESCRIPTION = f"""\
-CheXpert (valid.csv, or the test-set CSV) as a zero-shot evaluation set: the 14 labels
-(1.0 -> 1, 0.0 -> 0, -1.0 uncertain and blank -> blank); meta.json also names the 5
-competition labels (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion).
-Frontal images only (Frontal/Lateral column) unless --all-views.
+CheXpert (valid.csv, or the test set's test_labels.csv released with CheXlocalize) as a
+zero-shot evaluation set: the 14 labels (1.0 -> 1, 0.0 -> 0, -1.0 uncertain and blank ->
+blank); meta.json also names the 5 competition labels (Atelectasis, Cardiomegaly,
+Consolidation, Edema, Pleural Effusion) and the split (valid, test). Tune on valid, report on
+test. Frontal images only (Frontal/Lateral column, or the file name where the CSV has none)
+unless --all-views.
 
 {EVAL_FORMAT}"""
 
@@ -232,10 +234,12 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
         description=CHEXPERT_DESCRIPTION,
     )
     chexpert.add_argument("--csv", type=Path, required=True, metavar="FILE",
-                          help="CheXpert CSV (columns Path, Sex, Age, Frontal/Lateral, AP/PA, the 14 labels)")
+                          help="CheXpert CSV: valid.csv (columns Path, Sex, Age, Frontal/Lateral, AP/PA, the 14 "
+                          "labels) or the test set's test_labels.csv (Path, the 14 labels; released with "
+                          "CheXlocalize)")
     chexpert.add_argument("--image-root", type=Path, required=True, metavar="DIR",
                           help="folder the CSV's Path column is relative to (the one holding CheXpert-v1.0/, "
-                          "or CheXpert-v1.0/ itself)")
+                          "or CheXpert-v1.0/ itself; for test_labels.csv, CheXlocalize's CheXpert/ folder)")
     chexpert.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     chexpert.add_argument("--all-views", action="store_true", help="keep lateral images too")
     _add_image_options(chexpert)

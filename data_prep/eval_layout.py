@@ -5,6 +5,7 @@ sets) and the phantom (both in one folder); read by the zero-shot evaluator and 
 
     meta.json        {"format": "tier-openclip-eval/1", "dataset", "labels", ...}; a grounding set
                      adds "image_size" and "box_format"; a zero-shot set "competition_labels"
+                     and, for CheXpert, "split" ("valid", "test", or "mixed")
     images/...       the images (paths relative to the folder, inside it, POSIX separators)
     labels.csv       zero-shot: column image, then one column per label: 1 positive, 0 negative,
                      blank unknown
@@ -111,6 +112,7 @@ class EvalSet:
     images: list[Path]
     targets: Any  # np.ndarray (N, L) float: 1, 0, NaN for unknown
     competition_labels: list[str] = field(default_factory=list)
+    split: str | None = None  # meta.json's "split": CheXpert "valid" / "test" (None when unknown)
 
 
 def parse_label_cell(value: str, where: str) -> float:
@@ -182,7 +184,8 @@ def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) ->
     dataset = meta.get("dataset")
     # The CheXpert competition tasks (Irvin et al., 2019), when meta.json does not list them.
     competition = list(meta.get("competition_labels") or (CHEXPERT_COMPETITION_LABELS if dataset == "chexpert" else []))
-    return EvalSet(directory, dataset, selected, images, targets, [c for c in competition if c in selected])
+    split = meta.get("split") if isinstance(meta.get("split"), str) else None
+    return EvalSet(directory, dataset, selected, images, targets, [c for c in competition if c in selected], split)
 
 
 # --- reading: grounding sets (boxes.csv) -------------------------------------------------------

@@ -1,5 +1,21 @@
 """Zero-shot evaluation sets: CheXpert (valid or test) and PadChest (physician-labelled).
 
+CheXpert comes in two published layouts, both read by ``prep chexpert``:
+
+- ``valid.csv`` of CheXpert-v1.0 (200 patients, 234 radiographs; the split to tune on):
+  Path (``CheXpert-v1.0/valid/patient64541/study1/view1_frontal.jpg``), Sex, Age,
+  Frontal/Lateral, AP/PA, then the 14 labels.
+- ``test_labels.csv`` of the test set (500 patients, 668 radiographs; the split the field reports
+  on), whose radiologist labels were released with CheXlocalize (Saporta et al., 2022) in its
+  ``CheXpert/`` folder beside ``CheXpert/test/``: Path (``test/patient64741/study1/view1_frontal.jpg``,
+  relative to that folder) then the 14 labels, no view columns (the file name says frontal or
+  lateral). Confirmed from CheXlocalize's README (github.com/rajpurkarlab/cheXlocalize, commit
+  2a79492e, "CheXpert/test_labels.csv: CheXpert test set ground-truth labels"; 668 CXRs of 500
+  patients) and from public readers of that file, which read the header
+  ``Path,No Finding,Enlarged Cardiomediastinum,...,Support Devices`` and Paths as above.
+meta.json's "split" says which: the folder after the optional ``CheXpert-v1.0*`` prefix
+(``valid``, ``test``), or ``mixed``.
+
 Output: the evaluation layout (eval_layout.py owns it and writes labels.csv and meta.json for
 us), the same for both::
 
@@ -31,7 +47,7 @@ import ast
 import functools
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -129,6 +145,13 @@ def chexpert_output_path(path: str) -> str:
     if not parts:
         raise UnsafePathError(f"{path!r} names a folder, not an image")
     return str(PurePosixPath("images", *parts).with_suffix(".png"))
+
+
+def chexpert_split(images: Iterable[str]) -> str | None:
+    """The CheXpert split of output paths ``images/<split>/patient.../...png``: ``valid``,
+    ``test`` (or any one folder name), ``mixed`` for several, None for none."""
+    splits = {PurePosixPath(image).parts[1] for image in images if len(PurePosixPath(image).parts) > 2}
+    return None if not splits else splits.pop() if len(splits) == 1 else "mixed"
 
 
 def resolve_image(image_root: Path, path: str) -> Path:
@@ -388,9 +411,11 @@ def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path,
             path.unlink(missing_ok=True)
     write_json_atomic(state_dir / IMAGES_RECORD, sorted(kept))
 
+    extra = {}
     if options.dataset == "chexpert":
         labels = list(CHEXPERT_LABELS)
         table = [[item.image, *item.labels] for item in written]
+        extra["split"] = chexpert_split(item.image for item in written)
     else:
         labels = padchest_label_columns([item.labels for item in written], options.min_positives)
         table = [[item.image, *(1 if label in item.labels else 0 for label in labels)] for item in written]
@@ -407,6 +432,7 @@ def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path,
     meta = eval_meta(
         options.dataset, labels,
         competition_labels=list(CHEXPERT_COMPETITION_LABELS) if options.dataset == "chexpert" else [],
+        **extra,
         images=len(table),
         counts=counts,
         skipped=dict(sorted(selection.skipped.items())),

@@ -536,6 +536,7 @@ def test_chexpert_eval_set(tmp_path):
     assert len(meta["labels"]) == 14 and meta["competition_labels"] == [
         "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]  # fmt: skip
     assert meta["images"] == 2 and meta["skipped"] == {"view_not_selected": 1} and meta["failed"] == {"image_missing": 1}
+    assert meta["split"] == "valid"
     rows = list(csv.DictReader(open(out / "labels.csv")))
     assert list(rows[0]) == ["image", *meta["labels"]]
     assert [r["image"] for r in rows] == ["images/valid/patient00001/study1/view1_frontal.png",
@@ -546,6 +547,50 @@ def test_chexpert_eval_set(tmp_path):
     for row in rows:
         image = Image.open(out / row["image"])
         assert image.format == "PNG" and image.mode == "L" and image.size == (48, 48)
+
+
+def build_chexpert_test_labels(root: Path) -> Path:
+    """CheXlocalize's ``CheXpert/`` folder: ``test/patientN/studyM/viewK_*.jpg`` and
+    ``test_labels.csv`` with columns Path and the 14 labels (no view columns), Paths relative to
+    that folder. Cells as 0/1 and as 0.0/1.0. Returns the CSV."""
+    from data_prep_fixtures import CHEXPERT_HEADER
+
+    labels = [c for c in CHEXPERT_HEADER if c not in ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")]
+    specs = [
+        ("test/patient64741/study1/view1_frontal.jpg", ["1", "0", "1"] + ["0"] * 11),
+        ("test/patient64741/study1/view2_lateral.jpg", ["1", "0", "1"] + ["0"] * 11),
+        ("test/patient64742/study1/view1_frontal.jpg", ["0.0", "1.0", "0.0"] + ["1.0"] * 11),
+    ]
+    for i, (path, _) in enumerate(specs):
+        target = root / "CheXpert" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_image(90, 80, 60 + i, 255).astype(np.uint8), mode="L").save(target)
+    csv_path = root / "CheXpert" / "test_labels.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Path", *labels])
+        writer.writerows([path, *cells] for path, cells in specs)
+    return csv_path
+
+
+def test_chexpert_test_set_in_chexlocalize_layout(tmp_path):
+    csv_path = build_chexpert_test_labels(tmp_path / "chexlocalize")
+    out, everything = tmp_path / "test", tmp_path / "test-all-views"
+    for folder, extra in ((out, []), (everything, ["--all-views"])):
+        assert run_cli("chexpert", "--csv", str(csv_path), "--image-root", str(csv_path.parent), "--out", str(folder),
+                       "--image-size", "32", "--workers", "1", "--quiet", *extra) == 0  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset"] == "chexpert" and meta["split"] == "test" and len(meta["labels"]) == 14
+    assert meta["images"] == 2 and meta["skipped"] == {"view_not_selected": 1} and meta["failed"] == {}
+    rows = list(csv.DictReader(open(out / "labels.csv")))
+    assert [r["image"] for r in rows] == ["images/test/patient64741/study1/view1_frontal.png",
+                                          "images/test/patient64742/study1/view1_frontal.png"]  # fmt: skip
+    assert [(r["No Finding"], r["Enlarged Cardiomediastinum"], r["Cardiomegaly"], r["Support Devices"]) for r in rows] == [
+        ("1", "0", "1", "0"), ("0", "1", "0", "1")]  # fmt: skip
+    assert json.loads((everything / "meta.json").read_text())["images"] == 3  # the lateral too
+    from tier_openclip.data_prep.eval_layout import read_eval_set
+
+    assert read_eval_set(out).split == "test"
 
 
 def test_padchest_eval_set(tmp_path):

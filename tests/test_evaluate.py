@@ -276,18 +276,53 @@ def brightness_set(tmp_path_factory) -> Path:
                           targets, pixels, dataset="padchest")
 
 
-def test_scores_are_the_softmax_of_scaled_similarities_per_label(brightness_set):
+def test_scores_are_the_similarity_differences_per_label(brightness_set):
     from torchvision.transforms import ToTensor
 
     eval_set = evaluate.read_eval_set(brightness_set)
     prompts = resolve_prompts(eval_set.labels)
     scores = evaluate.zeroshot_scores(BrightnessCLIP(), ToTensor(), negation_tokenizer, eval_set.images, prompts, batch_size=4)
-    b = torch.tensor([round(v * 255) / 255 for v in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)])
+    b = torch.tensor([round(v * 255) / 255 for v in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)], dtype=torch.float64)
     image = F.normalize(torch.stack([b, 1 - b], dim=1), dim=-1)
-    expected = torch.softmax(2.0 * image, dim=1)[:, 0]  # logit_scale 2; text (1, 0) vs (0, 1)
-    assert scores.shape == (6, 4)
+    expected = image[:, 0] - image[:, 1]  # text (1, 0) vs (0, 1)
+    assert scores.shape == (6, 4) and scores.dtype == np.float64
     for j in range(4):
-        np.testing.assert_allclose(scores[:, j], expected.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(scores[:, j], expected.numpy(), atol=1e-6)  # float32 image embeddings
+    # CheXzero's probability, from the scores: softmax(logit_scale · [sim_pos, sim_neg])[0]
+    np.testing.assert_allclose(evaluate.zeroshot_probability(scores[:, 0], 2.0),
+                               torch.softmax(2.0 * image, dim=1)[:, 0].numpy(), atol=1e-6)
+    with np.errstate(all="raise"):  # no overflow, no NaN, whatever the score
+        assert evaluate.zeroshot_probability([-1e6, 0.0, 1e6], 100.0).tolist() == [0.0, 0.5, 1.0]
+
+
+def test_auc_equals_chexzeros_formula_in_float64_where_float32_softmax_saturates(tmp_path):
+    """At logit scale 100, float32 softmax rounds to exactly 1.0 once sim_pos - sim_neg > ~0.166:
+    the old scores tied there. The differences must give CheXzero's AUC computed exactly."""
+    from torchvision.transforms import ToTensor
+
+    levels = np.arange(80, 160, 2)  # 40 brightnesses 0.31-0.62: differences -0.52 to +0.33
+    rng = np.random.default_rng(4)
+    targets = (rng.random(len(levels)) < 0.25 + 0.5 * (levels - 80) / 80).astype(float)[:, None]
+    pixels = [np.full((4, 4), level, dtype=np.uint8) for level in levels]
+    data = write_eval_set(tmp_path / "saturating", ["Edema"], targets, pixels, dataset="padchest")
+    model = BrightnessCLIP()
+    model.logit_scale.data.fill_(math.log(100.0))
+    eval_set = evaluate.read_eval_set(data)
+    scores = evaluate.zeroshot_scores(model, ToTensor(), negation_tokenizer, eval_set.images,
+                                      resolve_prompts(["Edema"]), batch_size=7)[:, 0]
+
+    b = levels / 255.0
+    image = np.stack([b, 1 - b], axis=1) / np.hypot(b, 1 - b)[:, None]  # float64 embeddings
+    logits = 100.0 * image  # · [(1, 0), (0, 1)]: sim_pos, sim_neg
+    chexzero = np.exp(logits[:, 0] - logits.max(1)) / np.exp(logits - logits.max(1, keepdims=True)).sum(1)
+    assert len(np.unique(chexzero)) == len(levels)  # the float64 reference resolves every image
+    old = torch.softmax(100.0 * torch.tensor(image, dtype=torch.float32), dim=1)[:, 0].numpy()
+    assert (old == 1.0).sum() >= 5  # the float32 softmax saturates: the case the old scores got wrong
+    assert roc_auc_score(targets[:, 0], old) != roc_auc_score(targets[:, 0], chexzero)
+
+    assert len(np.unique(scores)) == len(levels)  # no ties
+    results = evaluate.zeroshot_evaluate(model, ToTensor(), negation_tokenizer, data, bootstrap=0, min_positives=1)
+    assert results["labels"]["Edema"]["auc"] == pytest.approx(roc_auc_score(targets[:, 0], chexzero), abs=1e-12)
 
 
 def test_zeroshot_evaluate_gives_the_hand_computed_aucs(brightness_set, tmp_path):
@@ -339,7 +374,7 @@ def test_chexpert_means_over_competition_and_all_labels(tiny, chexpert_set):
     assert len(results["means"]["all"]["labels"]) == 13
     for label, entry in results["labels"].items():
         classes = evaluate.prompt_embeddings(tiny.model, tiny.tokenizer, {label: default_prompts(label)}, "cpu")[0]
-        score = torch.softmax(tiny.model.logit_scale.exp() * image_features @ classes.T, dim=1)[:, 0].detach()
+        score = torch.softmax(tiny.model.logit_scale.exp() * image_features @ classes.T, dim=1)[:, 0].detach()  # CheXzero
         j = eval_set.labels.index(label)
         known = ~np.isnan(eval_set.targets[:, j])
         assert entry["auc"] == pytest.approx(roc_auc_score(eval_set.targets[known, j], score.numpy()[known]), abs=1e-6)

@@ -214,6 +214,16 @@ def test_a_set_with_missing_images_or_broken_meta_stops_the_run(params, capsys, 
     assert err.startswith(f"tier-openclip: --tier-zeroshot-chexpert {broken}: {broken / 'meta.json'} is not valid JSON")
 
 
+def test_zeroshot_prompts_are_checked_at_start_up(params, capsys, tmp_path):
+    assert refused(params, ["--tier-zeroshot-prompts", "authors"], capsys) == (
+        "tier-openclip: --tier-zeroshot-prompts acts only with --tier-zeroshot-chexpert or --tier-zeroshot-padchest: "
+        "add one, or drop it\n")
+    chexpert, missing = write_set(tmp_path / "chexpert"), tmp_path / "prompts.json"
+    err = refused(params, ["--tier-zeroshot-chexpert", str(chexpert), "--zeroshot-frequency", "1",
+                           "--tier-zeroshot-prompts", str(missing)], capsys)
+    assert err == f"tier-openclip: --tier-zeroshot-prompts {missing}: prompt file {missing} does not exist\n"
+
+
 def test_every_problem_folder_is_named_in_one_message(params, capsys, tmp_path):
     err = refused(params, ["--tier-zeroshot-chexpert", str(tmp_path / "a"), "--tier-zeroshot-padchest",
                            str(tmp_path / "b")], capsys)

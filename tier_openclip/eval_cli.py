@@ -1,21 +1,23 @@
-"""`tier-openclip eval zeroshot|grounding|segmentation`: the eval command and its zero-shot task.
+"""`tier-openclip eval zeroshot|paper-table|grounding|segmentation`: the eval command, its
+zero-shot task, and the paper-layout table made from zero-shot results.
 
 The grounding and segmentation tasks add their own parsers (tier_openclip/grounding/evaluator.py,
-tier_openclip/segmentation.py); all three run through cli_common.run_evaluation.
+tier_openclip/segmentation.py); all three evaluations run through cli_common.run_evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from tier_openclip.cli_common import add_list_flag, add_model_flags, results_file, run_evaluation
-from tier_openclip.errors import CommandError, UsageError, input_file
-from tier_openclip.evaluate import DATASETS, read_eval_set, results_markdown, zeroshot_evaluate
+from tier_openclip.errors import CommandError, UsageError, input_file, output_file
+from tier_openclip.evaluate import DATASETS, paper_table_markdown, read_eval_set, results_markdown, zeroshot_evaluate
 from tier_openclip.grounding.evaluator import add_grounding_parser
 from tier_openclip.models import check_pretrained
-from tier_openclip.prompts import resolve_prompts
+from tier_openclip.prompts import is_named_prompt_set, resolve_prompts
 from tier_openclip.segmentation import add_segmentation_parser
 
 
@@ -28,9 +30,9 @@ def add_eval_parser(subparsers: Any) -> None:
     zs = tasks.add_parser(
         "zeroshot",
         help="Zero-shot AUC per label on CheXpert or PadChest (CheXzero protocol), with bootstrap CIs.",
-        description="Zero-shot classification by the CheXzero protocol: per label, softmax over the image's "
-                    "similarity to a positive and a negative prompt ('{label}' vs 'no {label}' by default), "
-                    "ROC AUC per label with bootstrap confidence intervals, and mean AUC (CheXpert: over the "
+        description="Zero-shot classification by the CheXzero protocol: per label, the image's similarity "
+                    "to a positive minus that to a negative prompt ('{label}' vs 'no {label}' by default; "
+                    "the order of CheXzero's softmax over the two, computed exactly), ROC AUC per label with bootstrap confidence intervals, and mean AUC (CheXpert: over the "
                     "5 competition labels and over all labels). Prints a markdown table; --out also writes "
                     "JSON and the table next to it (results.md).",
     )
@@ -41,9 +43,11 @@ def add_eval_parser(subparsers: Any) -> None:
                     help="Evaluation set from `tier-openclip prep chexpert|padchest` (labels.csv + meta.json).")
     add_list_flag(zs, "--labels", "LABEL", default=None,
                   help="Evaluate only these labels (quote names with spaces). Default: all labels of the set.")
-    zs.add_argument("--prompts", default=None, metavar="FILE",
+    zs.add_argument("--prompts", default=None, metavar="FILE|authors",
                     help='JSON prompt file {label: {"positive": [...], "negative": [...]}}; each list is an '
-                         "ensemble. Labels it does not name use '{label}' vs 'no {label}'.")
+                         "ensemble. Labels it does not name use '{label}' vs 'no {label}' (CheXzero's, the "
+                         "default). 'authors': the TIER authors' protocol (CheXpert's 5 labels with their "
+                         "sentence sets, PadChest's 57 findings; tier_openclip/authors_protocol.py).")
     zs.add_argument("--out", default=None, metavar="FILE.json",
                     help="Write results JSON here, and the markdown table next to it (same name, .md).")
     zs.add_argument("--bootstrap", type=int, default=1000, metavar="N",
@@ -55,6 +59,19 @@ def add_eval_parser(subparsers: Any) -> None:
     zs.add_argument("--batch-size", type=int, default=64, help="Images per forward pass (default 64).")
     zs.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
     zs.set_defaults(func=run_zeroshot)
+    table = tasks.add_parser(
+        "paper-table",
+        help="The TIER paper's zero-shot table (CheXpert's 5 AUCs + mean, PadChest's 57-finding mean) "
+             "from `eval zeroshot --out` results.",
+        description="One row per model from the JSON files `tier-openclip eval zeroshot --out` wrote: "
+                    "the 5 CheXpert labels (authors' order), their mean, the mean over the TIER paper's 57 "
+                    "PadChest findings, and a chance row. Prints the markdown table; --out writes it.",
+    )
+    table.add_argument("--row", nargs="+", action="append", required=True, metavar=("NAME", "RESULTS.json"),
+                       help="A row: its name, then its CheXpert and/or PadChest results JSON (either order). "
+                            "Repeat for more rows.")
+    table.add_argument("--out", default=None, metavar="FILE.md", help="Also write the table here.")
+    table.set_defaults(func=run_paper_table)
     add_grounding_parser(tasks)
     add_segmentation_parser(tasks)
 
@@ -69,7 +86,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if not (data / "labels.csv").is_file():
         raise UsageError(f"--data {data} is not an evaluation set (no labels.csv): make one with "
                          "`tier-openclip prep chexpert|padchest`")
-    if args.prompts:
+    if args.prompts and not is_named_prompt_set(args.prompts):
         input_file(args.prompts, "--prompts")
     out = results_file(args.out)
     check_pretrained(args.model, args.pretrained)
@@ -83,17 +100,48 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     unknown = [label for label in args.labels or () if label.lower() not in known]
     if unknown:
         raise UsageError(f"--labels {unknown} are not labels of {data}; it has: {', '.join(eval_set.labels)}")
-    try:
-        resolve_prompts(eval_set.labels, args.prompts)
+    try:  # resolved once here (a named set by --dataset where meta.json names none), passed on resolved
+        prompts = resolve_prompts(eval_set.labels, args.prompts, eval_set.dataset or args.dataset)
     except (OSError, ValueError) as exc:
         raise CommandError(f"--prompts {args.prompts}: {exc}") from None
 
     def evaluate(loaded, device: str) -> dict:
         results = zeroshot_evaluate(
-            loaded.model, loaded.preprocess, loaded.tokenizer, data, labels=args.labels, prompts=args.prompts,
+            loaded.model, loaded.preprocess, loaded.tokenizer, data, labels=args.labels, prompts=prompts,
             bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, device=device,
             min_positives=args.min_positives, confidence=args.confidence, num_workers=args.workers,
         )
         return {**results, "dataset": results["dataset"] or args.dataset}
 
-    return run_evaluation(args, evaluate, results_markdown, out, settings={"prompts_file": args.prompts})
+    settings = {"prompts_set" if is_named_prompt_set(args.prompts) else "prompts_file": args.prompts}
+    return run_evaluation(args, evaluate, results_markdown, out, settings=settings)
+
+
+def run_paper_table(args: argparse.Namespace) -> int:
+    rows = []
+    for row in args.row:
+        if not 2 <= len(row) <= 3:
+            raise UsageError(f"--row {' '.join(row)}: give a name and one or two results files "
+                             "(CheXpert and/or PadChest), e.g. --row TIER chexpert.json padchest.json")
+        results = []
+        for name in row[1:]:
+            path = input_file(name, "--row")
+            try:
+                result = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CommandError(f"--row {path} is not JSON ({exc}); pass the file `eval zeroshot --out` wrote") from None
+            if not isinstance(result, dict) or not {"labels", "means", "num_images"} <= set(result):
+                raise CommandError(f"--row {path} is not `tier-openclip eval zeroshot` results (no labels, means, "
+                                   "num_images); pass the JSON its --out wrote")
+            results.append(result)
+        rows.append((row[0], results))
+    out = output_file(args.out, "--out", example="table.md") if args.out else None
+    try:
+        markdown = paper_table_markdown(rows)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CommandError(f"--row: {exc}") from None
+    print(markdown, end="")
+    if out is not None:
+        out.write_text(markdown, encoding="utf-8")
+        print(f"\nWrote {out}")
+    return 0

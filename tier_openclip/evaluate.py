@@ -1,8 +1,13 @@
 """Zero-shot chest X-ray classification AUC, by the CheXzero protocol (Tiu et al., 2022).
 
 For each label, the image embedding is compared with a positive and a negative prompt embedding
-(each the renormalised mean of its normalised prompt ensemble, see tier_openclip/prompts.py);
-the score is ``softmax(logit_scale · [sim_pos, sim_neg])[0]``. Per label: ROC AUC (scikit-learn's
+(each the renormalised mean of its normalised prompt ensemble, see tier_openclip/prompts.py).
+CheXzero scores ``softmax(logit_scale · [sim_pos, sim_neg])[0]`` = ``sigmoid(logit_scale · (sim_pos −
+sim_neg))``, a monotone function of ``sim_pos − sim_neg``; we score with that difference itself, in
+float64 (``zeroshot_scores``), so the AUC is CheXzero's computed exactly. (The softmax in float32
+rounds to exactly 1.0 once the difference exceeds ~0.166 at logit scale 100, and the ties it
+makes lower the AUC: benchmarks/zeroshot_saturation.py measures by how much.) ``zeroshot_probability`` gives CheXzero's probability from
+the scores, in float64, where one is wanted. Per label: ROC AUC (scikit-learn's
 roc_auc_score) over the images whose label is known, with a percentile bootstrap confidence
 interval that resamples images (jointly for all labels, so the CI of the mean AUC is one of a mean
 over the same images; each resample's AUC is the same statistic, computed in bulk);
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tier_openclip import openclip_adapter as adapter
+from tier_openclip.authors_protocol import AUTHORS_CHEXPERT_LABELS, PADCHEST_FINDINGS
 from tier_openclip.bootstrap import auc_report
 # The evaluation sets' layout (labels.csv, meta.json) is written and read by data_prep.eval_layout.
 from tier_openclip.data_prep.eval_layout import read_eval_set
@@ -39,7 +45,8 @@ from tier_openclip.validation_log import eval_transforms, log_validation_metrics
 DATASETS = ("chexpert", "padchest")
 # PadChest has many rare labels: an AUC over a handful of positives is noise.
 DEFAULT_MIN_POSITIVES = {"chexpert": 1, "padchest": 10}
-GROUP_TITLES = {"competition": "CheXpert competition labels", "all": "all labels"}
+GROUP_TITLES = {"competition": "CheXpert competition labels", "tier57": "the TIER paper's PadChest findings",
+                "all": "all labels"}
 
 
 # --- model scoring ------------------------------------------------------------------------------
@@ -71,7 +78,9 @@ def zeroshot_scores(
     device: str = "cpu",
     num_workers: int = 0,
 ):
-    """(N, L) numpy scores softmax(logit_scale · [sim_pos, sim_neg])[0] for each image and label."""
+    """(N, L) float64 numpy scores sim_pos − sim_neg for each image and label: a monotone transform
+    of CheXzero's softmax(logit_scale · [sim_pos, sim_neg])[0], so the AUCs are the same, without
+    the float32 softmax's saturation (see the module docstring)."""
     import torch
 
     model = adapter.unwrap_model(model)
@@ -79,16 +88,25 @@ def zeroshot_scores(
     loader = torch.utils.data.DataLoader(ImageFiles(images, preprocess), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False, collate_fn=stack_or_errors)
     with torch.inference_mode():
-        classes = prompt_embeddings(model, tokenizer, prompt_sets, device)
-        logit_scale = model.logit_scale.exp().float()
+        # float64 on the CPU (some accelerators have no float64): an (N, E) matrix per batch, cheap.
+        classes = prompt_embeddings(model, tokenizer, prompt_sets, device).cpu().double()
         scores = []
         for batch in loader:
             if isinstance(batch, list):
                 raise ValueError(batch[0] + (f" (and {len(batch) - 1} more in this batch)" if len(batch) > 1 else ""))
-            features = model.encode_image(batch.to(device=device, dtype=dtype), normalize=True).float()
-            logits = logit_scale * torch.einsum("ne,lke->nlk", features, classes)
-            scores.append(logits.softmax(dim=-1)[..., 0].cpu())
-    return torch.cat(scores).numpy() if scores else torch.empty(0, len(prompt_sets)).numpy()
+            features = model.encode_image(batch.to(device=device, dtype=dtype), normalize=True).cpu().double()
+            similarities = torch.einsum("ne,lke->nlk", features, classes)
+            scores.append(similarities[..., 0] - similarities[..., 1])
+    return torch.cat(scores).numpy() if scores else torch.empty(0, len(prompt_sets), dtype=torch.float64).numpy()
+
+
+def zeroshot_probability(scores: Any, logit_scale: float) -> Any:
+    """CheXzero's probability softmax(logit_scale · [sim_pos, sim_neg])[0] from zeroshot_scores'
+    differences: sigmoid(logit_scale · difference), in float64 (well-defined for any score)."""
+    import numpy as np
+
+    # sigmoid(x) = (1 + tanh(x / 2)) / 2: no overflow for any x (exp(-x) would overflow below -709).
+    return 0.5 * (1.0 + np.tanh(0.5 * float(logit_scale) * np.asarray(scores, dtype=np.float64)))
 
 
 def zeroshot_evaluate(
@@ -108,25 +126,33 @@ def zeroshot_evaluate(
 ) -> dict[str, Any]:
     """Zero-shot AUCs of ``model`` on an evaluation set folder (see the module docstring).
 
-    prompts: a prompt file path or a {label: {"positive": [...], "negative": [...]}} mapping
-    (default "{label}" vs "no {label}"). min_positives: default 10 for PadChest, 1 otherwise.
-    Returns auc_report's dict plus "dataset", "data_dir", "num_images", the settings, and each
-    evaluated label's prompts; means are "all" (every evaluated label) and, for CheXpert,
-    "competition" (the 5 competition labels).
+    prompts: a named prompt set ("authors"), a prompt file path or a {label: {"positive": [...],
+    "negative": [...]}} mapping (default "{label}" vs "no {label}"). min_positives: default 10 for
+    PadChest, 1 otherwise. Returns auc_report's dict plus "dataset", "split" (meta.json's, e.g.
+    CheXpert "valid" or "test"), "data_dir", "num_images", the settings, and each evaluated
+    label's prompts; means are "all" (every evaluated label), for CheXpert "competition" (the 5
+    competition labels) and for PadChest "tier57" (those of the TIER paper's 57 findings evaluated).
     """
     eval_set = read_eval_set(data_dir, labels)
     if min_positives is None:
         min_positives = DEFAULT_MIN_POSITIVES.get(eval_set.dataset or "", 1)
-    prompt_sets = resolve_prompts(eval_set.labels, prompts)
+    prompt_sets = resolve_prompts(eval_set.labels, prompts, eval_set.dataset)
     scores = zeroshot_scores(model, preprocess, tokenizer, eval_set.images, prompt_sets, batch_size, device, num_workers)
     groups = {"all": eval_set.labels}
     if eval_set.competition_labels:
         groups = {"competition": eval_set.competition_labels, **groups}
+    if eval_set.dataset == "padchest":
+        # PadChest labels are lower-cased by `prep padchest`; the authors spell "COPD signs".
+        paper = {finding.lower() for finding in PADCHEST_FINDINGS}
+        tier57 = [label for label in eval_set.labels if label.lower() in paper]
+        if tier57:
+            groups = {"tier57": tier57, **groups}
     report = auc_report(scores, eval_set.targets, eval_set.labels, groups, bootstrap, seed, confidence, min_positives)
     for label, entry in report["labels"].items():
         entry["prompts"] = prompt_sets[label]
     return {
         "dataset": eval_set.dataset,
+        "split": eval_set.split,
         "data_dir": str(eval_set.directory),
         "num_images": len(eval_set.images),
         "bootstrap": bootstrap,
@@ -147,7 +173,8 @@ def _ci_text(ci: list[float] | None) -> str:
 def results_markdown(results: Mapping[str, Any]) -> str:
     """A markdown table of zeroshot_evaluate's results: one row per label, then the means."""
     percent = round(100 * results.get("confidence", 0.95))
-    title = f"Zero-shot AUC, {results.get('dataset') or 'evaluation set'} ({results['num_images']} images)"
+    split = f" {results['split']}" if results.get("split") else ""  # CheXpert: valid (tune) or test (report)
+    title = f"Zero-shot AUC, {results.get('dataset') or 'evaluation set'}{split} ({results['num_images']} images)"
     lines = [f"### {title}", ""]
     if results.get("bootstrap"):
         lines += [f"{percent}% CIs from {results['bootstrap']} bootstrap resamples of the images (seed {results['seed']}).", ""]
@@ -161,6 +188,60 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         skipped = ", ".join(f"{label} ({entry['reason']})" for label, entry in results["skipped"].items())
         lines += ["", f"Skipped: {skipped}."]
     return "\n".join(lines) + "\n"
+
+
+def _auc_cell(value: float | None, note: str = "") -> str:
+    return "–" if value is None else f"{value:.3f}{note}"
+
+
+def _paper_row(name: str, results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """One model's cells and its footnotes, from its CheXpert and/or PadChest results."""
+    by_dataset: dict[str, Mapping[str, Any]] = {}
+    for result in results:
+        dataset = result.get("dataset")
+        if dataset not in DATASETS:
+            raise ValueError(f"row {name!r}: results of dataset {dataset!r}; the paper's table takes chexpert and padchest")
+        if dataset in by_dataset:
+            raise ValueError(f"row {name!r}: two {dataset} results; give one CheXpert and one PadChest file per row")
+        by_dataset[dataset] = result
+    cells, notes = [], []
+    chexpert = by_dataset.get("chexpert")
+    labels = chexpert["labels"] if chexpert else {}
+    cells += [_auc_cell(labels[label]["auc"]) if label in labels else "–" for label in AUTHORS_CHEXPERT_LABELS]
+    mean = (chexpert or {}).get("means", {}).get("competition")
+    count = len(mean["labels"]) if mean else 0
+    cells.append(_auc_cell(mean["mean_auc"] if mean else None, "" if count in (0, 5) else f" ({count} of 5)"))
+    if chexpert:
+        notes.append(f"CheXpert {chexpert.get('split') or 'split unknown'}, {chexpert['num_images']} images")
+    padchest = by_dataset.get("padchest")
+    mean = (padchest or {}).get("means", {}).get("tier57")
+    count = len(mean["labels"]) if mean else 0
+    cells.append(_auc_cell(mean["mean_auc"] if mean else None, "" if count in (0, 57) else f" ({count} of 57)"))
+    if padchest:
+        notes.append(f"PadChest {padchest['num_images']} images, min. {padchest.get('min_positives')} positives")
+    prompts = {r.get("prompts_set") or r.get("prompts_file") or "CheXzero's default" for r in by_dataset.values()}
+    notes.append("prompts: " + ", ".join(sorted(prompts)))
+    return cells, notes
+
+
+def paper_table_markdown(rows: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> str:
+    """The TIER paper's zero-shot table from ``tier-openclip eval zeroshot`` results (the same JSON):
+    one row per (model name, [its CheXpert results, its PadChest results]); columns the 5 CheXpert
+    labels in the authors' order, their mean, and the mean over the paper's 57 PadChest findings
+    (the "tier57" mean; "k of 57" when fewer were evaluated), then a chance row. ValueError when a
+    row's results are not one CheXpert and/or one PadChest evaluation."""
+    header = ["Model", *AUTHORS_CHEXPERT_LABELS, "CheXpert mean (5)", "PadChest mean (57)"]
+    lines = ["### Zero-shot AUC (the TIER paper's layout)", "", "| " + " | ".join(header) + " |",
+             "|:--|" + "--:|" * (len(header) - 1)]
+    footnotes = []
+    for name, results in rows:
+        cells, notes = _paper_row(name, results)
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+        footnotes.append(f"- {name}: {'; '.join(notes)}.")
+    # An image-free score (a constant, or any score that ignores the image) ranks no positive
+    # above a negative on average: AUC 0.5 for every label and so for every mean.
+    lines.append("| Chance (any image-free score) | " + " | ".join(["0.500"] * (len(header) - 1)) + " |")
+    return "\n".join([*lines, "", *footnotes]) + "\n"
 
 
 def _slug(label: str) -> str:
@@ -183,7 +264,8 @@ def training_metrics(results: Mapping[str, Any], dataset: str) -> dict[str, floa
 
 
 def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_writer: Any = None) -> dict[str, float]:
-    """Zero-shot AUCs on --tier-zeroshot-chexpert / --tier-zeroshot-padchest after an epoch.
+    """Zero-shot AUCs on --tier-zeroshot-chexpert / --tier-zeroshot-padchest after an epoch, with
+    --tier-zeroshot-prompts (a prompt file or a named set; default CheXzero's prompts).
 
     Runs on rank 0 every --zeroshot-frequency epochs and after the last one (never when the
     frequency is 0), without bootstrap. Logs like open_clip's own evaluation: the log, a JSON line
@@ -210,7 +292,8 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
             # (a file changed since, memory) is logged: it must not cost the run its checkpoint.
             try:
                 results = zeroshot_evaluate(
-                    inner, preprocess, tokenizer, directory, bootstrap=0, batch_size=getattr(args, "batch_size", 64),
+                    inner, preprocess, tokenizer, directory, prompts=getattr(args, "tier_zeroshot_prompts", None),
+                    bootstrap=0, batch_size=getattr(args, "batch_size", 64),
                     device=str(getattr(args, "device", "cpu")), num_workers=getattr(args, "workers", 0),
                 )
                 if results["dataset"] not in (None, dataset):
@@ -232,8 +315,9 @@ def zeroshot_during_training(model: Any, completed_epoch: int, args: Any, tb_wri
     return metrics
 
 
-def check_training_set(dataset: str, directory: str | None) -> str | None:
-    """Why --tier-zeroshot-<dataset> DIR cannot be evaluated (read at start-up, before any training), or None."""
+def check_training_set(dataset: str, directory: str | None, prompts: PromptsArg = None) -> str | None:
+    """Why --tier-zeroshot-<dataset> DIR cannot be evaluated with --tier-zeroshot-prompts ``prompts``
+    (read at start-up, before any training), or None."""
     if not directory:
         return None
     try:
@@ -243,4 +327,8 @@ def check_training_set(dataset: str, directory: str | None) -> str | None:
     if eval_set.dataset not in (None, dataset):
         return (f"--tier-zeroshot-{dataset} {directory} holds a {eval_set.dataset} set (meta.json); "
                 f"pass it as --tier-zeroshot-{eval_set.dataset}")
+    try:
+        resolve_prompts(eval_set.labels, prompts, eval_set.dataset or dataset)
+    except (OSError, ValueError) as exc:
+        return f"--tier-zeroshot-prompts {prompts}: {exc}"
     return None

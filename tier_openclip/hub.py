@@ -253,8 +253,9 @@ def model_card(repo_id: str, model_name: str, epoch: int | None, settings: TierS
         "## Evaluation", "",
     ]
     if results:
-        lines.append("Zero-shot classification by the CheXzero protocol (per label, softmax over a positive and a "
-                     "negative prompt), ROC AUC with bootstrap confidence intervals, computed with "
+        lines.append("Zero-shot classification by the CheXzero protocol (per label, a positive and a negative "
+                     "prompt; scored by the difference of their similarities, which orders images as CheXzero's "
+                     "softmax does), ROC AUC with bootstrap confidence intervals, computed with "
                      "`tier-openclip eval zeroshot`.")
         for result in results:
             lines += ["", results_markdown(result).rstrip()]
@@ -269,8 +270,11 @@ def model_card(repo_id: str, model_name: str, epoch: int | None, settings: TierS
         "with torch.no_grad():",
         "    image_features = model.encode_image(image, normalize=True)",
         "    text_features = model.encode_text(text, normalize=True)",
-        "    probs = (model.logit_scale.exp() * image_features @ text_features.T).softmax(dim=-1)",
-        'print("P(pleural effusion) =", probs[0, 0].item())', "```", "",
+        "    similarity = (image_features @ text_features.T)[0].double()",
+        "# CheXzero's softmax over the two prompts, as a sigmoid of the scaled difference in float64",
+        "# (a float32 softmax rounds to exactly 1.0 once the difference passes ~0.17 at scale 100)",
+        "probability = torch.sigmoid(model.logit_scale.exp().double() * (similarity[0] - similarity[1]))",
+        'print("P(pleural effusion) =", probability.item())', "```", "",
     ]
     if hf_model:
         lines += [f"The text tower's architecture is read from `{hf_model}` (its config.json) when the model loads.", ""]

@@ -83,6 +83,10 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="CheXpert set from `tier-openclip prep chexpert`: zero-shot AUC every --zeroshot-frequency epochs.")
     group.add_argument("--tier-zeroshot-padchest", metavar="DIR", default=None,
                        help="PadChest set from `tier-openclip prep padchest`: zero-shot AUC every --zeroshot-frequency epochs.")
+    group.add_argument("--tier-zeroshot-prompts", metavar="FILE|authors", default=None,
+                       help="Prompts of the zero-shot AUCs during training: a prompt file (as `eval zeroshot "
+                            "--prompts`) or 'authors' (the TIER authors' protocol, which their λ search used). "
+                            "Default: CheXzero's '{label}' vs 'no {label}'.")
     group.add_argument("--tier-grounding", metavar="DIR", default=None,
                        help="Grounding set (`tier-openclip prep ms-cxr`, or the demo's phantom test set): CNR, "
                             "pointing game and mIoU every --zeroshot-frequency epochs.")

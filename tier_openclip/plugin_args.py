@@ -135,7 +135,11 @@ def _check_folders(args: argparse.Namespace) -> None:
     if given and not getattr(args, "zeroshot_frequency", 0):
         raise UsageError(f"{given[0]} is never evaluated with --zeroshot-frequency 0: give a frequency in epochs "
                          f"(e.g. --zeroshot-frequency 1), or drop {given[0]}")
-    problems = [check_training_set(name, getattr(args, f"tier_zeroshot_{name}", None)) for name in DATASETS]
+    prompts = getattr(args, "tier_zeroshot_prompts", None)
+    if prompts and not any(getattr(args, f"tier_zeroshot_{name}", None) for name in DATASETS):
+        raise UsageError("--tier-zeroshot-prompts acts only with --tier-zeroshot-chexpert or --tier-zeroshot-padchest: "
+                         "add one, or drop it")
+    problems = [check_training_set(name, getattr(args, f"tier_zeroshot_{name}", None), prompts) for name in DATASETS]
     if folders["--tier-grounding"]:
         from tier_openclip.grounding import check_training_dir
 

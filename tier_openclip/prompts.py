@@ -20,6 +20,11 @@ renormalised, as CheXzero does)::
 
 Label names match case-insensitively; labels the file does not name keep the defaults, and file
 entries for labels not being evaluated are ignored (so one file can serve CheXpert and PadChest).
+
+Named prompt sets, given by name instead of a file (a file of that name: write ``./authors``):
+
+- ``authors``: the TIER authors' protocol (tier_openclip/authors_protocol.py): CheXpert's 5
+  competition labels with their sentence sets, PadChest's 57 findings; it depends on the dataset.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from typing import Union
 
 PromptSet = dict[str, list[str]]  # {"positive": [...], "negative": [...]}
 PromptsArg = Union[str, Path, Mapping[str, Mapping[str, list[str]]], None]
+
+# Prompt sets chosen by name; each maps a dataset ("chexpert", "padchest") to its prompts.
+NAMED_PROMPT_SETS = ("authors",)
 
 # Labels whose natural opposite is not "no {label}".
 OPPOSITES = {"normal": "abnormal"}
@@ -80,12 +88,31 @@ def load_prompt_file(path: str | Path) -> dict[str, PromptSet]:
     return validate_prompts(data, source=f"prompt file {path}")
 
 
-def resolve_prompts(labels: Iterable[str], prompts: PromptsArg = None) -> dict[str, PromptSet]:
-    """The prompt set of each label: from ``prompts`` (a file path or a mapping) where it names the
-    label, the defaults otherwise."""
+def named_prompt_set(name: str, dataset: str | None) -> dict[str, PromptSet]:
+    """The named prompt set ``name`` (one of NAMED_PROMPT_SETS) for ``dataset``; ValueError
+    naming what is wrong otherwise."""
+    if name == "authors":
+        from tier_openclip.authors_protocol import authors_prompts
+
+        return authors_prompts(dataset or "")
+    raise ValueError(f"no prompt set named {name!r}; named sets: {', '.join(NAMED_PROMPT_SETS)}")
+
+
+def is_named_prompt_set(prompts: PromptsArg) -> bool:
+    """Whether ``prompts`` names a prompt set rather than a file or a mapping."""
+    return isinstance(prompts, str) and prompts in NAMED_PROMPT_SETS
+
+
+def resolve_prompts(labels: Iterable[str], prompts: PromptsArg = None, dataset: str | None = None) -> dict[str, PromptSet]:
+    """The prompt set of each label: from ``prompts`` (a named set, a file path or a mapping) where
+    it names the label, the defaults otherwise. ``dataset`` chooses a named set's prompts."""
     labels = list(labels)
     given: dict[str, PromptSet] = {}
-    if isinstance(prompts, (str, Path)):
+    source = "the prompt file"
+    if is_named_prompt_set(prompts):
+        given = named_prompt_set(str(prompts), dataset)
+        source = f"the {prompts!r} prompt set"
+    elif isinstance(prompts, (str, Path)):
         given = load_prompt_file(prompts)
     elif prompts is not None:
         given = validate_prompts(prompts)
@@ -94,5 +121,5 @@ def resolve_prompts(labels: Iterable[str], prompts: PromptsArg = None) -> dict[s
     if given:
         defaulted = [label for label in labels if _clean(label) not in by_key]
         if defaulted:
-            logger.info("zero-shot prompts: default prompts for %s (not in the prompt file)", ", ".join(defaulted))
+            logger.info("zero-shot prompts: default prompts for %s (not in %s)", ", ".join(defaulted), source)
     return resolved

@@ -15,6 +15,8 @@ How each tower's tokens reach the shared space:
   (norm, classifier) and the adapter's projection; CNN maps go through ``forward_head`` cell by
   cell as 1×1 maps, where global pooling is the identity. Channels-last trunks (Swin, any
   ``output_fmt == 'NHWC'``) get their 1×1 cells channels-last too, as their head expects.
+  A trunk with ``forward_tokens`` (BioViL's: projected cells, pooled = their mean) gives both
+  from one pass, so its BatchNorm statistics see each step once.
 - CLIP text transformer (``CLIP``'s inline tower or ``TextTransformer``): every position after
   ``ln_final`` through ``text_projection``; valid tokens run from position 1 up to and including
   end-of-text. Under the causal mask position 0 attends only to itself, so its output depends on
@@ -74,6 +76,10 @@ def _resnet_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
 
 def _timm_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     trunk = visual.trunk
+    forward_tokens = getattr(trunk, "forward_tokens", None)
+    if forward_tokens is not None:  # a trunk that pools its own projected cells (tier_openclip.biovil)
+        pooled, tokens = forward_tokens(images)
+        return visual.head(pooled), visual.head(tokens)
     features = trunk.forward_features(images)
     pooled = visual.head(trunk.forward_head(features))
     if features.ndim == 4:

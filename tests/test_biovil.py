@@ -138,3 +138,22 @@ def test_shipped_config_is_the_converted_architecture(converted):
     for cfg in (shipped, folder):
         cfg["text_cfg"].pop("hf_model_name"), cfg["text_cfg"].pop("hf_tokenizer_name")
     assert shipped == folder
+
+
+def test_shipped_config_reads_cxr_bert_specialized_without_remote_code(sources, tmp_path):
+    """`--model TIER-BioViL` with no checkpoint: the text tower's weights are the published repo's
+    (here its layout at toy size, remote-code pointers included), loaded by the local cxr-bert type."""
+    import open_clip
+    from importlib.resources import files
+
+    from helpers import register_config
+
+    _, _, text_dir, text_model = sources
+    config = json.loads((files("tier_openclip") / "model_configs" / "TIER-BioViL.json").read_text())
+    config["text_cfg"]["hf_model_name"] = config["text_cfg"]["hf_tokenizer_name"] = str(text_dir)
+    name = register_config(tmp_path, "offline-TIER-BioViL", config)
+    model = open_clip.create_model(name).eval()
+    ids = open_clip.get_tokenizer(name)(TEXTS)
+    with torch.no_grad():
+        expected = text_model.get_projected_text_embeddings(ids, (ids != 0).long(), normalize_embeddings=False)
+        torch.testing.assert_close(model.encode_text(ids), expected, atol=1e-5, rtol=0)

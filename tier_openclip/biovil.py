@@ -150,13 +150,6 @@ def register() -> None:
         return
     AutoConfig.register(MODEL_TYPE, CXRBertConfig, exist_ok=True)
     AutoModel.register(CXRBertConfig, CXRBertProjected, exist_ok=True)
-    try:  # the published repo names a remote tokenizer class; it is a plain BertTokenizer
-        from transformers import AutoTokenizer, BertTokenizer, BertTokenizerFast
-
-        AutoTokenizer.register(CXRBertConfig, slow_tokenizer_class=BertTokenizer, fast_tokenizer_class=BertTokenizerFast,
-                               exist_ok=True)
-    except (TypeError, ValueError):  # transformers without the slow/fast split: the fast class is enough
-        pass
     adapter.add_hf_architecture(MODEL_TYPE, like="bert", width="projection_size", layer_attr="layer",
                                 token_embeddings_attr="embeddings", pooler="cls_last_hidden_state_pooler")
     _registered = True

@@ -117,7 +117,9 @@ def model_config(out_dir: Path, text_config: Any) -> dict:
                            "timm_proj": "none", "image_size": 224},
             "text_cfg": {"hf_model_name": str(out_dir.resolve()), "hf_tokenizer_name": str(out_dir.resolve()),
                          "hf_proj_type": None, "hf_pooler_type": "cls_last_hidden_state_pooler",
-                         "context_length": 128},
+                         "context_length": 128,
+                         # the published tokenizer_config.json names a remote-code class; it is BERT's WordPiece
+                         "tokenizer_kwargs": {"tokenizer_type": "bert"}},
         },
         "preprocess_cfg": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear",
                            "resize_mode": "shortest"},

@@ -110,3 +110,17 @@ def test_tiny_resnet_cells_see_only_their_receptive_field():
                                        for x in (images, far, near))
     assert torch.equal(base, moved_far)
     assert not torch.allclose(base, moved_near)
+
+
+def test_bert_towers_lock_layer_by_layer(tmp_path, tiny_bert_dir):
+    """open_clip 3.3's arch entry for BERT lacks the names --lock-text-unlocked-layers reads; the
+    plugin adds them (tier_openclip.openclip_adapter.fill_hf_lock_names)."""
+    import open_clip
+
+    config = shipped_config("TIER-BioViL-RN50-CXR-BERT")
+    config["text_cfg"]["hf_model_name"] = config["text_cfg"]["hf_tokenizer_name"] = str(tiny_bert_dir)
+    config["vision_cfg"]["timm_model_name"] = "resnet18"  # the text tower is what is tested
+    model = open_clip.create_model(register_config(tmp_path, "offline-lock", config))
+    model.lock_text_tower(unlocked_layers=1, freeze_layer_norm=True)  # tiny BERT: embeddings + 1 layer
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in model.named_parameters() if name.startswith("text.transformer.embeddings.")}

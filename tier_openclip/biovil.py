@@ -141,7 +141,8 @@ _registered = False
 
 
 def register() -> None:
-    """Make ``cxr-bert`` a local transformers type and an open_clip HF architecture (idempotent).
+    """Make ``cxr-bert`` a local transformers type and an open_clip HF architecture, and let
+    open_clip lock BERT towers layer by layer (idempotent).
 
     Importing this module already registers the timm trunk.
     """
@@ -150,6 +151,8 @@ def register() -> None:
         return
     AutoConfig.register(MODEL_TYPE, CXRBertConfig, exist_ok=True)
     AutoModel.register(CXRBertConfig, CXRBertProjected, exist_ok=True)
+    # BERT towers (TIER-BioViL-RN50-CXR-BERT, TIER-BiomedCLIP-ViT-B-16) get --lock-text-unlocked-layers too
+    adapter.fill_hf_lock_names("bert", layer_attr="layer", token_embeddings_attr="embeddings")
     adapter.add_hf_architecture(MODEL_TYPE, like="bert", width="projection_size", layer_attr="layer",
                                 token_embeddings_attr="embeddings", pooler="cls_last_hidden_state_pooler")
     _registered = True

@@ -188,6 +188,15 @@ def add_hf_architecture(model_type: str, like: str, **config_names: str) -> None
     arch_dict[model_type] = entry
 
 
+def fill_hf_lock_names(model_type: str, layer_attr: str, token_embeddings_attr: str) -> None:
+    """Add the names ``HFTextEncoder.lock`` reads for ``--lock-text-unlocked-layers`` where
+    open_clip's arch_dict entry lacks them (3.3's ``bert`` does: a KeyError 'layer_attr'
+    otherwise); names already there are kept."""
+    names = symbol("hf_arch_dict")[model_type]["config_names"]
+    names.setdefault("layer_attr", layer_attr)
+    names.setdefault("token_embeddings_attr", token_embeddings_attr)
+
+
 def apply_create_overrides(config: dict, kwargs: Mapping[str, Any]) -> dict:
     """The model config after the overrides open_clip 3.x's create_model applies for these
     create_model_and_transforms arguments (force_*, init_logit_*), so that a model saved with

@@ -140,9 +140,10 @@ def test_shipped_config_is_the_converted_architecture(converted):
     assert shipped == folder
 
 
-def test_shipped_config_reads_cxr_bert_specialized_without_remote_code(sources, tmp_path):
+def test_shipped_config_reads_cxr_bert_specialized_without_remote_code(sources, converted, tmp_path):
     """`--model TIER-BioViL` with no checkpoint: the text tower's weights are the published repo's
-    (here its layout at toy size, remote-code pointers included), loaded by the local cxr-bert type."""
+    (here its layout at toy size, remote-code pointers included), loaded by the local cxr-bert type;
+    with `--pretrained` the converted weights: hi-ml's image model too."""
     import open_clip
     from importlib.resources import files
 
@@ -157,3 +158,10 @@ def test_shipped_config_reads_cxr_bert_specialized_without_remote_code(sources, 
     with torch.no_grad():
         expected = text_model.get_projected_text_embeddings(ids, (ids != 0).long(), normalize_embeddings=False)
         torch.testing.assert_close(model.encode_text(ids), expected, atol=1e-5, rtol=0)
+    from tier_openclip.models import load_model
+
+    loaded = load_model(name, str(converted / "open_clip_model.safetensors"))
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_image(images), sources[1](images).projected_global_embedding,
+                                   atol=1e-5, rtol=0)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from tier_openclip.errors import CommandError, UsageError, input_file
 
@@ -163,7 +165,8 @@ def convert_biovil(image_checkpoint: str | os.PathLike, text_model: str, out: st
         (tmp / "config.json").write_text(json.dumps(text_config_dict(text_config), indent=2) + "\n")
         config = model_config(tmp, text_config)
         (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        model = adapter.symbol("create_model_and_transforms")(f"local-dir:{tmp}", pretrained_text=False)[0]
+        with _quiet_root_logger():  # open_clip warns the folder has no weights yet: they are loaded next
+            model = adapter.symbol("create_model_and_transforms")(f"local-dir:{tmp}", pretrained_text=False)[0]
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))
         if missing:  # nothing may stay at its random initialisation
@@ -190,6 +193,17 @@ def convert_biovil(image_checkpoint: str | os.PathLike, text_model: str, out: st
     return out
 
 
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -198,7 +212,7 @@ def _read_json(path: Path) -> dict:
 
 
 def run_convert_biovil(args: argparse.Namespace) -> int:
-    out = convert_biovil(args.image_checkpoint, args.text_model, args.out)
+    out = convert_biovil(args.image_checkpoint, args.text_model, args.out).resolve()
     print(f"Wrote {out}: load it with open_clip.create_model_and_transforms('local-dir:{out}') or train with "
           f"--model local-dir:{out} (text_cfg.hf_model_name names this folder: move it and edit that path)")
     return 0

@@ -10,7 +10,7 @@ modules.py, modeling_cxrbert.py):
   has the same module names and arithmetic), then per cell BioViL's projector ``projector.model``
   = 1×1 conv 2048→128 (no bias), BatchNorm2d, ReLU, 1×1 conv 128→128 (bias). Patch tokens are the
   projected cells; the global feature is their mean (``projected_global_embedding``).
-- Text (transformers model type ``cxr-bert``, registered here so that neither the converter nor
+- Text (transformers model type ``cxr-bert``, registered here, modelled in ``tier_openclip.cxr_bert``, so that neither the converter nor
   open_clip needs ``trust_remote_code``): CXR-BERT-specialized's BERT (``bert.*``, no pooler) and
   its ``cls_projection_head`` 768→128 → GELU → LayerNorm → 128→128. hi-ml applies the head to
   [CLS] only; the authors (``MedCLIP.get_text_embeddings``) also apply it to every token for TIER's
@@ -23,12 +23,10 @@ modules.py, modeling_cxrbert.py):
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from timm.models import build_model_with_cfg, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, BertConfig, BertModel, BertPreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput
+from transformers import AutoConfig, AutoModel, BertConfig
 
 from tier_openclip import openclip_adapter as adapter
 
@@ -93,48 +91,24 @@ class CXRBertConfig(BertConfig):
         self.projection_size = projection_size
 
 
-class CXRBertProjectionHead(nn.Module):
-    """hi-ml's ``BertProjectionHead`` (same names, exact GELU, LayerNorm eps 1e-12)."""
-
-    def __init__(self, config: CXRBertConfig):
-        super().__init__()
-        self.dense_to_hidden = nn.Linear(config.hidden_size, config.projection_size)
-        self.LayerNorm = nn.LayerNorm(config.projection_size, eps=1e-12)
-        self.dense_to_output = nn.Linear(config.projection_size, config.projection_size)
-
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        return self.dense_to_output(self.LayerNorm(F.gelu(self.dense_to_hidden(hidden_states))))
-
-
-class CXRBertProjected(BertPreTrainedModel):
-    """CXR-BERT-specialized whose ``last_hidden_state`` is ``cls_projection_head`` on every token.
-
-    Parameter names are those of the published checkpoint (``bert.*``, ``cls_projection_head.*``).
-    ``embeddings`` and ``encoder`` point into ``bert`` so that open_clip's ``HFTextEncoder.lock``
-    finds BERT's embeddings and layers (``--lock-text-unlocked-layers``).
-    """
+class CXRBertModel:
+    """Stands for ``tier_openclip.cxr_bert.CXRBertProjected`` in transformers' AutoModel registry,
+    so that transformers' BERT modelling code is imported only when a cxr-bert tower is built, not
+    whenever open_clip is (the start-up hook registers this)."""
 
     config_class = CXRBertConfig
 
-    def __init__(self, config: CXRBertConfig, add_pooling_layer: bool = False):
-        super().__init__(config)
-        if add_pooling_layer:  # open_clip asks for it only with hf_pooler_type cls_pooler
-            raise ValueError("CXR-BERT has no BERT pooler; use hf_pooler_type cls_last_hidden_state_pooler")
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.cls_projection_head = CXRBertProjectionHead(config)
-        self.post_init()
+    @classmethod
+    def _from_config(cls, config: CXRBertConfig, **kwargs):
+        from tier_openclip.cxr_bert import CXRBertProjected
 
-    @property
-    def embeddings(self) -> nn.Module:
-        return self.bert.embeddings
+        return CXRBertProjected._from_config(config, **kwargs)
 
-    @property
-    def encoder(self) -> nn.Module:
-        return self.bert.encoder
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        from tier_openclip.cxr_bert import CXRBertProjected
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> BaseModelOutput:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        return BaseModelOutput(last_hidden_state=self.cls_projection_head(hidden))
+        return CXRBertProjected.from_pretrained(*args, **kwargs)
 
 
 _registered = False
@@ -150,7 +124,7 @@ def register() -> None:
     if _registered:
         return
     AutoConfig.register(MODEL_TYPE, CXRBertConfig, exist_ok=True)
-    AutoModel.register(CXRBertConfig, CXRBertProjected, exist_ok=True)
+    AutoModel.register(CXRBertConfig, CXRBertModel, exist_ok=True)
     # BERT towers (TIER-BioViL-RN50-CXR-BERT, TIER-BiomedCLIP-ViT-B-16) get --lock-text-unlocked-layers too
     adapter.fill_hf_lock_names("bert", layer_attr="layer", token_embeddings_attr="embeddings")
     adapter.add_hf_architecture(MODEL_TYPE, like="bert", width="projection_size", layer_attr="layer",
@@ -162,6 +136,6 @@ def text_config_dict(config: CXRBertConfig) -> dict:
     """The text model's config.json as ``save_pretrained`` writes it, without remote-code pointers."""
     data = config.to_dict()
     data.pop("auto_map", None)
-    data["architectures"] = [CXRBertProjected.__name__]
+    data["architectures"] = ["CXRBertProjected"]
     return data
 

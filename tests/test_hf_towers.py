@@ -94,3 +94,13 @@ def test_online_failure_is_the_same_line(tmp_path, monkeypatch):
     with pytest.raises(CommandError, match=f"{REPO} is needed and it could not be downloaded"):
         with hf_towers.reporting_unreachable("TIER-BioViL"):
             raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+
+def test_convert_from_an_uncached_repo_offline(empty_cache, tmp_path, capsys):
+    image = tmp_path / "biovil_image_resnet50_proj_size_128.pt"
+    image.write_bytes(b"not read before the repo is found")
+    code = main(["convert", "biovil", "--image-checkpoint", str(image), "--text-model", REPO, "--out",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and REPO in err and "HF_HUB_OFFLINE" in err, err
+    assert not (tmp_path / "out").exists()

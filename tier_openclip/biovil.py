@@ -26,12 +26,10 @@ from __future__ import annotations
 from timm.models import build_model_with_cfg, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, BertConfig
+from transformers import AutoConfig, AutoModel
 
 from tier_openclip import openclip_adapter as adapter
-
-MODEL_TYPE = "cxr-bert"  # CXR-BERT-specialized's config.json names this type
-PROJECTION_SIZE = 128
+from tier_openclip.cxr_bert_config import MODEL_TYPE, PROJECTION_SIZE, CXRBertConfig
 
 
 class BioViLProjector(nn.Module):
@@ -79,16 +77,6 @@ def tier_biovil_resnet50(pretrained: bool = False, **kwargs) -> BioViLResNet:
     kwargs["pretrained_cfg"] = {"input_size": (3, 224, 224), "pool_size": (7, 7), "num_classes": 0,
                                 "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
     return build_model_with_cfg(BioViLResNet, "tier_biovil_resnet50", pretrained=False, **kwargs)
-
-
-class CXRBertConfig(BertConfig):
-    """hi-ml's ``CXRBertConfig``: BERT's configuration plus the projection size."""
-
-    model_type = MODEL_TYPE
-
-    def __init__(self, projection_size: int = PROJECTION_SIZE, **kwargs):
-        super().__init__(**kwargs)
-        self.projection_size = projection_size
 
 
 class CXRBertModel:

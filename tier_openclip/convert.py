@@ -90,7 +90,7 @@ def text_model_folder(text_model: str) -> Path:
 
 def read_text_model(folder: Path) -> tuple[Any, dict]:
     """(CXRBertConfig, state dict) of a CXR-BERT-specialized folder, or CommandError saying why not."""
-    from tier_openclip.biovil import MODEL_TYPE, CXRBertConfig
+    from tier_openclip.cxr_bert_config import MODEL_TYPE, CXRBertConfig
 
     try:
         config = json.loads((folder / "config.json").read_text())

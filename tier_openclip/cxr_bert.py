@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from tier_openclip.biovil import CXRBertConfig
+from tier_openclip.cxr_bert_config import CXRBertConfig
 
 
 class CXRBertProjectionHead(nn.Module):

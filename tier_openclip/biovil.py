@@ -10,8 +10,9 @@ modules.py, modeling_cxrbert.py):
   has the same module names and arithmetic), then per cell BioViL's projector ``projector.model``
   = 1×1 conv 2048→128 (no bias), BatchNorm2d, ReLU, 1×1 conv 128→128 (bias). Patch tokens are the
   projected cells; the global feature is their mean (``projected_global_embedding``).
-- Text (transformers model type ``cxr-bert``, registered here, modelled in ``tier_openclip.cxr_bert``, so that neither the converter nor
-  open_clip needs ``trust_remote_code``): CXR-BERT-specialized's BERT (``bert.*``, no pooler) and
+- Text (transformers model type ``cxr-bert``, registered here and modelled in
+  ``tier_openclip.cxr_bert``, so that neither the converter nor open_clip needs
+  ``trust_remote_code``): CXR-BERT-specialized's BERT (``bert.*``, no pooler) and
   its ``cls_projection_head`` 768→128 → GELU → LayerNorm → 128→128. hi-ml applies the head to
   [CLS] only; the authors (``MedCLIP.get_text_embeddings``) also apply it to every token for TIER's
   word embeddings. We follow the authors: the model's ``last_hidden_state`` is the head applied to

@@ -24,7 +24,9 @@ How each tower's tokens reach the shared space:
   left out. (A tower built with ``no_causal_mask`` keeps it.) ``--tier-token-mask all`` still
   uses it, as the authors' code uses BERT's [CLS].
 - Hugging Face text towers: ``last_hidden_state`` through the tower's ``proj``; valid tokens are
-  those of the attention mask (padding excluded; [CLS] and [SEP] kept).
+  those of the attention mask (padding excluded; [CLS] and [SEP] kept). CXR-BERT-specialized
+  (tier_openclip.cxr_bert) returns its ``cls_projection_head`` on every token as
+  ``last_hidden_state``, with ``proj`` the identity, as the TIER authors project words.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from helpers import register_config
 from tier_openclip.features import token_features
 
 SHIPPED = {  # name -> (patches, shared dim, context length)
+    "TIER-BioViL": (49, 128, 128),
     "TIER-BioViL-RN50-CXR-BERT": (49, 128, 128),
     "TIER-BiomedCLIP-ViT-B-16": (196, 512, 256),
     "TIER-CheXzero-ViT-B-32": (49, 512, 77),
@@ -21,12 +22,21 @@ SHIPPED = {  # name -> (patches, shared dim, context length)
 # Is the global image feature the mean of the patch tokens TIER reads (model_configs/README.md)?
 # Only then does the contrastive loss train exactly those patch embeddings.
 POOLED_IS_MEAN_OF_PATCHES = {
+    "TIER-BioViL": True,  # mean of the projected cells (BioViL's projected_global_embedding)
     "TIER-BioViL-RN50-CXR-BERT": False,  # MLP(mean of cells), not mean of MLP(cell)
     "TIER-BiomedCLIP-ViT-B-16": False,  # class token
     "TIER-CheXzero-ViT-B-32": False,  # class token (OpenAI ViT-B/32 shapes)
     "TIER-tiny": True,  # pool_type avg
     "TIER-tiny-ResNet": True,  # timm avg pool, then a linear projection
 }
+
+
+@pytest.fixture(scope="module")
+def tiny_cxr_bert_dir(tmp_path_factory):
+    """CXR-BERT-specialized's layout (model type cxr-bert, remote-code pointers) at toy size."""
+    from biovil_fixtures import make_cxr_bert_specialized
+
+    return make_cxr_bert_specialized(tmp_path_factory.mktemp("cxr-bert"))[0]
 
 
 def shipped_config(name: str) -> dict:
@@ -43,13 +53,14 @@ def test_configs_are_registered_with_open_clip():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_config_builds_offline_with_the_documented_shapes(name, tmp_path, tiny_bert_dir):
+def test_config_builds_offline_with_the_documented_shapes(name, tmp_path, tiny_bert_dir, tiny_cxr_bert_dir):
     import open_clip
 
     config = shipped_config(name)
     text_cfg = config["text_cfg"]
-    if "hf_model_name" in text_cfg:  # same architecture, the tiny local BERT instead of the hub's
-        text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(tiny_bert_dir)
+    if "hf_model_name" in text_cfg:  # same architecture, a tiny local BERT instead of the hub's
+        local = tiny_cxr_bert_dir if text_cfg["hf_model_name"].endswith("-specialized") else tiny_bert_dir
+        text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(local)
     offline_name = register_config(tmp_path, f"offline-{name}", config)
     model = open_clip.create_model(offline_name, output_dict=True).eval()
     tokenizer = open_clip.get_tokenizer(offline_name)
@@ -99,3 +110,17 @@ def test_tiny_resnet_cells_see_only_their_receptive_field():
                                        for x in (images, far, near))
     assert torch.equal(base, moved_far)
     assert not torch.allclose(base, moved_near)
+
+
+def test_bert_towers_lock_layer_by_layer(tmp_path, tiny_bert_dir):
+    """open_clip 3.3's arch entry for BERT lacks the names --lock-text-unlocked-layers reads; the
+    plugin adds them (tier_openclip.openclip_adapter.fill_hf_lock_names)."""
+    import open_clip
+
+    config = shipped_config("TIER-BioViL-RN50-CXR-BERT")
+    config["text_cfg"]["hf_model_name"] = config["text_cfg"]["hf_tokenizer_name"] = str(tiny_bert_dir)
+    config["vision_cfg"]["timm_model_name"] = "resnet18"  # the text tower is what is tested
+    model = open_clip.create_model(register_config(tmp_path, "offline-lock", config))
+    model.lock_text_tower(unlocked_layers=1, freeze_layer_norm=True)  # tiny BERT: embeddings + 1 layer
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in model.named_parameters() if name.startswith("text.transformer.embeddings.")}

@@ -188,3 +188,34 @@ def test_auto_lambda_hits_its_target_ratio_and_a_resume_keeps_it(tmp_path, data)
     log = (resumed / "out.log").read_text()
     assert re.search(rf"auto: λ = {re.escape(chosen[0])}, as chosen at the start of the resumed run", log)
     assert log.count("on the first batch") == 1  # the first run's line only: no new measurement
+
+
+def test_converted_biovil_trains_with_the_authors_freezing(tmp_path, data):
+    """`--model local-dir:` a `tier-openclip convert biovil` folder trains with --loss tier; the
+    authors' freezing flags leave BERT's embeddings and first 8 layers exactly as converted."""
+    import torch
+    from safetensors.torch import load_file
+
+    from biovil_fixtures import make_biovil_image, make_cxr_bert_specialized
+    from tier_openclip.cli import main as cli_main
+
+    image, _ = make_biovil_image(tmp_path / "biovil")
+    text_dir, _ = make_cxr_bert_specialized(tmp_path / "cxr-bert")
+    out = tmp_path / "converted"
+    assert cli_main(["convert", "biovil", "--image-checkpoint", str(image), "--text-model", str(text_dir),
+                     "--out", str(out)]) == 0
+    # fp32: under --precision amp on CPU, open_clip's GradScaler skipped all 4 steps of this run while
+    # lowering its scale (the logit scale stayed 14.286), so nothing would show training
+    run = train(tmp_path, f"local-dir:{out}", data, "--loss", "tier", "--force-image-size", "64",
+                "--lock-text", "--lock-text-unlocked-layers", "4", "--lock-text-freeze-layer-norm", "--precision", "fp32")
+    assert "Tier_text_loss" in (run / "out.log").read_text()
+    before = load_file(out / "open_clip_model.safetensors")
+    after = torch.load(run / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)["state_dict"]
+    after = {k.removeprefix("module."): v for k, v in after.items()}
+    for name, value in before.items():
+        frozen = re.match(r"text\.transformer\.bert\.(embeddings\.|encoder\.layer\.[0-7]\.)", name)
+        if frozen:
+            assert torch.equal(after[name], value), name
+    assert not torch.equal(after["text.transformer.bert.encoder.layer.11.output.dense.weight"],
+                           before["text.transformer.bert.encoder.layer.11.output.dense.weight"])
+    assert not torch.equal(after["visual.trunk.projector.model.3.weight"], before["visual.trunk.projector.model.3.weight"])

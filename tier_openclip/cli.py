@@ -16,6 +16,7 @@ import sys
 
 from tier_openclip import __version__
 from tier_openclip.analyze import add_analyze_parser
+from tier_openclip.convert import add_convert_parser
 from tier_openclip.data_prep.cli import add_prep_parser
 from tier_openclip.demo import add_demo_parser
 from tier_openclip.errors import TierOpenclipError
@@ -30,6 +31,7 @@ SUBCOMMANDS = {
     "heatmap": add_heatmap_parser,
     "analyze": add_analyze_parser,
     "push": add_push_parser,
+    "convert": add_convert_parser,
     "demo": add_demo_parser,
 }
 
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tier-openclip",
         description="TIER for medical CLIP models on open_clip: data preparation, evaluation, "
-        "heatmaps, analysis, Hugging Face Hub export and a CPU demo. Training itself is "
+        "heatmaps, analysis, Hugging Face Hub export, weight conversion and a CPU demo. Training itself is "
         "`python -m open_clip_train.main --loss tier ...`.",
     )
     parser.add_argument("--version", action="version", version=f"tier-openclip {__version__}")

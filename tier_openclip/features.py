@@ -15,6 +15,8 @@ How each tower's tokens reach the shared space:
   (norm, classifier) and the adapter's projection; CNN maps go through ``forward_head`` cell by
   cell as 1×1 maps, where global pooling is the identity. Channels-last trunks (Swin, any
   ``output_fmt == 'NHWC'``) get their 1×1 cells channels-last too, as their head expects.
+  A trunk with ``forward_tokens`` (BioViL's: projected cells, pooled = their mean) gives both
+  from one pass, so its BatchNorm statistics see each step once.
 - CLIP text transformer (``CLIP``'s inline tower or ``TextTransformer``): every position after
   ``ln_final`` through ``text_projection``; valid tokens run from position 1 up to and including
   end-of-text. Under the causal mask position 0 attends only to itself, so its output depends on
@@ -22,7 +24,9 @@ How each tower's tokens reach the shared space:
   left out. (A tower built with ``no_causal_mask`` keeps it.) ``--tier-token-mask all`` still
   uses it, as the authors' code uses BERT's [CLS].
 - Hugging Face text towers: ``last_hidden_state`` through the tower's ``proj``; valid tokens are
-  those of the attention mask (padding excluded; [CLS] and [SEP] kept).
+  those of the attention mask (padding excluded; [CLS] and [SEP] kept). CXR-BERT-specialized
+  (tier_openclip.cxr_bert) returns its ``cls_projection_head`` on every token as
+  ``last_hidden_state``, with ``proj`` the identity, as the TIER authors project words.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ def _resnet_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
 
 def _timm_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     trunk = visual.trunk
+    forward_tokens = getattr(trunk, "forward_tokens", None)
+    if forward_tokens is not None:  # a trunk that pools its own projected cells (tier_openclip.biovil)
+        pooled, tokens = forward_tokens(images)
+        return visual.head(pooled), visual.head(tokens)
     features = trunk.forward_features(images)
     pooled = visual.head(trunk.forward_head(features))
     if features.ndim == 4:

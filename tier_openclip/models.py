@@ -93,8 +93,9 @@ def register_model_configs() -> None:
     """
     from importlib.resources import files
 
-    from tier_openclip import timm_towers  # noqa: F401 -- registers the timm trunks our configs name
+    from tier_openclip import biovil, timm_towers  # noqa: F401 -- register the timm trunks our configs name
 
+    biovil.register()  # CXR-BERT-specialized as a local transformers type (no trust_remote_code)
     adapter.symbol("add_model_config")(str(files("tier_openclip") / "model_configs"))
 
 
@@ -125,19 +126,24 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
     """An open_clip model by name (ours are registered), with weights from a training checkpoint
     (``epoch_N.pt``), a ``.safetensors``/``.bin`` file, an open_clip pretrained tag, or the
     ``hf-hub:``/``local-dir:`` schemas as model_name."""
+    from tier_openclip import hf_towers
+
     check_pretrained(model_name, pretrained)
+    hf_towers.check_cached(model_name)  # offline: name the tower to pre-download before any retry
     create = adapter.symbol("create_model_and_transforms")
     from_file = bool(pretrained) and os.path.isfile(pretrained) and not model_name.startswith(("hf-hub:", "local-dir:"))
     if from_file:  # readable first (before building a possibly large model); then open_clip's strict load
         read_checkpoint(pretrained)
-        try:
-            model, _, preprocess = create(model_name, pretrained=pretrained, device=device, precision=precision,
-                                          output_dict=True)
-        except _MISFIT as exc:
-            raise _misfit(pretrained, model_name, "", exc) from None
-    else:
-        model, _, preprocess = create(model_name, pretrained=pretrained or None, device=device, precision=precision,
-                                      output_dict=True)
+    with hf_towers.reporting_unreachable(model_name):
+        if from_file:
+            try:
+                model, _, preprocess = create(model_name, pretrained=pretrained, device=device, precision=precision,
+                                              output_dict=True)
+            except _MISFIT as exc:
+                raise _misfit(pretrained, model_name, "", exc) from None
+        else:
+            model, _, preprocess = create(model_name, pretrained=pretrained or None, device=device,
+                                          precision=precision, output_dict=True)
+        tokenizer = adapter.symbol("get_tokenizer")(model_name)
     model.eval()
-    tokenizer = adapter.symbol("get_tokenizer")(model_name)
     return LoadedModel(model, preprocess, tokenizer, model_name, pretrained)

@@ -66,6 +66,7 @@ SYMBOLS = {
     "ModifiedResNet": "open_clip.modified_resnet:ModifiedResNet",
     "TimmModel": "open_clip.timm_model:TimmModel",
     "HFTextEncoder": "open_clip.hf_model:HFTextEncoder",  # defined even without transformers installed
+    "hf_arch_dict": "open_clip.hf_configs:arch_dict",  # HF model types HFTextEncoder knows; we add cxr-bert
 }
 # Private methods of the towers that token features are built from (tier_openclip/features.py).
 TOWER_INTERNALS = {
@@ -171,6 +172,29 @@ def replace(module_name: str, name: str, wrap: Callable[[Callable], Callable]) -
         raise KeyError(f"{module_name}.{name} is not in openclip_adapter.PATCHED")
     module = importlib.import_module(module_name)
     setattr(module, name, wrap(getattr(module, name)))
+
+
+def add_hf_architecture(model_type: str, like: str, **config_names: str) -> None:
+    """Teach open_clip's HFTextEncoder a transformers model type, as a copy of ``like``'s entry in
+    ``open_clip.hf_configs.arch_dict`` with some ``config_names`` replaced (``pooler`` sets the
+    default pooler). It reads ``width`` to size its projection and ``layer_attr`` /
+    ``token_embeddings_attr`` for ``--lock-text-unlocked-layers``."""
+    arch_dict = symbol("hf_arch_dict")
+    entry = copy.deepcopy(arch_dict[like])
+    pooler = config_names.pop("pooler", None)
+    entry["config_names"].update(config_names)
+    if pooler:
+        entry["pooler"] = pooler
+    arch_dict[model_type] = entry
+
+
+def fill_hf_lock_names(model_type: str, layer_attr: str, token_embeddings_attr: str) -> None:
+    """Add the names ``HFTextEncoder.lock`` reads for ``--lock-text-unlocked-layers`` where
+    open_clip's arch_dict entry lacks them (3.3's ``bert`` does: a KeyError 'layer_attr'
+    otherwise); names already there are kept."""
+    names = symbol("hf_arch_dict")[model_type]["config_names"]
+    names.setdefault("layer_attr", layer_attr)
+    names.setdefault("token_embeddings_attr", token_embeddings_attr)
 
 
 def apply_create_overrides(config: dict, kwargs: Mapping[str, Any]) -> dict:

@@ -23,9 +23,9 @@ import sys
 from typing import Any, Callable
 
 from tier_openclip import openclip_adapter as adapter
-from tier_openclip import plugin_args
+from tier_openclip import hf_towers, plugin_args
 from tier_openclip.entropy import IMPLS
-from tier_openclip.errors import UsageError
+from tier_openclip.errors import CommandError, UsageError
 from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
 from tier_openclip.models import register_model_configs
@@ -114,10 +114,11 @@ def _uses_plugin_flags(argv: list[str]) -> bool:
     return any(arg.split("=", 1)[0] in flags for arg in argv) or bool(plugin_args.abbreviated(argv, flags))
 
 
-def _stop(error: UsageError) -> None:
-    """A usage error as argparse reports one: one line on stderr, exit status 2, before any training."""
+def _stop(error: UsageError | CommandError) -> None:
+    """An error as argparse reports one: one line on stderr, before any training; exit status 2 for
+    a usage error, 1 for a CommandError (a hub tower out of reach)."""
     print(f"tier-openclip: {error}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(error.exit_code)
 
 
 def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Callable:
@@ -141,6 +142,10 @@ def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Call
         try:
             plugin_args.check_plugin_args(parsed, args, flags)
         except UsageError as error:
+            _stop(error)
+        try:  # offline and a hub tower not cached: say which to pre-download before open_clip retries
+            hf_towers.check_cached(parsed.model)
+        except CommandError as error:
             _stop(error)
         return parsed
 

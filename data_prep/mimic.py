@@ -482,7 +482,8 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
 
     check_options(options)
     inputs = locate_inputs(options)  # writes nothing; says first what is wrong with the inputs
-    refuse_overlap(options.out, {"--mimic-root": options.mimic_root, "--image-root": options.image_root})
+    refuse_overlap(options.out, {"--mimic-root": options.mimic_root, "--image-root": options.image_root,
+                                 "--metadata-dir": options.metadata_dir})
     shards.refuse_foreign_out(options.out)
     split_rows = read_csv(inputs.split_csv)
     _require_columns(split_rows, inputs.split_csv, ("dicom_id", "study_id", "subject_id", "split"))

@@ -431,7 +431,7 @@ def check_prep_options(options: SegPrepOptions, roots: Mapping[str, Path], files
     no output among the inputs (``roots`` either way, ``files`` not one this run writes) and no
     foreign --out (new, empty, or an earlier prep run's)."""
     from .limits import check_render_limits
-    from .paths import refuse_overlap
+    from .paths import refuse_overlap, refuse_written_inputs
     from .shards import refuse_foreign_out
 
     if options.resize not in images.RESIZE_MODES:
@@ -445,8 +445,5 @@ def check_prep_options(options: SegPrepOptions, roots: Mapping[str, Path], files
         raise PrepError(f"--split-fractions must be three numbers >= 0 summing to 1 (train,val,test), got {list(fractions)}")
     check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
     refuse_overlap(options.out, dict(roots), both_ways=True)
-    written = {(options.out / name).resolve() for name in (SPLITS_CSV, META_JSON, "failures.csv")}
-    for flag, path in {**files, "--splits": options.splits}.items():
-        if path is not None and path.resolve() in written:
-            raise PrepError(f"{flag} {path} is a file this command writes in --out: choose another --out")
+    refuse_written_inputs(options.out, {**files, "--splits": options.splits}, (SPLITS_CSV, META_JSON, "failures.csv"))
     refuse_foreign_out(options.out)

@@ -340,3 +340,94 @@ def test_analyze_of_missing_shards(files, tmp_path, capsys):
     code, err = run(capsys, "analyze", "--model", "TIER-tiny", "--pretrained", files.good, "--data", pattern,
                     "--out", tmp_path / "a")
     assert code == 1 and err.startswith(f"tier-openclip analyze: --data {pattern}: ")
+
+
+# --- issue 22, case 1: no command writes over its inputs; an unwritable --out is found first -------------
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the command worked although its output lands on an input")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: every refusal below comes before any work."""
+    from tier_openclip import models
+
+    monkeypatch.setattr(models, "load_model", _must_not_run)
+
+
+def overwrite_cases(files, tmp_path) -> dict[str, tuple[list, Path, str]]:
+    """case -> (argv, the input that must stay as it was, the start of the expected message)."""
+    import shutil
+
+    checkpoint = Path(shutil.copy(files.good, tmp_path / "ck.pt"))
+    data = copy_set(files, tmp_path)
+    image = Path(shutil.copy(files.root / "cxr.png", tmp_path / "src.png"))
+    link = tmp_path / "link.json"
+    link.symlink_to(checkpoint)
+    as_table = Path(shutil.copy(files.good, tmp_path / "weights.md"))  # --out weights.json writes weights.md
+    in_analysis = tmp_path / "runs"
+    in_analysis.mkdir()
+    named_like_output = Path(shutil.copy(files.good, in_analysis / "analysis.json"))
+    zeroshot = ["eval", "zeroshot", "--model", "TIER-tiny", "--dataset", "chexpert", "--data", data, "--workers", "0"]
+    return {
+        "eval zeroshot --out CHECKPOINT": ([*zeroshot, "--pretrained", checkpoint, "--out", checkpoint], checkpoint,
+                                           f"--out {checkpoint} is --pretrained {checkpoint}: writing it would destroy an input"),
+        "eval zeroshot --out DATA/labels.csv": ([*zeroshot, "--pretrained", checkpoint, "--out", data / "labels.csv"],
+                                                data / "labels.csv", f"--out {data / 'labels.csv'} is inside --data {data}"),
+        "eval zeroshot --out DATA/meta.json": ([*zeroshot, "--pretrained", checkpoint, "--out", data / "meta.json"],
+                                               data / "meta.json", f"--out {data / 'meta.json'} is inside --data {data}"),
+        "eval zeroshot --out LINK-TO-CHECKPOINT": ([*zeroshot, "--pretrained", checkpoint, "--out", link], checkpoint,
+                                                   f"--out {link} is --pretrained {checkpoint} (both resolve to {checkpoint})"),
+        "eval zeroshot table onto CHECKPOINT": ([*zeroshot, "--pretrained", as_table, "--out", tmp_path / "weights.json"],
+                                                as_table, f"--out (its table) {as_table} is --pretrained {as_table}"),
+        "eval grounding --out DATA/x.json": (["eval", "grounding", "--model", "TIER-tiny", "--pretrained", checkpoint,
+                                              "--data", data, "--out", data / "x.json"], data / "labels.csv",
+                                             f"--out {data / 'x.json'} is inside --data {data}"),
+        "eval segmentation --out DATA/x.json": (["eval", "segmentation", "--model", "TIER-tiny", "--pretrained",
+                                                 checkpoint, "--data", data, "--out", data / "x.json"], data / "labels.csv",
+                                                f"--out {data / 'x.json'} is inside --data {data}"),
+        "heatmap --out IMAGE": (["heatmap", "--model", "TIER-tiny", "--pretrained", checkpoint, "--image", image,
+                                 "--prompt", "effusion", "--out", image], image,
+                                f"--out {image} is --image {image}: writing it would destroy an input"),
+        "analyze --out FOLDER-OF-CHECKPOINT": (["analyze", "--model", "TIER-tiny", "--pretrained", named_like_output,
+                                                "--data", files.shards, "--out", in_analysis], named_like_output,
+                                               f"--out {named_like_output} is --pretrained {named_like_output}"),
+        "push --local-dir FOLDER-OF-CHECKPOINT": (["push", "--checkpoint", checkpoint, "--model", "TIER-tiny", "--repo-id",
+                                                   REPO, "--local-dir", tmp_path, "--overwrite"], checkpoint,
+                                                  f"--checkpoint {checkpoint} is inside --local-dir {tmp_path}"),
+    }
+
+
+CASES = ["eval zeroshot --out CHECKPOINT", "eval zeroshot --out DATA/labels.csv", "eval zeroshot --out DATA/meta.json",
+         "eval zeroshot --out LINK-TO-CHECKPOINT", "eval zeroshot table onto CHECKPOINT", "eval grounding --out DATA/x.json",
+         "eval segmentation --out DATA/x.json", "heatmap --out IMAGE", "analyze --out FOLDER-OF-CHECKPOINT",
+         "push --local-dir FOLDER-OF-CHECKPOINT"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_output_that_lands_on_an_input_is_refused_and_the_input_kept(files, tmp_path, capsys, no_model, case):
+    argv, kept, message = overwrite_cases(files, tmp_path)[case]
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    command = " ".join(argv[:2]) if argv[0] == "eval" else argv[0]
+    code, err = run(capsys, *argv)
+    assert (code, err.split(": writing")[0] if "(both" in message else err[: len(f"tier-openclip {command}: {message}")]) == (
+        2, f"tier-openclip {command}: {message}"), err
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    assert after == before and kept in before  # byte for byte, and nothing added
+
+
+@pytest.mark.parametrize("command", ["eval zeroshot", "heatmap", "analyze", "demo"])
+def test_an_unwritable_out_is_refused_before_any_work(files, tmp_path, capsys, no_model, monkeypatch, command):
+    from tier_openclip.demo import pipeline
+
+    monkeypatch.setattr(pipeline, "run_demo", _must_not_run)
+    unwritable = Path("/sys")  # read-only for every user, root included (chmod does not stop root)
+    argv = {"eval zeroshot": evaluation(files, files.set, "--out", unwritable / "results.json"),
+            "heatmap": heatmap(files, tmp_path, out=unwritable / "map.png", prompt="effusion"),
+            "analyze": ["analyze", "--model", "TIER-tiny", "--pretrained", files.good, "--data", files.shards,
+                        "--out", unwritable],
+            "demo": ["demo", "--out", unwritable]}[command]
+    code, err = run(capsys, *argv)
+    assert code == 2 and f"cannot write in {unwritable} (Permission denied)" in err, err

@@ -337,13 +337,13 @@ def test_a_planned_shard_name_held_by_a_foreign_file_stops_the_run(tmp_path, cap
     assert shard.read_bytes() == b"someone else's tar"
 
 
-@pytest.mark.parametrize("where", ["mimic-root", "image-root"])
+@pytest.mark.parametrize("where", ["mimic-root", "image-root", "metadata-dir"])  # metadata-dir: issue 22, case 6
 def test_out_inside_an_input_root_is_refused(tmp_path, capsys, where):
     mimic, meta, _ = build_tiny_mimic(tmp_path / "release", ["a"])
     image_root = tmp_path / "jpg"
     (image_root / "files").mkdir(parents=True)
     before = digest_tree(tmp_path)
-    out = (mimic if where == "mimic-root" else image_root) / "files" / "shards"
+    out = {"mimic-root": mimic / "files", "image-root": image_root / "files", "metadata-dir": meta}[where] / "shards"
     extra = ("--image-root", str(image_root)) if where == "image-root" else ()
     assert prep_mimic(mimic, meta, out, *extra) == 2
     error = capsys.readouterr().err

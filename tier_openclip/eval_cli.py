@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tier_openclip.cli_common import add_list_flag, add_model_flags, results_file, run_evaluation
+from tier_openclip.cli_common import add_list_flag, add_model_flags, model_inputs, results_file, run_evaluation
 from tier_openclip.errors import CommandError, UsageError, input_file
 from tier_openclip.evaluate import DATASETS, read_eval_set, results_markdown, zeroshot_evaluate
 from tier_openclip.grounding.evaluator import add_grounding_parser
@@ -71,7 +71,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
                          "`tier-openclip prep chexpert|padchest`")
     if args.prompts:
         input_file(args.prompts, "--prompts")
-    out = results_file(args.out)
+    out = results_file(args.out, [("--data", data), ("--prompts", args.prompts), *model_inputs(args)])
     check_pretrained(args.model, args.pretrained)
     try:
         eval_set = read_eval_set(data)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tier_openclip import openclip_adapter as adapter
-from tier_openclip.cli_common import add_list_flag, add_model_flags
+from tier_openclip.cli_common import add_list_flag, add_model_flags, refuse_overwriting_inputs
 from tier_openclip.errors import CommandError, UsageError, input_file
 from tier_openclip.models import check_pretrained, load_weights, read_checkpoint, register_model_configs
 
@@ -433,6 +433,9 @@ def run_push(args: argparse.Namespace) -> int:
     if args.params:
         input_file(params_path, "--params")
     results_paths = [input_file(path, "--results") for path in args.results]
+    refuse_overwriting_inputs([("--local-dir", args.local_dir)],
+                              [("--checkpoint", args.checkpoint), ("--params", params_path),
+                               *(("--results", path) for path in results_paths)], folder_outputs=True)
     old_files = check_export_folder(Path(args.local_dir), args.overwrite) if args.local_dir else []
     if not args.local_dir:
         hub_token()

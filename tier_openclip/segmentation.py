@@ -488,7 +488,7 @@ def add_segmentation_parser(tasks: Any) -> None:
 
 
 def run_segmentation(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import results_file, run_evaluation
+    from tier_openclip.cli_common import model_inputs, results_file, run_evaluation
     from tier_openclip.data_prep.seg_sets import read_seg_set
     from tier_openclip.errors import CommandError, UsageError
 
@@ -503,7 +503,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
         raise UsageError(f"--epochs, --probe-batch-size, --lr: {exc}") from None
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data} is not a folder: pass a segmentation set from `tier-openclip prep siim|rsna`")
-    out = results_file(args.out)
+    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
     try:
         read_seg_set(args.data)  # before loading a large model
     except (FileNotFoundError, ValueError) as exc:

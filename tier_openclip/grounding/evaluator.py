@@ -374,14 +374,14 @@ def add_grounding_parser(tasks: Any) -> None:
 
 
 def run_grounding(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import results_file, run_evaluation
+    from tier_openclip.cli_common import model_inputs, results_file, run_evaluation
     from tier_openclip.errors import CommandError, UsageError
 
     if args.bootstrap < 0 or args.batch_size < 1 or args.workers < 0:
         raise UsageError("--bootstrap and --workers must be >= 0, --batch-size >= 1")
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data} is not a folder: pass a grounding set from `tier-openclip prep ms-cxr`")
-    out = results_file(args.out)
+    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
     try:
         read_grounding_set(args.data)  # before loading a large model
     except (FileNotFoundError, ValueError) as exc:

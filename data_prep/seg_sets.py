@@ -30,6 +30,7 @@ from . import images
 from .atomic import write_bytes_atomic, write_csv_atomic, write_failures_csv, write_json_atomic
 from .errors import PrepError
 from .paths import UnsafePathError, resolve_inside
+from .tables import refuse_duplicated_columns
 
 SEG_FORMAT = "tier-openclip-seg/1"
 SPLITS = ("train", "val", "test")
@@ -209,6 +210,7 @@ def read_seg_set(data_dir: str | Path) -> SegSet:
         raise ValueError(f"{meta_path}: format {found!r} is not {SEG_FORMAT!r}")
     with splits_path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
+        refuse_duplicated_columns(splits_path, reader.fieldnames)
         missing = [c for c in SPLIT_COLUMNS[:3] if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{splits_path} has no column(s) {', '.join(missing)}; expected {','.join(SPLIT_COLUMNS)}")

@@ -673,3 +673,35 @@ def test_prep_skips_a_hostile_report_under_its_reason_and_goes_on(tmp_path, kind
     assert str(hostile) in rows[0]["detail"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"]["train"]["written"] == 2 and manifest["splits"]["train"]["skipped"] == {expected: 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22, case 5: a CSV header naming a column twice is refused by name (csv.DictReader keeps
+# the last, which silently filtered every row)
+
+
+@pytest.mark.parametrize("which, column", [("split", "split"), ("metadata", "ViewPosition"), ("split", "dicom_id")])
+def test_a_duplicated_column_in_the_split_or_metadata_csv_is_refused(tmp_path, capsys, which, column):
+    mimic, meta, _ = build_tiny_mimic(tmp_path / "release", ["a", "b"])
+    path = meta / f"mimic-cxr-2.0.0-{which}.csv"
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert column in rows[0]
+    write_csv(path, rows[0] + [f" {column}"], [row + ["other"] for row in rows[1:]])
+    out = tmp_path / "out"
+    assert prep_mimic(mimic, meta, out) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {path}: column(s) '{column}' appear more than once in the header, so which one holds the data is "
+        "ambiguous; keep one of each")
+    assert not out.exists()
+
+
+def test_a_duplicated_label_column_in_an_eval_set_is_refused(tmp_path):
+    from tier_openclip.data_prep.eval_layout import read_eval_set
+
+    (tmp_path / "labels.csv").write_text("image,Edema,Edema\nimages/0.png,1,0\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"dataset": "chexpert", "labels": ["Edema"]}))
+    with pytest.raises(ValueError) as error:
+        read_eval_set(tmp_path)
+    assert str(error.value) == (f"{tmp_path / 'labels.csv'}: column(s) 'Edema' appear more than once in the header, "
+                                "so which one holds the data is ambiguous; keep one of each")

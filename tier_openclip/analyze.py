@@ -130,9 +130,13 @@ def read_boxes(path: Path) -> list[BoxRow]:
     """Rows of image, phrase (or finding + prompt), x0, y0, x1, y1; images relative to the CSV.
 
     CommandError naming the row when a column is missing or a coordinate is not a number."""
+    from tier_openclip.data_prep.tables import refuse_duplicated_columns
+
     rows = []
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
+        reader = csv.DictReader(handle)
+        refuse_duplicated_columns(path, reader.fieldnames, CommandError)
+        for number, row in enumerate(reader, start=2):
             phrase = row.get("prompt") or row.get("phrase") or row.get("finding")
             if not phrase or not row.get("image"):
                 raise CommandError(f"{path} row {number}: each row needs an 'image' and a 'phrase' (or "

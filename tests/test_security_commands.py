@@ -431,3 +431,108 @@ def test_an_unwritable_out_is_refused_before_any_work(files, tmp_path, capsys, n
             "demo": ["demo", "--out", unwritable]}[command]
     code, err = run(capsys, *argv)
     assert code == 2 and f"cannot write in {unwritable} (Permission denied)" in err, err
+
+
+# --- issue 22, case 4: no silent random weights, no absurd model built -------------------------------
+
+
+@pytest.fixture(scope="module")
+def export_folder(files, tmp_path_factory):
+    """A local-dir: model folder written by push, and the safetensors of another architecture."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("export") / "model"
+    assert main(["push", "--checkpoint", str(files.good), "--model", "TIER-tiny", "--repo-id", REPO,
+                 "--local-dir", str(folder)]) == 0
+    other = torch.load(files.root / "other-model.pt", weights_only=True)["state_dict"]
+    foreign = folder.parent / "foreign.safetensors"
+    save_file({k: v.contiguous() for k, v in other.items()}, str(foreign))
+    return type("Exported", (), {"folder": folder, "foreign": foreign})
+
+
+def damaged_folder(export_folder, tmp_path, damage: str) -> Path:
+    import shutil
+
+    folder = Path(shutil.copytree(export_folder.folder, tmp_path / "model"))
+    weights, config_path = folder / "open_clip_model.safetensors", folder / "open_clip_config.json"
+    config = json.loads(config_path.read_text())
+    if damage == "no weights":
+        weights.unlink()
+    elif damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "foreign weights":
+        shutil.copy(export_folder.foreign, weights)
+    elif damage == "broken config":
+        config_path.write_text(config_path.read_text()[:40])
+    else:
+        cfg = config["model_cfg"]
+        if damage == "unknown timm model":
+            cfg["vision_cfg"] = {"timm_model_name": "resnet_that_does_not_exist", "image_size": 64}
+        elif damage == "embed_dim 1e7":
+            cfg["embed_dim"] = 1e7
+        elif damage == "embed_dim 10000000":
+            cfg["embed_dim"] = 10_000_000
+        elif damage == "10,000 layers":
+            cfg["text_cfg"]["layers"] = 10_000
+        elif damage == "huge but in bounds":
+            cfg["text_cfg"].update(width=16_384, layers=200, heads=128)
+        config_path.write_text(json.dumps(config))
+    return folder
+
+
+DAMAGES = {
+    "no weights": "{folder} has no weights file (open_clip_model.safetensors, open_clip_pytorch_model.bin, ...): "
+                  "open_clip would build the model with random weights; copy the weights in",
+    "truncated weights": "{folder}/open_clip_model.safetensors is not a readable checkpoint: ",
+    "foreign weights": "local-dir:{folder} does not fit model 'local-dir:{folder}': ",
+    "broken config": "{folder}/open_clip_config.json is not valid JSON (",
+    "unknown timm model": "{folder}/open_clip_config.json: model_cfg.vision_cfg.timm_model_name "
+                          "'resnet_that_does_not_exist' is not a model timm ",
+    "embed_dim 1e7": "{folder}/open_clip_config.json: model_cfg.embed_dim is 10000000.0: expected a whole number from "
+                     "1 to 16,384; is the config damaged?",
+    "embed_dim 10000000": "{folder}/open_clip_config.json: model_cfg.embed_dim is 10000000: expected a whole number "
+                          "from 1 to 16,384; is the config damaged?",
+    "10,000 layers": "{folder}/open_clip_config.json: model_cfg.text_cfg.layers is 10000: expected a whole number from "
+                     "1 to 256; is the config damaged?",
+    "huge but in bounds": "{folder}/open_clip_config.json: model_cfg describes a model of about 6.45e+11 parameters, "
+                          "above the 2e+10 this tool builds; is the config damaged?",
+}
+
+
+def with_model(files, command: str, model: str, out: Path) -> list:
+    argv = command_with_checkpoint(files, command, files.good, out)
+    at = argv.index("--pretrained")
+    argv[at - 1:at + 2] = [model]  # "--model", "TIER-tiny", "--pretrained", CK -> "--model", MODEL
+    return argv
+
+
+@pytest.mark.parametrize("command", ["eval zeroshot", "heatmap", "analyze"])
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_local_dir_model_without_usable_weights_or_config_is_one_failure(files, export_folder, tmp_path, capsys,
+                                                                           monkeypatch, command, damage):
+    import open_clip
+
+    folder = damaged_folder(export_folder, tmp_path, damage)
+    if damage != "foreign weights":  # everything else is refused before open_clip builds anything
+        monkeypatch.setattr(open_clip, "create_model_and_transforms", _must_not_run)
+    argv = with_model(files, command, f"local-dir:{folder}", tmp_path)
+    if command == "analyze":
+        argv[argv.index("--model"):argv.index("--model")] = ["--pretrained", files.good]  # analyze requires it
+    code, err = run(capsys, *argv)
+    assert code == 1 and err.startswith(f"tier-openclip {command}: " + DAMAGES[damage].format(folder=folder)), err
+    assert not (tmp_path / "map.png").exists() and not (tmp_path / "analysis" / "analysis.json").exists()
+
+
+def test_the_exported_folder_itself_loads(files, export_folder, tmp_path, capsys):
+    assert run(capsys, *with_model(files, "eval zeroshot", f"local-dir:{export_folder.folder}", tmp_path)) == (0, "")
+
+
+@pytest.mark.parametrize("command", ["eval zeroshot", "heatmap", "eval grounding", "eval segmentation"])
+def test_a_named_model_without_pretrained_is_refused_in_commands_that_report_results(files, tmp_path, capsys,
+                                                                                     no_model, command):
+    argv = {"eval grounding": ["eval", "grounding", "--model", "TIER-tiny", "--data", files.set],
+            "eval segmentation": ["eval", "segmentation", "--model", "TIER-tiny", "--data", files.set],
+            }.get(command) or with_model(files, command, "TIER-tiny", tmp_path)
+    assert run(capsys, *argv) == (
+        2, f"tier-openclip {command}: --model TIER-tiny without --pretrained has random weights, and its results would "
+           "mean nothing: pass --pretrained (a checkpoint such as epoch_N.pt, or an open_clip pretrained tag)")

@@ -92,7 +92,7 @@ def run_evaluation(args: argparse.Namespace, evaluate: Callable[[Any, str], dict
     file changed meanwhile (OSError, ValueError) is a CommandError."""
     from tier_openclip.models import check_pretrained, load_model
 
-    check_pretrained(args.model, args.pretrained)
+    check_pretrained(args.model, args.pretrained, weights_required=True)
     device = device_of(args)
     loaded = load_model(args.model, args.pretrained, device=device)
     try:

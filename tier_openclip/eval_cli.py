@@ -72,7 +72,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if args.prompts:
         input_file(args.prompts, "--prompts")
     out = results_file(args.out, [("--data", data), ("--prompts", args.prompts), *model_inputs(args)])
-    check_pretrained(args.model, args.pretrained)
+    check_pretrained(args.model, args.pretrained, weights_required=True)
     try:
         eval_set = read_eval_set(data)
     except (OSError, ValueError) as exc:

@@ -152,7 +152,7 @@ def heatmap(args: argparse.Namespace) -> int:
                          f"name it .png (or any of .{', .'.join(sorted(formats))})")
     input_file(args.image, "--image")
     refuse_overwriting_inputs([("--out", out)], [("--image", args.image), *model_inputs(args)])
-    check_pretrained(args.model, args.pretrained)
+    check_pretrained(args.model, args.pretrained, weights_required=True)
     image = load_image(args.image)
     device = device_of(args)
     loaded = load_model(args.model, args.pretrained, device=device)

@@ -451,6 +451,7 @@ def run_push(args: argparse.Namespace) -> int:
             results.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             raise CommandError(f"--results {path}: not a results JSON of `tier-openclip eval zeroshot --out` ({exc})") from None
+        _check_results_shape(path, results[-1])
     if not args.local_dir:
         with tempfile.TemporaryDirectory(prefix="tier-openclip-push-") as tmp:
             _export(args, params, results, Path(tmp))
@@ -470,6 +471,22 @@ def run_push(args: argparse.Namespace) -> int:
     print(f"Load it with open_clip.create_model_from_pretrained('local-dir:{out_dir}'); upload it with "
           f"`tier-openclip push` without --local-dir, or `hf upload {args.repo_id} {out_dir}`.")
     return 0
+
+
+def _check_results_shape(path: Path, result: Any) -> None:
+    """CommandError unless ``result`` is what the card's table is drawn from: the table is drawn
+    now, by the function that reads the results format (evaluate.results_markdown), so another
+    shape ({"mean_auc": 0.5}, [1, 2]) fails here in one line, before the export."""
+    from tier_openclip.evaluate import results_markdown
+
+    if not isinstance(result, dict):
+        found = type(result).__name__
+        raise CommandError(f"--results {path} holds a JSON {found}, not the object `tier-openclip eval zeroshot --out` writes")
+    try:
+        results_markdown(result)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise CommandError(f"--results {path} is not a results JSON of `tier-openclip eval zeroshot --out` ({what})") from None
 
 
 def _export(args: argparse.Namespace, params: dict, results: list, out_dir: Path) -> None:

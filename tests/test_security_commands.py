@@ -536,3 +536,34 @@ def test_a_named_model_without_pretrained_is_refused_in_commands_that_report_res
     assert run(capsys, *argv) == (
         2, f"tier-openclip {command}: --model TIER-tiny without --pretrained has random weights, and its results would "
            "mean nothing: pass --pretrained (a checkpoint such as epoch_N.pt, or an open_clip pretrained tag)")
+
+
+# --- issue 22, case 8: one line for the remaining mistakes ---------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"mean_auc": 0.5}', "is not a results JSON of `tier-openclip eval zeroshot --out` (no 'num_images' entry)"),
+    ("[1, 2]", "holds a JSON list, not the object `tier-openclip eval zeroshot --out` writes"),
+    ('{"num_images": 4, "labels": [1, 2], "means": {}}',
+     "is not a results JSON of `tier-openclip eval zeroshot --out` (AttributeError: 'list' object has no attribute 'items')"),
+])
+def test_push_refuses_results_of_another_shape_in_one_line(files, tmp_path, capsys, content, message):
+    results = tmp_path / "results.json"
+    results.write_text(content)
+    out = tmp_path / "export"
+    assert run(capsys, *push(files, "--repo-id", REPO, "--local-dir", out, "--results", results)) == (
+        1, f"tier-openclip push: --results {results} {message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags", [["--tier-scale", "1000"], ["--sweep", "--sweep-scales", "1", "1000"]])
+def test_demo_refuses_a_tier_scale_training_would_refuse(tmp_path, capsys, monkeypatch, flags):
+    from tier_openclip.demo import pipeline
+    from tier_openclip.plugin_args import check_tier_scale
+    from tier_openclip.errors import UsageError
+
+    monkeypatch.setattr(pipeline, "run_demo", _must_not_run)
+    monkeypatch.setattr(pipeline, "run_sweep", _must_not_run)
+    with pytest.raises(UsageError) as training:  # the plugin's own check, as training runs it
+        check_tier_scale(1000.0)
+    assert run(capsys, "demo", "--out", tmp_path / "demo", *flags) == (2, f"tier-openclip demo: {training.value}")

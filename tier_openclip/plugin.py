@@ -24,7 +24,7 @@ from typing import Any, Callable
 from tier_openclip import openclip_adapter as adapter
 from tier_openclip import plugin_args
 from tier_openclip.entropy import IMPLS
-from tier_openclip.errors import UsageError
+from tier_openclip.errors import TierOpenclipError, UsageError
 from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
 from tier_openclip.models import register_model_configs
@@ -91,10 +91,17 @@ def _uses_plugin_flags(argv: list[str]) -> bool:
     return any(arg.split("=", 1)[0] in flags for arg in argv) or bool(plugin_args.abbreviated(argv, flags))
 
 
-def _stop(error: UsageError) -> None:
-    """A usage error as argparse reports one: one line on stderr, exit status 2, before any training."""
+def _stop(error: TierOpenclipError) -> None:
+    """One line on stderr before any training; exit status 2 for a usage error (as argparse), 1 for
+    a checkpoint that cannot be used."""
     print(f"tier-openclip: {error}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(error.exit_code)
+
+
+def _check_start_checkpoints(args: argparse.Namespace) -> None:
+    from tier_openclip.train_checks import check_start_checkpoints
+
+    check_start_checkpoints(args)
 
 
 def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Callable:
@@ -117,7 +124,8 @@ def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Call
         _resolve_local_uniformity_defaults(parsed)
         try:
             plugin_args.check_plugin_args(parsed, args, flags)
-        except UsageError as error:
+            _check_start_checkpoints(parsed)
+        except TierOpenclipError as error:
             _stop(error)
         return parsed
 
@@ -238,6 +246,7 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
         from tier_openclip.features import enable_token_outputs
         from tier_openclip.loss import ContrastiveTokenLoss
 
+        _record_loss_settings(args, epoch)
         if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
             loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
@@ -254,6 +263,22 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
 
     train_one_epoch.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
     return train_one_epoch
+
+
+def _record_loss_settings(args: argparse.Namespace, epoch: int) -> None:
+    """Rank 0 notes this epoch's loss settings in logs/NAME/loss_history.json (and warns when a
+    resume changed them); a failure to write is logged, never costs the epoch."""
+    import os
+
+    from tier_openclip import loss_history
+
+    run_dir = os.path.join(getattr(args, "logs", None) or "", getattr(args, "name", None) or "")
+    if getattr(args, "rank", 0) != 0 or not os.path.isdir(run_dir) or not getattr(args, "name", None):
+        return
+    try:
+        loss_history.record_epoch(run_dir, epoch + 1, args)
+    except OSError as exc:
+        logger.warning("tier-openclip: could not record the loss settings of epoch %d: %s", epoch + 1, exc)
 
 
 def _refuse_plugin_flags(params_module: Any, error: Exception) -> None:

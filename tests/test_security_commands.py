@@ -484,7 +484,7 @@ DAMAGES = {
     "no weights": "{folder} has no weights file (open_clip_model.safetensors, open_clip_pytorch_model.bin, ...): "
                   "open_clip would build the model with random weights; copy the weights in",
     "truncated weights": "{folder}/open_clip_model.safetensors is not a readable checkpoint: ",
-    "foreign weights": "local-dir:{folder} does not fit model 'local-dir:{folder}': ",
+    "foreign weights": "{folder}/open_clip_model.safetensors does not fit model 'local-dir:{folder}': ",
     "broken config": "{folder}/open_clip_config.json is not valid JSON (",
     "unknown timm model": "{folder}/open_clip_config.json: model_cfg.vision_cfg.timm_model_name "
                           "'resnet_that_does_not_exist' is not a model timm ",
@@ -506,8 +506,9 @@ def with_model(files, command: str, model: str, out: Path) -> list:
     return argv
 
 
-@pytest.mark.parametrize("command", ["eval zeroshot", "heatmap", "analyze"])
-@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("command, damage", [  # push exports --checkpoint's weights, not the folder's
+    (command, damage) for command in ("eval zeroshot", "heatmap", "analyze", "push") for damage in sorted(DAMAGES)
+    if (command, damage) != ("push", "foreign weights")])
 def test_a_local_dir_model_without_usable_weights_or_config_is_one_failure(files, export_folder, tmp_path, capsys,
                                                                            monkeypatch, command, damage):
     import open_clip
@@ -515,12 +516,17 @@ def test_a_local_dir_model_without_usable_weights_or_config_is_one_failure(files
     folder = damaged_folder(export_folder, tmp_path, damage)
     if damage != "foreign weights":  # everything else is refused before open_clip builds anything
         monkeypatch.setattr(open_clip, "create_model_and_transforms", _must_not_run)
-    argv = with_model(files, command, f"local-dir:{folder}", tmp_path)
+    if command == "push":
+        argv = command_with_checkpoint(files, command, files.good, tmp_path)
+        argv[argv.index("--model") + 1] = f"local-dir:{folder}"
+    else:
+        argv = with_model(files, command, f"local-dir:{folder}", tmp_path)
     if command == "analyze":
         argv[argv.index("--model"):argv.index("--model")] = ["--pretrained", files.good]  # analyze requires it
     code, err = run(capsys, *argv)
     assert code == 1 and err.startswith(f"tier-openclip {command}: " + DAMAGES[damage].format(folder=folder)), err
     assert not (tmp_path / "map.png").exists() and not (tmp_path / "analysis" / "analysis.json").exists()
+    assert not (tmp_path / "export").exists()
 
 
 def test_the_exported_folder_itself_loads(files, export_folder, tmp_path, capsys):

@@ -139,10 +139,13 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
     create = adapter.symbol("create_model_and_transforms")
     from_file = bool(pretrained) and os.path.isfile(pretrained) and not model_name.startswith(("hf-hub:", "local-dir:"))
     if model_name.startswith("local-dir:"):  # weights checked readable above; another model's fail strictly here
+        from tier_openclip.model_checks import check_local_dir
+
+        weights = check_local_dir(model_name[len("local-dir:"):])
         try:
             model, _, preprocess = create(model_name, device=device, precision=precision, output_dict=True)
         except _MISFIT as exc:
-            raise _misfit(model_name, model_name, "", exc) from None
+            raise _misfit(weights, model_name, "", exc) from None
     elif from_file:  # readable first (before building a possibly large model); then open_clip's strict load
         read_checkpoint(pretrained)
         try:

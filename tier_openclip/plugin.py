@@ -4,7 +4,9 @@ Wrap, don't fork: before ``open_clip_train/main.py`` runs, ``activate`` replaces
 it imports by name — ``parse_args`` (our flags), ``open_clip.create_loss`` (our losses) and
 ``train_one_epoch`` (token outputs on the model, entropy logging, zero-shot chest X-ray eval) —
 each delegating to the original. With ``--loss clip`` (the default) every wrapper is a
-pass-through, so a run is stock open_clip. The plugin's flags are checked before any training
+pass-through, so a run is stock open_clip, but for two things every run gets: a --pretrained or
+--resume file that is not a checkpoint of --model stops it in one line (train_checks.py), and each
+epoch's loss settings are recorded for the model card (loss_history.py). The plugin's flags are checked before any training
 (tier_openclip/plugin_args.py): abbreviations, flags the chosen loss ignores, numbers, folders.
 
 ``activate`` is called by the start-up hook (tier_openclip/_startup.py) when ``open_clip_train``

@@ -428,3 +428,18 @@ def test_the_model_card_tells_each_epochs_loss_settings(tmp_path, capsys):
     assert "| 3 | clip | 0.1 | 0.2 | 1.0 | valid | 0.0 | 0.0 |" in card and "| 4 |" not in card  # epoch_3.pt's
     assert "| Loss | open_clip's contrastive loss only (no TIER regularisation) |" in card  # epoch 3's, not params.txt's
     assert "0.9" not in card
+
+
+def test_resume_latest_of_another_models_run_is_one_line(params, capsys, training_checkpoints, tmp_path):
+    import shutil
+
+    checkpoints = tmp_path / "logs" / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(training_checkpoints.root / "tiny.pt", checkpoints / "epoch_2.pt")
+    shutil.copy(training_checkpoints.root / "other.pt", checkpoints / "epoch_10.pt")  # the newest, naturally sorted
+    argv = ["--resume", "latest", "--logs", str(tmp_path / "logs"), "--name", "run"]
+    code, err = stopped(params, argv, capsys)
+    assert code == 1 and err.startswith(f"tier-openclip: --resume {checkpoints / 'epoch_10.pt'} does not fit --model "
+                                        "TIER-tiny: ")
+    (checkpoints / "epoch_10.pt").unlink()
+    assert params.parse_args(["--model", "TIER-tiny", *argv]).resume == "latest"  # main.py resolves it, as before

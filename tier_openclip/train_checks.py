@@ -6,13 +6,16 @@ carrying code is refused, but as a traceback) and, for ``--resume``, a strict ``
 when the command line is parsed (tier_openclip/plugin.py), each problem as one line: the file is
 read as models.read_checkpoint reads every checkpoint, and a --resume checkpoint's keys and shapes
 are compared with the model --model builds, built on the meta device (no memory, a fraction of a
-second). ``--resume latest`` names a checkpoint open_clip finds later; it is not checked here.
+second). ``--resume latest`` is looked up as open_clip_train.main will look it up (the run's
+``epoch_latest.pt`` with --save-most-recent, else its newest ``*.pt``; not with --remote-sync).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import re
 from typing import Any
 
 from tier_openclip import openclip_adapter as adapter
@@ -68,12 +71,28 @@ def check_resume_fits(path: str, saved: Any, args: argparse.Namespace) -> None:
                        "--model (and --force-* flags) the checkpoint was trained with, or start a new --name")
 
 
+def latest_checkpoint(args: argparse.Namespace) -> str | None:
+    """The file ``--resume latest`` will load, found as open_clip_train.main finds it; None when
+    there is none yet, or it lies on a remote (--remote-sync)."""
+    if getattr(args, "remote_sync", None) or not getattr(args, "name", None) or not getattr(args, "logs", None):
+        return None
+    folder = os.path.join(args.logs, args.name, "checkpoints")
+    if getattr(args, "save_most_recent", False):
+        latest = os.path.join(folder, "epoch_latest.pt")
+        return latest if os.path.isfile(latest) else None
+    found = glob.glob(os.path.join(folder, "**", "*.pt"), recursive=True)  # main.py's natural order
+    return max(found, key=lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p)],
+               default=None)
+
+
 def check_start_checkpoints(args: argparse.Namespace) -> None:
     """CommandError (one line) for a --pretrained or --resume file that is not a readable
     checkpoint of tensors, or a --resume checkpoint of another model."""
     for flag in ("--pretrained", "--resume"):
         path = getattr(args, flag[2:], None)
-        if not isinstance(path, str) or path == "latest" or not os.path.isfile(path):
+        if flag == "--resume" and path == "latest":
+            path = latest_checkpoint(args)
+        if not isinstance(path, str) or not os.path.isfile(path):
             continue  # an open_clip tag, a remote path, 'latest': open_clip resolves those
         try:
             saved = read_checkpoint(path)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_csv_atomic, write_json_atomic
+from .tables import refuse_duplicated_columns
 from .chexpert import CHEXPERT_COMPETITION_LABELS, UNCERTAIN, parse_chexpert_label
 from .paths import UnsafePathError, resolve_inside
 
@@ -157,6 +158,7 @@ def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) ->
     meta = read_meta(directory)
     with csv_path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
+        refuse_duplicated_columns(csv_path, reader.fieldnames)
         columns = [c for c in reader.fieldnames or [] if c != "image"]
         if "image" not in (reader.fieldnames or []):
             raise ValueError(f"{csv_path} has no 'image' column (columns: {reader.fieldnames})")
@@ -257,6 +259,7 @@ def _parse_box(row: Mapping[str, str], where: str) -> Box:
 def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
+        refuse_duplicated_columns(path, reader.fieldnames)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path} has no column(s) {', '.join(missing)}; expected {','.join(columns)}")

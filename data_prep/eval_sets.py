@@ -58,7 +58,7 @@ from .errors import PrepError
 from .eval_layout import LABELS_CSV, META_JSON, eval_meta, write_labels_csv, write_meta
 from .limits import DEFAULT_MAX_PIXELS, check_render_limits
 from .tables import read_csv
-from .paths import UNSAFE_PATH, UnsafePathError, normalized_relative, refuse_overlap, resolve_inside
+from .paths import UNSAFE_PATH, UnsafePathError, normalized_relative, refuse_overlap, refuse_written_inputs, resolve_inside
 
 PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
 
@@ -328,8 +328,7 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
     if options.resize not in images.RESIZE_MODES:
         raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
     refuse_overlap(options.out, {"--image-root": options.image_root}, both_ways=True)
-    if options.csv.resolve() in {(options.out / name).resolve() for name in (LABELS_CSV, META_JSON, "failures.csv")}:
-        raise PrepError(f"--csv {options.csv} is a file this command writes in --out: choose another --out")
+    refuse_written_inputs(options.out, {"--csv": options.csv}, (LABELS_CSV, META_JSON, "failures.csv"))
     shards.refuse_foreign_out(options.out)
     rows = read_csv(options.csv)
     if options.dataset == "chexpert":

@@ -35,6 +35,7 @@ from .chexpert import CHEXPERT_LABELS, parse_chexpert_label
 from .errors import PrepError
 from .limits import DEFAULT_MAX_PIXELS, check_render_limits
 from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, resolve_inside, safe_key
+from .report_files import ReportUnusable, read_report_file, read_report_member
 from .tables import read_csv
 
 SPLITS = ("train", "validate", "test")
@@ -151,14 +152,14 @@ class ReportStore:
         return self.files.is_dir() or bool(self.members)
 
     def read(self, subject_id: int, study_id: int) -> bytes | None:
-        path = self.files.parent / f"{study_dir(subject_id, study_id)}.txt"
-        try:
-            return path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+        """The report's bytes, None when neither the tree nor the zip has it; ReportUnusable
+        (report_files.py: bounded, regular files only) when the one found cannot be used."""
+        raw = read_report_file(self.files.parent / f"{study_dir(subject_id, study_id)}.txt")
+        if raw is not None:
+            return raw
         name = self.members.get((subject_id, study_id))
         if name is not None and self.zip is not None:
-            return self.zip.read(name)
+            return read_report_member(self.zip, name)
         return None
 
 
@@ -233,7 +234,7 @@ def select_samples(
     """
     wanted_views = None if views is None else {v.upper() for v in views}
     selections = {split: SplitSelection() for split in splits}
-    texts: dict[tuple[int, int], tuple[reports.TextChoice, bool] | None] = {}
+    texts: dict[tuple[int, int], tuple[reports.TextChoice, bool] | ReportUnusable | None] = {}
     ids: set[str] = set()
     keys: set[str] = set()
     for record in progress(records):
@@ -260,15 +261,23 @@ def select_samples(
             selection.filtered[FILTER_VIEW] += 1
             continue
         if study not in texts:
-            raw = read_report(*study)
-            if raw is None:
-                texts[study] = None
+            try:
+                raw = read_report(*study)
+            except ReportUnusable as unusable:  # a folder, FIFO, device or oversized file: this row only
+                texts[study] = unusable
             else:
-                decoded = reports.decode_report(raw)
-                texts[study] = (reports.choose_text(reports.parse_sections(decoded.text), text_mode), decoded.used_fallback)
+                if raw is None:
+                    texts[study] = None
+                else:
+                    decoded = reports.decode_report(raw)
+                    texts[study] = (reports.choose_text(reports.parse_sections(decoded.text), text_mode),
+                                    decoded.used_fallback)
         entry = texts[study]
         if entry is None:
             skip(SKIP_REPORT_MISSING, f"{study_dir(*study)}.txt")
+            continue
+        if isinstance(entry, ReportUnusable):
+            skip(entry.reason, entry.detail)
             continue
         choice, fallback = entry
         if choice.text is None:
@@ -482,7 +491,8 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
 
     check_options(options)
     inputs = locate_inputs(options)  # writes nothing; says first what is wrong with the inputs
-    refuse_overlap(options.out, {"--mimic-root": options.mimic_root, "--image-root": options.image_root})
+    refuse_overlap(options.out, {"--mimic-root": options.mimic_root, "--image-root": options.image_root,
+                                 "--metadata-dir": options.metadata_dir})
     shards.refuse_foreign_out(options.out)
     split_rows = read_csv(inputs.split_csv)
     _require_columns(split_rows, inputs.split_csv, ("dicom_id", "study_id", "subject_id", "split"))

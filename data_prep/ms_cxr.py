@@ -45,7 +45,7 @@ from pathlib import Path
 from . import images
 from .atomic import write_bytes_atomic, write_csv_atomic, write_failures_csv
 from .errors import PrepError
-from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, resolve_inside, safe_key
+from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, refuse_written_inputs, resolve_inside, safe_key
 
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 DATASET = "ms-cxr"
@@ -202,7 +202,7 @@ def prepare_ms_cxr(options: MsCxrOptions, *, progress: bool = True, log: Callabl
     """Run ``prep ms-cxr``; returns meta.json's content."""
     from tqdm import tqdm
 
-    from .eval_layout import BOXES_CSV, box_covers_pixels, grounding_meta, write_boxes_csv, write_meta
+    from .eval_layout import BOXES_CSV, META_JSON, PRIOR_BOXES_CSV, box_covers_pixels, grounding_meta, write_boxes_csv, write_meta
     from .limits import check_render_limits
     from .tables import read_csv
     from .shards import WORKER_LOST, Lost, OrderedPool
@@ -217,6 +217,7 @@ def prepare_ms_cxr(options: MsCxrOptions, *, progress: bool = True, log: Callabl
         raise PrepError("--workers must be >= 1")
     check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
     refuse_overlap(options.out, {"--image-root": options.image_root})
+    refuse_written_inputs(options.out, {"--csv": options.csv}, (BOXES_CSV, PRIOR_BOXES_CSV, META_JSON, "failures.csv"))
     rows = read_csv(options.csv)
     if not rows:
         raise PrepError(f"{options.csv} has no rows")

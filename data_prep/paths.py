@@ -16,7 +16,7 @@ import hashlib
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath, PurePosixPath
 
 from .errors import PrepError
@@ -94,21 +94,52 @@ def is_safe_key(key: str) -> bool:
     return _KEY.fullmatch(key) is not None
 
 
-def _inside_or_same(path: Path, root: Path) -> bool:
-    path, root = path.resolve(), root.resolve()
-    return path == root or root in path.parents
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def overwrite_problem(outputs: Iterable[tuple[str, str | os.PathLike | None]],
+                      inputs: Iterable[tuple[str, str | os.PathLike | None]], *,
+                      folder_outputs: bool = False) -> str | None:  # fmt: skip
+    """One line saying how a command's output would land on its inputs, or None when it would not.
+
+    ``outputs`` and ``inputs`` are (flag, path) pairs; None paths are ignored. An output is refused
+    when it resolves (symlinks followed, as the files written are real files) to an input, or lies
+    inside an input folder; with ``folder_outputs`` (outputs are folders the command writes and
+    removes files in) also when an input lies inside an output. Every command, prep and the
+    tier_openclip commands alike, asks this one function."""
+    inputs = [(flag, path, _real(path)) for flag, path in inputs if path is not None]
+    for out_flag, out in outputs:
+        if out is None:
+            continue
+        real_out = _real(out)
+        for flag, given, real_in in inputs:
+            if real_out == real_in:
+                same = "" if Path(os.path.abspath(out)) == Path(os.path.abspath(given)) else f" (both resolve to {real_in})"
+                return (f"{out_flag} {out} is {flag} {given}{same}: writing it would destroy an input; "
+                        f"choose another {out_flag}")
+            if real_in in real_out.parents:
+                return (f"{out_flag} {out} is inside {flag} {given}: the command would write among (and could "
+                        f"overwrite) its inputs; choose an {out_flag} outside it")
+            if folder_outputs and real_out in real_in.parents:
+                return (f"{flag} {given} is inside {out_flag} {out}: the command writes and removes files there; "
+                        f"keep the inputs outside {out_flag}")
+    return None
+
+
+def refuse_written_inputs(out: Path, files: Mapping[str, Path | None], written: Iterable[str]) -> None:
+    """PrepError when an input file (e.g. --csv) is one the command writes in ``out`` (the names
+    ``written``), symlinks followed: the run would replace what it reads."""
+    targets = {_real(out / name) for name in written}
+    for flag, path in files.items():
+        if path is not None and _real(path) in targets:
+            raise PrepError(f"{flag} {path} is a file this command writes in --out: choose another --out")
 
 
 def refuse_overlap(out: Path, flag_roots: Mapping[str, Path | None], *, out_flag: str = "--out",
                    both_ways: bool = False) -> None:  # fmt: skip
     """PrepError when ``out`` is one of the input roots or inside one, or (``both_ways``) a root
-    is inside ``out``. Symlinks are resolved: this is about the real files a run writes or removes."""
-    for flag, root in flag_roots.items():
-        if root is None:
-            continue
-        if _inside_or_same(out, root):
-            raise PrepError(f"{out_flag} {out} is inside {flag} {root}: prep would write among (and could "
-                            f"overwrite) its inputs; choose an {out_flag} outside it")  # fmt: skip
-        if both_ways and _inside_or_same(root, out):
-            raise PrepError(f"{flag} {root} is inside {out_flag} {out}: prep writes and removes files there; "
-                            f"keep the inputs outside {out_flag}")  # fmt: skip
+    is inside ``out`` (:func:`overwrite_problem`)."""
+    problem = overwrite_problem([(out_flag, out)], flag_roots.items(), folder_outputs=both_ways)
+    if problem:
+        raise PrepError(problem)

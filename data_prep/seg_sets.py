@@ -30,6 +30,7 @@ from . import images
 from .atomic import write_bytes_atomic, write_csv_atomic, write_failures_csv, write_json_atomic
 from .errors import PrepError
 from .paths import UnsafePathError, resolve_inside
+from .tables import refuse_duplicated_columns
 
 SEG_FORMAT = "tier-openclip-seg/1"
 SPLITS = ("train", "val", "test")
@@ -209,6 +210,7 @@ def read_seg_set(data_dir: str | Path) -> SegSet:
         raise ValueError(f"{meta_path}: format {found!r} is not {SEG_FORMAT!r}")
     with splits_path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
+        refuse_duplicated_columns(splits_path, reader.fieldnames)
         missing = [c for c in SPLIT_COLUMNS[:3] if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{splits_path} has no column(s) {', '.join(missing)}; expected {','.join(SPLIT_COLUMNS)}")
@@ -431,7 +433,7 @@ def check_prep_options(options: SegPrepOptions, roots: Mapping[str, Path], files
     no output among the inputs (``roots`` either way, ``files`` not one this run writes) and no
     foreign --out (new, empty, or an earlier prep run's)."""
     from .limits import check_render_limits
-    from .paths import refuse_overlap
+    from .paths import refuse_overlap, refuse_written_inputs
     from .shards import refuse_foreign_out
 
     if options.resize not in images.RESIZE_MODES:
@@ -445,8 +447,5 @@ def check_prep_options(options: SegPrepOptions, roots: Mapping[str, Path], files
         raise PrepError(f"--split-fractions must be three numbers >= 0 summing to 1 (train,val,test), got {list(fractions)}")
     check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
     refuse_overlap(options.out, dict(roots), both_ways=True)
-    written = {(options.out / name).resolve() for name in (SPLITS_CSV, META_JSON, "failures.csv")}
-    for flag, path in {**files, "--splits": options.splits}.items():
-        if path is not None and path.resolve() in written:
-            raise PrepError(f"{flag} {path} is a file this command writes in --out: choose another --out")
+    refuse_written_inputs(options.out, {**files, "--splits": options.splits}, (SPLITS_CSV, META_JSON, "failures.csv"))
     refuse_foreign_out(options.out)

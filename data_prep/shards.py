@@ -32,7 +32,10 @@ are consumed in input order whatever the number of workers.
 Resumption. Before writing, every planned shard with a final tar is verified: its record must
 carry the current plan digest, its size and SHA-256 must match the record, and reading it back
 with ``tarfile`` must give exactly the recorded keys, each with its members. Verified shards
-are kept as they are; anything else is rewritten. Shards of an older plan beyond the current
+are kept as they are, unless their record lists samples that failed as ``worker_crashed`` (the
+worker died or timed out, which says nothing about the sample): such a shard is rendered again,
+so those samples are retried and the others come out byte for byte as before. Anything else is
+rewritten. Shards of an older plan beyond the current
 one are removed, so ``sizes.json`` and the directory agree.
 
 Never deleting what this tool did not write: a file is removed or replaced only when a record
@@ -412,7 +415,14 @@ def write_shards(
         problem = verify_shard(path, record, plan)
         if problem is None:
             assert record is not None
-            records[plan.name] = record
+            crashed = sum(1 for failure in record.failures if failure[1] == WORKER_LOST)
+            if not crashed:
+                records[plan.name] = record
+                continue
+            # A dead or hung worker says nothing about the sample: render the shard again (its other
+            # samples come out byte for byte as before). The finished shard stays until replaced.
+            log(f"rewriting {plan.split}/{plan.name}: retrying {crashed} sample(s) whose worker crashed or timed out")
+            pending.append(plan)
             continue
         if problem == "no record of it":
             raise PrepError(

@@ -6,9 +6,23 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import PrepError
+
+
+def refuse_duplicated_columns(path: str | Path, header: Sequence[str] | None,
+                              error: type[Exception] = ValueError) -> None:  # fmt: skip
+    """``error`` naming the columns when a header names one twice (names compared stripped).
+    csv.DictReader keeps only the last of them, so a duplicate silently decides every row: every
+    CSV reader of the project (prep's inputs, the sets it writes, analyze's boxes) calls this."""
+    counts = Counter(name.strip() for name in header or () if name is not None)
+    twice = [name for name, count in counts.items() if count > 1]
+    if twice:
+        raise error(f"{path}: column(s) {', '.join(repr(name) for name in twice)} appear more than once in the "
+                    "header, so which one holds the data is ambiguous; keep one of each")
 
 
 def _csv_encoding(head: bytes) -> str:
@@ -33,4 +47,5 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         raise PrepError(f"cannot read {path}: {error}. Download it again from PhysioNet.") from None
     if not header:
         raise PrepError(f"{path} is empty (not even a header line): is it the file as published?")
+    refuse_duplicated_columns(path, header, PrepError)
     return rows

@@ -361,6 +361,13 @@ def render_or_die(task):
     return SampleResult(task.key, {"txt": task.key.encode()})
 
 
+def render_text(task):
+    """render_or_die on a good day: every sample, ``die`` included, rendered as text."""
+    from tier_openclip.data_prep.mimic import SampleResult
+
+    return SampleResult(task.key, {"txt": task.key.encode()})
+
+
 # ---------------------------------------------------------------------------------------------
 # A tiny release with arbitrary dicom_ids (tests/test_security_data.py)
 

@@ -31,6 +31,7 @@ from data_prep_fixtures import (
     build_padchest,
     dicom_dataset,
     render_or_die,
+    render_text,
     save_dicom,
     smooth_image,
     zip_reports,
@@ -493,6 +494,35 @@ def test_a_crashing_worker_fails_its_sample_and_the_run_goes_on(tmp_path):
     assert [r.keys for r in records.values()] == [["a", "b"], ["c", "d", "e"], ["f"]]
     assert [(key, reason) for key, reason, _ in records["s-000000.tar"].failures] == [("die", "worker_crashed")]
     assert read_shards(tmp_path / "s")["e"] == {"txt": b"e"}
+
+
+def test_a_rerun_retries_the_samples_whose_worker_crashed(tmp_path):
+    """Issue 22, case 3: a worker_crashed sample is not lost for good; only its shard is rendered
+    again, and the result is byte for byte a run without the crash."""
+    from tier_openclip.data_prep.mimic import SampleTask
+
+    tasks = [SampleTask(key, "", "", b"", 1, 1) for key in ["a", "b", "die", "c", "d", "e", "f"]]
+    plans = shards.plan_shards("s", tasks, 3, lambda chunk: ",".join(task.key for task in chunk))
+    logged: list[str] = []
+
+    def write(out, render):
+        logged.clear()
+        return shards.write_shards(out, plans, render, workers=2, progress=False, log=logged.append, sample_timeout=2)
+
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    write(out, render_or_die)
+    crashed = (out / "s" / "s-000000.tar").read_bytes()
+    write(out, render_or_die)  # the crash again: retried, failed again, the same bytes
+    assert logged[0] == "rewriting s/s-000000.tar: retrying 1 sample(s) whose worker crashed or timed out"
+    assert (out / "s" / "s-000000.tar").read_bytes() == crashed
+    kept = {name: (out / "s" / name).stat().st_ino for name in ("s-000001.tar", "s-000002.tar")}
+    records = write(out, render_text)  # the worker survives this time
+    assert records["s-000000.tar"].keys == ["a", "b", "die"] and records["s-000000.tar"].failures == []
+    assert {name: (out / "s" / name).stat().st_ino for name in kept} == kept  # the other shards were kept
+    write(clean, render_text)
+    assert tree_bytes(out / "s") == tree_bytes(clean / "s")
+    write(out, render_text)
+    assert not [line for line in logged if line.startswith("rewriting")]  # nothing left to retry
 
 
 def test_user_errors_say_what_to_do(release, tmp_path, capsys):

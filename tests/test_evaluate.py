@@ -414,7 +414,7 @@ def test_cli_prints_the_table_and_writes_json_and_markdown(tiny, tiny_checkpoint
     assert results["means"]["competition"]["ci"] == pytest.approx(api["means"]["competition"]["ci"])
 
 
-def test_cli_help_and_wrong_dataset(chexpert_set, capsys):
+def test_cli_help_and_wrong_dataset(chexpert_set, capsys, tmp_path):
     with pytest.raises(SystemExit):
         run_cli(["eval", "zeroshot", "--help"])
     help_text = capsys.readouterr().out
@@ -424,7 +424,9 @@ def test_cli_help_and_wrong_dataset(chexpert_set, capsys):
     from tier_openclip.errors import UsageError
 
     with pytest.raises(UsageError, match="holds a chexpert set, not padchest; pass --dataset chexpert"):
-        run_cli(["eval", "zeroshot", "--model", "TIER-tiny", "--dataset", "padchest", "--data", str(chexpert_set)])
+        (tmp_path / "epoch_1.pt").write_bytes(b"")  # only named: the set's dataset is checked first
+        run_cli(["eval", "zeroshot", "--model", "TIER-tiny", "--pretrained", str(tmp_path / "epoch_1.pt"),
+                 "--dataset", "padchest", "--data", str(chexpert_set)])
 
 
 # --- during training -----------------------------------------------------------------------------

@@ -507,7 +507,9 @@ def test_cli_errors_are_one_line_with_the_right_status(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     (tmp_path / "meta.json").write_text("{")
     (tmp_path / "boxes.csv").write_text("image,finding,phrase,x0,y0,x1,y1\n")
-    assert main(["eval", "grounding", "--model", "TIER-tiny", "--data", str(tmp_path)]) == 1
+    weights = tmp_path / "epoch_1.pt"  # only named: the set fails first
+    weights.write_bytes(b"")
+    assert main(["eval", "grounding", "--model", "TIER-tiny", "--pretrained", str(weights), "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tier-openclip eval grounding: ") and "is not JSON" in err and "Traceback" not in err
 

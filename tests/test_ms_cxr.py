@@ -175,3 +175,19 @@ def test_prep_refuses_a_csv_that_is_not_ms_cxrs(ms_cxr, tmp_path, capsys):
     assert "no column(s) category_name, label_text" in capsys.readouterr().err
     assert prep(csv_path, tmp_path / "nowhere", tmp_path / "out") == 2
     assert prep(csv_path, root, root / "files" / "out") == 2  # inside the input
+
+
+@pytest.mark.parametrize("name", ["boxes.csv", "meta.json", "prior_boxes.csv"])
+def test_prep_refuses_a_csv_it_would_write_over(ms_cxr, tmp_path, capsys, name):
+    """Issue 22, case 1: --csv OUT/boxes.csv (or a symlink to it) would be replaced by the run."""
+    csv_path, root = ms_cxr
+    out = tmp_path / "out"
+    out.mkdir()
+    inside = out / name
+    inside.write_bytes(csv_path.read_bytes())
+    link = tmp_path / "link.csv"
+    link.symlink_to(inside)
+    for given in (inside, link):
+        assert prep(given, root, out) == 2
+        assert capsys.readouterr().err.strip() == f"error: --csv {given} is a file this command writes in --out: choose another --out"
+    assert inside.read_bytes() == csv_path.read_bytes() and sorted(p.name for p in out.iterdir()) == [name]

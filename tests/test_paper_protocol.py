@@ -184,6 +184,9 @@ def test_paper_table_cli_errors(tmp_path):
     bad.write_text("{oops")
     with pytest.raises(CommandError, match="is not JSON"):
         run_cli(["eval", "paper-table", "--row", "x", str(bad)])
+    with pytest.raises(UsageError, match="--out"):  # the table never replaces a results file it reads
+        run_cli(["eval", "paper-table", "--row", "x", str(bad), "--out", str(bad)])
+    assert bad.read_text() == "{oops"
     data = write_eval_set(tmp_path / "c", ["Edema"], [[1.0], [0.0]], [np.zeros((8, 8), np.uint8)] * 2)
     with pytest.raises(UsageError, match="no such file"):  # only the exact name is a named set
         run_cli(["eval", "zeroshot", "--model", "TIER-tiny", "--dataset", "chexpert", "--data", str(data),

@@ -340,3 +340,236 @@ def test_analyze_of_missing_shards(files, tmp_path, capsys):
     code, err = run(capsys, "analyze", "--model", "TIER-tiny", "--pretrained", files.good, "--data", pattern,
                     "--out", tmp_path / "a")
     assert code == 1 and err.startswith(f"tier-openclip analyze: --data {pattern}: ")
+
+
+# --- issue 22, case 1: no command writes over its inputs; an unwritable --out is found first -------------
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the command worked although its output lands on an input")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: every refusal below comes before any work."""
+    from tier_openclip import models
+
+    monkeypatch.setattr(models, "load_model", _must_not_run)
+
+
+def overwrite_cases(files, tmp_path) -> dict[str, tuple[list, Path, str]]:
+    """case -> (argv, the input that must stay as it was, the start of the expected message)."""
+    import shutil
+
+    checkpoint = Path(shutil.copy(files.good, tmp_path / "ck.pt"))
+    data = copy_set(files, tmp_path)
+    image = Path(shutil.copy(files.root / "cxr.png", tmp_path / "src.png"))
+    link = tmp_path / "link.json"
+    link.symlink_to(checkpoint)
+    as_table = Path(shutil.copy(files.good, tmp_path / "weights.md"))  # --out weights.json writes weights.md
+    in_analysis = tmp_path / "runs"
+    in_analysis.mkdir()
+    named_like_output = Path(shutil.copy(files.good, in_analysis / "analysis.json"))
+    zeroshot = ["eval", "zeroshot", "--model", "TIER-tiny", "--dataset", "chexpert", "--data", data, "--workers", "0"]
+    return {
+        "eval zeroshot --out CHECKPOINT": ([*zeroshot, "--pretrained", checkpoint, "--out", checkpoint], checkpoint,
+                                           f"--out {checkpoint} is --pretrained {checkpoint}: writing it would destroy an input"),
+        "eval zeroshot --out DATA/labels.csv": ([*zeroshot, "--pretrained", checkpoint, "--out", data / "labels.csv"],
+                                                data / "labels.csv", f"--out {data / 'labels.csv'} is inside --data {data}"),
+        "eval zeroshot --out DATA/meta.json": ([*zeroshot, "--pretrained", checkpoint, "--out", data / "meta.json"],
+                                               data / "meta.json", f"--out {data / 'meta.json'} is inside --data {data}"),
+        "eval zeroshot --out LINK-TO-CHECKPOINT": ([*zeroshot, "--pretrained", checkpoint, "--out", link], checkpoint,
+                                                   f"--out {link} is --pretrained {checkpoint} (both resolve to {checkpoint})"),
+        "eval zeroshot table onto CHECKPOINT": ([*zeroshot, "--pretrained", as_table, "--out", tmp_path / "weights.json"],
+                                                as_table, f"--out (its table) {as_table} is --pretrained {as_table}"),
+        "eval grounding --out DATA/x.json": (["eval", "grounding", "--model", "TIER-tiny", "--pretrained", checkpoint,
+                                              "--data", data, "--out", data / "x.json"], data / "labels.csv",
+                                             f"--out {data / 'x.json'} is inside --data {data}"),
+        "eval segmentation --out DATA/x.json": (["eval", "segmentation", "--model", "TIER-tiny", "--pretrained",
+                                                 checkpoint, "--data", data, "--out", data / "x.json"], data / "labels.csv",
+                                                f"--out {data / 'x.json'} is inside --data {data}"),
+        "heatmap --out IMAGE": (["heatmap", "--model", "TIER-tiny", "--pretrained", checkpoint, "--image", image,
+                                 "--prompt", "effusion", "--out", image], image,
+                                f"--out {image} is --image {image}: writing it would destroy an input"),
+        "analyze --out FOLDER-OF-CHECKPOINT": (["analyze", "--model", "TIER-tiny", "--pretrained", named_like_output,
+                                                "--data", files.shards, "--out", in_analysis], named_like_output,
+                                               f"--out {named_like_output} is --pretrained {named_like_output}"),
+        "push --local-dir FOLDER-OF-CHECKPOINT": (["push", "--checkpoint", checkpoint, "--model", "TIER-tiny", "--repo-id",
+                                                   REPO, "--local-dir", tmp_path, "--overwrite"], checkpoint,
+                                                  f"--checkpoint {checkpoint} is inside --local-dir {tmp_path}"),
+    }
+
+
+CASES = ["eval zeroshot --out CHECKPOINT", "eval zeroshot --out DATA/labels.csv", "eval zeroshot --out DATA/meta.json",
+         "eval zeroshot --out LINK-TO-CHECKPOINT", "eval zeroshot table onto CHECKPOINT", "eval grounding --out DATA/x.json",
+         "eval segmentation --out DATA/x.json", "heatmap --out IMAGE", "analyze --out FOLDER-OF-CHECKPOINT",
+         "push --local-dir FOLDER-OF-CHECKPOINT"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_output_that_lands_on_an_input_is_refused_and_the_input_kept(files, tmp_path, capsys, no_model, case):
+    argv, kept, message = overwrite_cases(files, tmp_path)[case]
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    command = " ".join(argv[:2]) if argv[0] == "eval" else argv[0]
+    code, err = run(capsys, *argv)
+    assert (code, err.split(": writing")[0] if "(both" in message else err[: len(f"tier-openclip {command}: {message}")]) == (
+        2, f"tier-openclip {command}: {message}"), err
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    assert after == before and kept in before  # byte for byte, and nothing added
+
+
+@pytest.mark.parametrize("command", ["eval zeroshot", "heatmap", "analyze", "demo"])
+def test_an_unwritable_out_is_refused_before_any_work(files, tmp_path, capsys, no_model, monkeypatch, command):
+    from tier_openclip.demo import pipeline
+
+    monkeypatch.setattr(pipeline, "run_demo", _must_not_run)
+    unwritable = Path("/sys")  # read-only for every user, root included (chmod does not stop root)
+    argv = {"eval zeroshot": evaluation(files, files.set, "--out", unwritable / "results.json"),
+            "heatmap": heatmap(files, tmp_path, out=unwritable / "map.png", prompt="effusion"),
+            "analyze": ["analyze", "--model", "TIER-tiny", "--pretrained", files.good, "--data", files.shards,
+                        "--out", unwritable],
+            "demo": ["demo", "--out", unwritable]}[command]
+    code, err = run(capsys, *argv)
+    assert code == 2 and f"cannot write in {unwritable} (Permission denied)" in err, err
+
+
+# --- issue 22, case 4: no silent random weights, no absurd model built -------------------------------
+
+
+@pytest.fixture(scope="module")
+def export_folder(files, tmp_path_factory):
+    """A local-dir: model folder written by push, and the safetensors of another architecture."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("export") / "model"
+    assert main(["push", "--checkpoint", str(files.good), "--model", "TIER-tiny", "--repo-id", REPO,
+                 "--local-dir", str(folder)]) == 0
+    other = torch.load(files.root / "other-model.pt", weights_only=True)["state_dict"]
+    foreign = folder.parent / "foreign.safetensors"
+    save_file({k: v.contiguous() for k, v in other.items()}, str(foreign))
+    return type("Exported", (), {"folder": folder, "foreign": foreign})
+
+
+def damaged_folder(export_folder, tmp_path, damage: str) -> Path:
+    import shutil
+
+    folder = Path(shutil.copytree(export_folder.folder, tmp_path / "model"))
+    weights, config_path = folder / "open_clip_model.safetensors", folder / "open_clip_config.json"
+    config = json.loads(config_path.read_text())
+    if damage == "no weights":
+        weights.unlink()
+    elif damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "foreign weights":
+        shutil.copy(export_folder.foreign, weights)
+    elif damage == "broken config":
+        config_path.write_text(config_path.read_text()[:40])
+    else:
+        cfg = config["model_cfg"]
+        if damage == "unknown timm model":
+            cfg["vision_cfg"] = {"timm_model_name": "resnet_that_does_not_exist", "image_size": 64}
+        elif damage == "embed_dim 1e7":
+            cfg["embed_dim"] = 1e7
+        elif damage == "embed_dim 10000000":
+            cfg["embed_dim"] = 10_000_000
+        elif damage == "10,000 layers":
+            cfg["text_cfg"]["layers"] = 10_000
+        elif damage == "huge but in bounds":
+            cfg["text_cfg"].update(width=16_384, layers=200, heads=128)
+        config_path.write_text(json.dumps(config))
+    return folder
+
+
+DAMAGES = {
+    "no weights": "{folder} has no weights file (open_clip_model.safetensors, open_clip_pytorch_model.bin, ...): "
+                  "open_clip would build the model with random weights; copy the weights in",
+    "truncated weights": "{folder}/open_clip_model.safetensors is not a readable checkpoint: ",
+    "foreign weights": "{folder}/open_clip_model.safetensors does not fit model 'local-dir:{folder}': ",
+    "broken config": "{folder}/open_clip_config.json is not valid JSON (",
+    "unknown timm model": "{folder}/open_clip_config.json: model_cfg.vision_cfg.timm_model_name "
+                          "'resnet_that_does_not_exist' is not a model timm ",
+    "embed_dim 1e7": "{folder}/open_clip_config.json: model_cfg.embed_dim is 10000000.0: expected a whole number from "
+                     "1 to 16,384; is the config damaged?",
+    "embed_dim 10000000": "{folder}/open_clip_config.json: model_cfg.embed_dim is 10000000: expected a whole number "
+                          "from 1 to 16,384; is the config damaged?",
+    "10,000 layers": "{folder}/open_clip_config.json: model_cfg.text_cfg.layers is 10000: expected a whole number from "
+                     "1 to 256; is the config damaged?",
+    "huge but in bounds": "{folder}/open_clip_config.json: model_cfg describes a model of about 6.45e+11 parameters, "
+                          "above the 2e+10 this tool builds; is the config damaged?",
+}
+
+
+def with_model(files, command: str, model: str, out: Path) -> list:
+    argv = command_with_checkpoint(files, command, files.good, out)
+    at = argv.index("--pretrained")
+    argv[at - 1:at + 2] = [model]  # "--model", "TIER-tiny", "--pretrained", CK -> "--model", MODEL
+    return argv
+
+
+@pytest.mark.parametrize("command, damage", [  # push exports --checkpoint's weights, not the folder's
+    (command, damage) for command in ("eval zeroshot", "heatmap", "analyze", "push") for damage in sorted(DAMAGES)
+    if (command, damage) != ("push", "foreign weights")])
+def test_a_local_dir_model_without_usable_weights_or_config_is_one_failure(files, export_folder, tmp_path, capsys,
+                                                                           monkeypatch, command, damage):
+    import open_clip
+
+    folder = damaged_folder(export_folder, tmp_path, damage)
+    if damage != "foreign weights":  # everything else is refused before open_clip builds anything
+        monkeypatch.setattr(open_clip, "create_model_and_transforms", _must_not_run)
+    if command == "push":
+        argv = command_with_checkpoint(files, command, files.good, tmp_path)
+        argv[argv.index("--model") + 1] = f"local-dir:{folder}"
+    else:
+        argv = with_model(files, command, f"local-dir:{folder}", tmp_path)
+    if command == "analyze":
+        argv[argv.index("--model"):argv.index("--model")] = ["--pretrained", files.good]  # analyze requires it
+    code, err = run(capsys, *argv)
+    assert code == 1 and err.startswith(f"tier-openclip {command}: " + DAMAGES[damage].format(folder=folder)), err
+    assert not (tmp_path / "map.png").exists() and not (tmp_path / "analysis" / "analysis.json").exists()
+    assert not (tmp_path / "export").exists()
+
+
+def test_the_exported_folder_itself_loads(files, export_folder, tmp_path, capsys):
+    assert run(capsys, *with_model(files, "eval zeroshot", f"local-dir:{export_folder.folder}", tmp_path)) == (0, "")
+
+
+@pytest.mark.parametrize("command", ["eval zeroshot", "heatmap", "eval grounding", "eval segmentation"])
+def test_a_named_model_without_pretrained_is_refused_in_commands_that_report_results(files, tmp_path, capsys,
+                                                                                     no_model, command):
+    argv = {"eval grounding": ["eval", "grounding", "--model", "TIER-tiny", "--data", files.set],
+            "eval segmentation": ["eval", "segmentation", "--model", "TIER-tiny", "--data", files.set],
+            }.get(command) or with_model(files, command, "TIER-tiny", tmp_path)
+    assert run(capsys, *argv) == (
+        2, f"tier-openclip {command}: --model TIER-tiny without --pretrained has random weights, and its results would "
+           "mean nothing: pass --pretrained (a checkpoint such as epoch_N.pt, or an open_clip pretrained tag)")
+
+
+# --- issue 22, case 8: one line for the remaining mistakes ---------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"mean_auc": 0.5}', "is not a results JSON of `tier-openclip eval zeroshot --out` (no 'num_images' entry)"),
+    ("[1, 2]", "holds a JSON list, not the object `tier-openclip eval zeroshot --out` writes"),
+    ('{"num_images": 4, "labels": [1, 2], "means": {}}',
+     "is not a results JSON of `tier-openclip eval zeroshot --out` (AttributeError: 'list' object has no attribute 'items')"),
+])
+def test_push_refuses_results_of_another_shape_in_one_line(files, tmp_path, capsys, content, message):
+    results = tmp_path / "results.json"
+    results.write_text(content)
+    out = tmp_path / "export"
+    assert run(capsys, *push(files, "--repo-id", REPO, "--local-dir", out, "--results", results)) == (
+        1, f"tier-openclip push: --results {results} {message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags", [["--tier-scale", "1000"], ["--sweep", "--sweep-scales", "1", "1000"]])
+def test_demo_refuses_a_tier_scale_training_would_refuse(tmp_path, capsys, monkeypatch, flags):
+    from tier_openclip.demo import pipeline
+    from tier_openclip.plugin_args import check_tier_scale
+    from tier_openclip.errors import UsageError
+
+    monkeypatch.setattr(pipeline, "run_demo", _must_not_run)
+    monkeypatch.setattr(pipeline, "run_sweep", _must_not_run)
+    with pytest.raises(UsageError) as training:  # the plugin's own check, as training runs it
+        check_tier_scale(1000.0)
+    assert run(capsys, "demo", "--out", tmp_path / "demo", *flags) == (2, f"tier-openclip demo: {training.value}")

@@ -18,6 +18,7 @@ import os
 import re
 import tarfile
 import tempfile
+import zipfile
 from argparse import Namespace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from data_prep_fixtures import (
     CHEXPERT_HEADER,
     PADCHEST_HEADER,
     REPORT_NORMAL,
+    REPORT_NORMAL_BYTES,
     build_chexpert,
     build_tiny_mimic,
     dicom_dataset,
@@ -337,13 +339,13 @@ def test_a_planned_shard_name_held_by_a_foreign_file_stops_the_run(tmp_path, cap
     assert shard.read_bytes() == b"someone else's tar"
 
 
-@pytest.mark.parametrize("where", ["mimic-root", "image-root"])
+@pytest.mark.parametrize("where", ["mimic-root", "image-root", "metadata-dir"])  # metadata-dir: issue 22, case 6
 def test_out_inside_an_input_root_is_refused(tmp_path, capsys, where):
     mimic, meta, _ = build_tiny_mimic(tmp_path / "release", ["a"])
     image_root = tmp_path / "jpg"
     (image_root / "files").mkdir(parents=True)
     before = digest_tree(tmp_path)
-    out = (mimic if where == "mimic-root" else image_root) / "files" / "shards"
+    out = {"mimic-root": mimic / "files", "image-root": image_root / "files", "metadata-dir": meta}[where] / "shards"
     extra = ("--image-root", str(image_root)) if where == "image-root" else ()
     assert prep_mimic(mimic, meta, out, *extra) == 2
     error = capsys.readouterr().err
@@ -563,3 +565,162 @@ def test_a_zero_byte_split_csv_is_an_error(tmp_path, capsys, gzipped):
     error = capsys.readouterr().err
     assert "mimic-cxr-2.0.0-split.csv" in error and "is empty" in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22, case 2: a report that is not a bounded regular file is a skipped row, never a hang,
+# a crash or gigabytes of memory
+
+
+from tier_openclip.data_prep import report_files  # noqa: E402
+from tier_openclip.data_prep.report_files import ReportUnusable, read_report_file, read_report_member  # noqa: E402
+
+CAP = 64  # a small cap, so "oversized" is cheap to build
+
+
+def _make_report(path: Path, kind: str, size: int) -> str | None:
+    """Put a report of ``kind`` at ``path``; the reason it must be skipped under (None: usable)."""
+    if kind == "regular":
+        path.write_bytes(b"x" * size)
+        return None if size <= CAP else report_files.REPORT_TOO_LARGE
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "dangling":
+        path.symlink_to(path.parent / "nowhere")
+        return "missing"
+    elif kind == "link-to-big":
+        (path.parent / "big").write_bytes(b"y" * (CAP + 1 + size))
+        path.symlink_to(path.parent / "big")
+        return report_files.REPORT_TOO_LARGE
+    return report_files.REPORT_NOT_A_FILE
+
+
+@given(kind=st.sampled_from(["regular", "fifo", "folder", "dev-zero", "dangling", "link-to-big"]),
+       size=st.integers(0, 3 * CAP))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_report_is_read_only_when_a_bounded_regular_file(tmp_path, kind, size):
+    with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+        path = Path(folder) / "s50000000.txt"
+        expected = _make_report(path, kind, size)
+        try:
+            raw = read_report_file(path, cap=CAP)
+        except ReportUnusable as unusable:
+            assert unusable.reason == expected and str(path) in unusable.detail
+        else:
+            assert expected in (None, "missing")
+            assert raw == (None if expected == "missing" else b"x" * size)
+
+
+def _zip_with(path: Path, content: bytes, declared: int | None = None) -> zipfile.ZipFile:
+    """A reports zip with one deflated member; ``declared`` forges the size its headers state
+    (a zip bomb that lies about what it inflates to)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("files/p10/p10000000/s50000000.txt", content)
+    if declared is not None:
+        data = bytearray(path.read_bytes())
+        local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+        data[local + 22:local + 26] = declared.to_bytes(4, "little")
+        data[central + 24:central + 28] = declared.to_bytes(4, "little")
+        path.write_bytes(bytes(data))
+    return zipfile.ZipFile(path)
+
+
+@pytest.mark.parametrize("content, declared, reason", [
+    (b"IMPRESSION: fine.", None, None),
+    (b"\0" * (8 << 20), None, report_files.REPORT_TOO_LARGE),  # 8 MiB of zeros: 8 kB deflated
+    (b"\0" * (8 << 20), 40, report_files.REPORT_UNREADABLE),  # says 40 bytes: inflating stops there, CRC fails
+])
+def test_a_zip_member_is_read_bounded(tmp_path, content, declared, reason):
+    import tracemalloc
+
+    archive = _zip_with(tmp_path / "mimic-cxr-reports.zip", content, declared)
+    name = archive.namelist()[0]
+    tracemalloc.start()
+    try:
+        raw = read_report_member(archive, name, cap=CAP)
+    except ReportUnusable as unusable:
+        raw, found = None, unusable
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    if reason is None:
+        assert raw == b"IMPRESSION: fine."
+    else:
+        assert found.reason == reason and name in found.detail
+    assert peak < 1 << 20  # bytes allocated while reading: far below the 8 MiB the member inflates to
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "dev-zero", "oversized"])
+def test_prep_skips_a_hostile_report_under_its_reason_and_goes_on(tmp_path, kind):
+    import signal
+
+    mimic, meta, _ = build_tiny_mimic(tmp_path / "release", ["a", "b", "c"])
+    hostile = study_dir(mimic, 10000001, 50000001).with_suffix(".txt")
+    hostile.unlink()
+    if kind == "oversized":  # a real report padded past the cap
+        hostile.write_bytes(REPORT_NORMAL_BYTES + b" " * report_files.REPORT_MAX_BYTES)
+        expected = report_files.REPORT_TOO_LARGE
+    else:
+        expected = _make_report(hostile, kind, 0)
+    out = tmp_path / "out"
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("prep hung on the report"))
+    signal.alarm(60)
+    try:
+        assert prep_mimic(mimic, meta, out) == 0
+    finally:
+        signal.alarm(0)
+    rows = failures(out)
+    assert [(r["dicom_id"], r["kind"], r["reason"]) for r in rows] == [("b", "skipped", expected)]
+    assert str(hostile) in rows[0]["detail"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["written"] == 2 and manifest["splits"]["train"]["skipped"] == {expected: 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22, case 5: a CSV header naming a column twice is refused by name (csv.DictReader keeps
+# the last, which silently filtered every row)
+
+
+@pytest.mark.parametrize("which, column", [("split", "split"), ("metadata", "ViewPosition"), ("split", "dicom_id")])
+def test_a_duplicated_column_in_the_split_or_metadata_csv_is_refused(tmp_path, capsys, which, column):
+    mimic, meta, _ = build_tiny_mimic(tmp_path / "release", ["a", "b"])
+    path = meta / f"mimic-cxr-2.0.0-{which}.csv"
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert column in rows[0]
+    write_csv(path, rows[0] + [f" {column}"], [row + ["other"] for row in rows[1:]])
+    out = tmp_path / "out"
+    assert prep_mimic(mimic, meta, out) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {path}: column(s) '{column}' appear more than once in the header, so which one holds the data is "
+        "ambiguous; keep one of each")
+    assert not out.exists()
+
+
+def test_a_duplicated_label_column_in_an_eval_set_is_refused(tmp_path):
+    from tier_openclip.data_prep.eval_layout import read_eval_set
+
+    (tmp_path / "labels.csv").write_text("image,Edema,Edema\nimages/0.png,1,0\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"dataset": "chexpert", "labels": ["Edema"]}))
+    with pytest.raises(ValueError) as error:
+        read_eval_set(tmp_path)
+    assert str(error.value) == (f"{tmp_path / 'labels.csv'}: column(s) 'Edema' appear more than once in the header, "
+                                "so which one holds the data is ambiguous; keep one of each")
+
+
+def test_out_reaching_an_input_root_through_a_symlink_is_refused(tmp_path, capsys):
+    """Issue 22, case 1: the check follows symlinks, as the files written would."""
+    mimic, meta, _ = build_tiny_mimic(tmp_path / "release", ["a"])
+    link = tmp_path / "elsewhere"
+    link.symlink_to(meta)
+    before = digest_tree(tmp_path / "release")
+    out = link / "shards"
+    assert prep_mimic(mimic, meta, out) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {out} is inside --metadata-dir {meta}: the command would write among (and could overwrite) its "
+        "inputs; choose an --out outside it")
+    assert digest_tree(tmp_path / "release") == before and not (meta / "shards").exists()

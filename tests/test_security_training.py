@@ -337,3 +337,134 @@ def test_with_the_hook_disabled_plugin_flags_stop_and_name_the_explicit_entry(tm
         "tier-openclip: --loss is a tier-openclip flag, but the plugin is disabled (TIER_OPENCLIP_DISABLE=1), and "
         "open_clip alone would train plain CLIP. Run the same command as `python -m tier_openclip.train ARGS` "
         "(torchrun: -m tier_openclip.train), which loads the plugin explicitly.\n")
+
+
+# --- issue 22, case 8: checkpoints given to training, each problem one line ----------------------------
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command; torch's weights-only loader must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def training_checkpoints(tmp_path_factory):
+    import open_clip
+
+    from helpers import register_config, tower_configs
+
+    root = tmp_path_factory.mktemp("training-checkpoints")
+    marker = root / "code-ran"
+    torch.save({"epoch": 1, "state_dict": {"x": _RunsCode(marker)}}, root / "malicious.pt")
+    torch.manual_seed(0)
+    tiny = open_clip.create_model("TIER-tiny")
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in tiny.state_dict().items()}}, root / "tiny.pt")
+    other = register_config(root / "configs", "training-other-vit", tower_configs()["vit"])
+    torch.save({"epoch": 1, "state_dict": open_clip.create_model(other).state_dict()}, root / "other.pt")
+    return SimpleNamespace(root=root, marker=marker)
+
+
+def stopped(params, argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        params.parse_args(["--model", "TIER-tiny", *argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return stop.value.code, err.strip()
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--pretrained"])
+def test_a_malicious_pickle_given_to_training_is_one_line_and_runs_nothing(params, capsys, training_checkpoints, flag):
+    path = training_checkpoints.root / "malicious.pt"
+    assert stopped(params, [flag, str(path)], capsys) == (
+        1, f"tier-openclip: {flag} {path} is not a readable checkpoint: torch's weights-only loader refused its "
+           "contents (not tensors saved with torch.save)")
+    assert not training_checkpoints.marker.exists()
+
+
+def test_resuming_from_another_models_checkpoint_is_one_line(params, capsys, training_checkpoints):
+    path = training_checkpoints.root / "other.pt"
+    code, err = stopped(params, ["--resume", str(path)], capsys)
+    assert code == 1 and err.startswith(f"tier-openclip: --resume {path} does not fit --model TIER-tiny: ")
+    assert err.endswith("Resume with the --model (and --force-* flags) the checkpoint was trained with, or start a new "
+                        "--name")
+    assert "of other shapes (" in err or "missing (" in err
+
+
+def test_the_models_own_checkpoint_resumes(params, training_checkpoints):
+    path = str(training_checkpoints.root / "tiny.pt")
+    assert params.parse_args(["--model", "TIER-tiny", "--resume", path, "--pretrained", path]).resume == path
+
+
+# --- issue 22, case 7: a resume with other loss settings is said, and each epoch's settings kept --------
+
+
+def test_a_resume_with_other_loss_settings_warns_once_and_every_epoch_is_recorded(epoch, tmp_path, caplog):
+    from tier_openclip import loss_history
+
+    epoch.args.__dict__.update(logs=str(tmp_path), name="run", loss="tier", tier_lambda_text=0.1, tier_lambda_image=0.1,
+                               tier_scale=1.0, tier_token_mask="valid", tier_zeroshot_chexpert=None)
+    (tmp_path / "run").mkdir()
+    with caplog.at_level(logging.WARNING):
+        epoch.run(0), epoch.run(1)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        epoch.args.loss, epoch.args.tier_lambda_text = "clip", 0.5  # `--resume latest --loss clip ...`
+        epoch.run(2), epoch.run(3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["tier-openclip: epoch 3 trains with other loss settings than epoch 2 (--loss tier -> clip, "
+                        "--tier-lambda-text 0.1 -> 0.5); both are kept in loss_history.json for the model card"]
+    history = loss_history.read_history(tmp_path / "run")
+    assert [(e["epoch"], e["loss"], e["tier_lambda_text"]) for e in history] == [
+        (1, "tier", 0.1), (2, "tier", 0.1), (3, "clip", 0.5), (4, "clip", 0.5)]
+    assert [(a, b, s["loss"]) for a, b, s in loss_history.segments(history, up_to=3)] == [(1, 2, "tier"), (3, 3, "clip")]
+    epoch.run(1)  # epoch 2 trained again (a resume from epoch_1.pt): the later entries are gone
+    assert [e["epoch"] for e in loss_history.read_history(tmp_path / "run")] == [1, 2]
+
+
+def test_the_model_card_tells_each_epochs_loss_settings(tmp_path, capsys):
+    import open_clip
+
+    from tier_openclip import loss_history
+    from tier_openclip.cli import main
+
+    run_dir = tmp_path / "logs" / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    state = open_clip.create_model("TIER-tiny").state_dict()
+    torch.save({"epoch": 3, "state_dict": state}, run_dir / "checkpoints" / "epoch_3.pt")
+    # params.txt is the last invocation's (say a third one, --loss tier at λ 0.9, killed before its epoch)
+    (run_dir / "params.txt").write_text("loss: tier\ntier_lambda_text: 0.9\nmodel: TIER-tiny\nepochs: 4\n")
+    settings = {"loss": "tier", "tier_lambda_text": 0.1, "tier_lambda_image": 0.2, "tier_scale": 1.0,
+                "tier_token_mask": "valid", "lu_align_weight": 0.0, "lu_uniform_weight": 0.0}
+    for number in (1, 2):
+        loss_history.record_epoch(run_dir, number, settings)
+    for number in (3, 4):
+        loss_history.record_epoch(run_dir, number, {**settings, "loss": "clip"})
+    out = tmp_path / "export"
+    assert main(["push", "--checkpoint", str(run_dir / "checkpoints" / "epoch_3.pt"), "--model", "TIER-tiny",
+                 "--repo-id", "tier-lab/tier-test", "--local-dir", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "### Loss settings by epoch" in card
+    assert "| 1-2 | tier | 0.1 | 0.2 | 1.0 | valid | 0.0 | 0.0 |" in card
+    assert "| 3 | clip | 0.1 | 0.2 | 1.0 | valid | 0.0 | 0.0 |" in card and "| 4 |" not in card  # epoch_3.pt's
+    assert "| Loss | open_clip's contrastive loss only (no TIER regularisation) |" in card  # epoch 3's, not params.txt's
+    assert "0.9" not in card
+
+
+def test_resume_latest_of_another_models_run_is_one_line(params, capsys, training_checkpoints, tmp_path):
+    import shutil
+
+    checkpoints = tmp_path / "logs" / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(training_checkpoints.root / "tiny.pt", checkpoints / "epoch_2.pt")
+    shutil.copy(training_checkpoints.root / "other.pt", checkpoints / "epoch_10.pt")  # the newest, naturally sorted
+    argv = ["--resume", "latest", "--logs", str(tmp_path / "logs"), "--name", "run"]
+    code, err = stopped(params, argv, capsys)
+    assert code == 1 and err.startswith(f"tier-openclip: --resume {checkpoints / 'epoch_10.pt'} does not fit --model "
+                                        "TIER-tiny: ")
+    (checkpoints / "epoch_10.pt").unlink()
+    assert params.parse_args(["--model", "TIER-tiny", *argv]).resume == "latest"  # main.py resolves it, as before

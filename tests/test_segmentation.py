@@ -247,6 +247,8 @@ def test_cli_errors_are_one_line_with_the_right_status(tmp_path, capsys):
     assert "--label-fraction" in capsys.readouterr().err
     (tmp_path / "meta.json").write_text("{")
     (tmp_path / "splits.csv").write_text("image,mask,split,id\n")
-    assert main(["eval", "segmentation", "--model", "TIER-tiny", "--data", str(tmp_path)]) == 1
+    weights = tmp_path / "epoch_1.pt"  # only named: the set fails first
+    weights.write_bytes(b"")
+    assert main(["eval", "segmentation", "--model", "TIER-tiny", "--pretrained", str(weights), "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tier-openclip eval segmentation: ") and "is not JSON" in err and "Traceback" not in err

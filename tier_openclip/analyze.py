@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from tier_openclip.cli_common import add_model_flags, device_of
-from tier_openclip.errors import CommandError, UsageError, input_file
+from tier_openclip.cli_common import add_model_flags, device_of, model_inputs, refuse_overwriting_inputs
+from tier_openclip.errors import CommandError, UsageError, input_file, writable_folder
 
 TOP_K_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
 
@@ -130,9 +130,13 @@ def read_boxes(path: Path) -> list[BoxRow]:
     """Rows of image, phrase (or finding + prompt), x0, y0, x1, y1; images relative to the CSV.
 
     CommandError naming the row when a column is missing or a coordinate is not a number."""
+    from tier_openclip.data_prep.tables import refuse_duplicated_columns
+
     rows = []
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
+        reader = csv.DictReader(handle)
+        refuse_duplicated_columns(path, reader.fieldnames, CommandError)
+        for number, row in enumerate(reader, start=2):
             phrase = row.get("prompt") or row.get("phrase") or row.get("finding")
             if not phrase or not row.get("image"):
                 raise CommandError(f"{path} row {number}: each row needs an 'image' and a 'phrase' (or "
@@ -177,6 +181,16 @@ def pointing_game(loaded, rows: Sequence[BoxRow], device: str = "cpu") -> dict:
         "boxes": len(every),
         "per_phrase": {phrase: {"accuracy": float(np.mean(h)), "boxes": len(h)} for phrase, h in sorted(hits.items())},
     }
+
+
+def _shard_files(pattern: str, limit: int = 100_000) -> list[str]:
+    """The shard paths of a --data pattern as webdataset expands it ('::' lists, {a..b} ranges),
+    at most ``limit`` of them (only compared with the output names)."""
+    from itertools import islice
+
+    from braceexpand import braceexpand
+
+    return [path for part in pattern.split("::") for path in islice(braceexpand(part), limit)]
 
 
 def shard_batches(shards: str, preprocess, tokenizer, num_samples: int, batch_size: int = 32):
@@ -236,10 +250,17 @@ def analyze(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file; give a folder for analysis.json and rank_curves.png")
+    inputs = [*model_inputs(args), ("--baseline", args.baseline), ("--boxes", args.boxes),
+              *(("--data", shard) for shard in _shard_files(args.data))]
+    refuse_overwriting_inputs([("--out", out_dir / "analysis.json"), ("--out", out_dir / "rank_curves.png")], inputs)
     boxes = read_boxes(input_file(args.boxes, "--boxes")) if args.boxes else None
     for pretrained in checkpoints.values():
         check_pretrained(args.model, pretrained)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir}: cannot create it ({exc.strerror or exc})") from None
+    writable_folder(out_dir, f"--out {out_dir}")
     device = device_of(args)
     results: dict[str, dict] = {}
     for label, pretrained in checkpoints.items():

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from tier_openclip.errors import CommandError, UsageError, output_file
+
+Named = Iterable[tuple[str, "str | Path | None"]]  # (flag, path) pairs, as the person gave them
 
 MODEL_HELP = "open_clip model name (e.g. TIER-tiny; ours start with TIER-), or hf-hub:ORG/NAME / local-dir:PATH."
 PRETRAINED_HELP = ("Weights: a training checkpoint (epoch_N.pt), a .safetensors/.bin file or an open_clip pretrained "
@@ -46,14 +48,38 @@ def device_of(args: argparse.Namespace) -> str:
     return args.device or default_device()
 
 
-def results_file(path: str | None) -> Path | None:
-    """--out FILE.json, checked before any work: the markdown table goes next to it as FILE.md."""
+def refuse_overwriting_inputs(outputs: Named, inputs: Named, folder_outputs: bool = False) -> None:
+    """UsageError (exit 2) when an output resolves (symlinks followed) to an input or lies inside an
+    input folder (with ``folder_outputs``, also an input inside an output folder). Every command
+    calls it before any work; the rule itself is data_prep/paths.py's, which prep uses too."""
+    from tier_openclip.data_prep.paths import overwrite_problem
+
+    problem = overwrite_problem(outputs, inputs, folder_outputs=folder_outputs)
+    if problem:
+        raise UsageError(problem)
+
+
+def model_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files and folders --model/--pretrained read: a checkpoint path, a local-dir: folder."""
+    model = getattr(args, "model", "") or ""
+    named = [("--model", model[len("local-dir:"):])] if model.startswith("local-dir:") else []
+    pretrained = getattr(args, "pretrained", None)
+    if pretrained and Path(pretrained).exists():  # not an open_clip tag such as 'openai'
+        named.append(("--pretrained", pretrained))
+    return named
+
+
+def results_file(path: str | None, inputs: Named = ()) -> Path | None:
+    """--out FILE.json, checked before any work: writable, not one of ``inputs`` (nor FILE.md, the
+    markdown table that goes next to it) and not inside an input folder."""
     if not path:
         return None
     out = output_file(path, "--out", example="results.json", make_parent=True)
     if out.with_suffix(".md") == out:
         raise UsageError(f"--out {out}: the table goes next to the JSON as {out.name}; name the JSON e.g. "
                          f"{out.with_suffix('.json').name}")
+    refuse_overwriting_inputs([("--out", out), ("--out (its table)", out.with_suffix(".md"))], inputs)
+    output_file(out.with_suffix(".md"), "--out (its table)", example="results.md")
     return out
 
 
@@ -66,7 +92,7 @@ def run_evaluation(args: argparse.Namespace, evaluate: Callable[[Any, str], dict
     file changed meanwhile (OSError, ValueError) is a CommandError."""
     from tier_openclip.models import check_pretrained, load_model
 
-    check_pretrained(args.model, args.pretrained)
+    check_pretrained(args.model, args.pretrained, weights_required=True)
     device = device_of(args)
     loaded = load_model(args.model, args.pretrained, device=device)
     try:

@@ -17,6 +17,7 @@ and callers may catch them; nothing here exits the interpreter.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -65,4 +66,18 @@ def output_file(path: str | os.PathLike, flag: str, example: str, make_parent: b
             raise UsageError(f"{flag} {path}: cannot create its folder ({exc.strerror or exc})") from None
     if not parent.is_dir():
         raise UsageError(f"{flag} {path}: folder {parent} does not exist")
+    writable_folder(parent, f"{flag} {path}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: the file exists and cannot be written")
     return path
+
+
+def writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """UsageError unless a file can be created in the existing ``folder``: found before the work
+    whose results would then be lost. A trial file is made and removed, since permission bits
+    do not tell (root, read-only mounts, ACLs)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tier-openclip-write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a writable place") from None

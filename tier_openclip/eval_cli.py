@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tier_openclip.cli_common import add_list_flag, add_model_flags, results_file, run_evaluation
+from tier_openclip.cli_common import (add_list_flag, add_model_flags, model_inputs, refuse_overwriting_inputs,
+                                     results_file, run_evaluation)
 from tier_openclip.errors import CommandError, UsageError, input_file, output_file
 from tier_openclip.evaluate import DATASETS, paper_table_markdown, read_eval_set, results_markdown, zeroshot_evaluate
 from tier_openclip.grounding.evaluator import add_grounding_parser
@@ -88,8 +89,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
                          "`tier-openclip prep chexpert|padchest`")
     if args.prompts and not is_named_prompt_set(args.prompts):
         input_file(args.prompts, "--prompts")
-    out = results_file(args.out)
-    check_pretrained(args.model, args.pretrained)
+    out = results_file(args.out, [("--data", data), ("--prompts", args.prompts), *model_inputs(args)])
+    check_pretrained(args.model, args.pretrained, weights_required=True)
     try:
         eval_set = read_eval_set(data)
     except (OSError, ValueError) as exc:
@@ -118,6 +119,9 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def run_paper_table(args: argparse.Namespace) -> int:
+    out = output_file(args.out, "--out", example="table.md") if args.out else None
+    if out is not None:  # the table must never replace one of the results files it reads
+        refuse_overwriting_inputs([("--out", out)], [("--row", name) for row in args.row for name in row[1:]])
     rows = []
     for row in args.row:
         if not 2 <= len(row) <= 3:
@@ -135,7 +139,6 @@ def run_paper_table(args: argparse.Namespace) -> int:
                                    "num_images); pass the JSON its --out wrote")
             results.append(result)
         rows.append((row[0], results))
-    out = output_file(args.out, "--out", example="table.md") if args.out else None
     try:
         markdown = paper_table_markdown(rows)
     except (KeyError, TypeError, ValueError) as exc:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tier_openclip.cli_common import add_list_flag, add_model_flags, device_of
+from tier_openclip.cli_common import add_list_flag, add_model_flags, device_of, model_inputs, refuse_overwriting_inputs
 from tier_openclip.errors import CommandError, UsageError, input_file, output_file
 
 
@@ -151,7 +151,8 @@ def heatmap(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: cannot draw a figure as {out.suffix or 'a file without a suffix'}; "
                          f"name it .png (or any of .{', .'.join(sorted(formats))})")
     input_file(args.image, "--image")
-    check_pretrained(args.model, args.pretrained)
+    refuse_overwriting_inputs([("--out", out)], [("--image", args.image), *model_inputs(args)])
+    check_pretrained(args.model, args.pretrained, weights_required=True)
     image = load_image(args.image)
     device = device_of(args)
     loaded = load_model(args.model, args.pretrained, device=device)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tier_openclip import openclip_adapter as adapter
-from tier_openclip.cli_common import add_list_flag, add_model_flags
+from tier_openclip.cli_common import add_list_flag, add_model_flags, refuse_overwriting_inputs
 from tier_openclip.errors import CommandError, UsageError, input_file
 from tier_openclip.models import check_pretrained, load_weights, read_checkpoint, register_model_configs
 
@@ -227,8 +227,11 @@ def _training_rows(model_name: str, epoch: int | None, settings: TierSettings, p
 
 def model_card(repo_id: str, model_name: str, epoch: int | None, settings: TierSettings,
                params: Mapping[str, Any] | None = None, results: Sequence[Mapping[str, Any]] = (),
-               model_config: Mapping[str, Any] | None = None, license: str | None = None) -> str:
-    """README.md for the Hub: what the model is, how it was trained, its results and how to load it."""
+               model_config: Mapping[str, Any] | None = None, license: str | None = None,
+               loss_segments: Sequence[tuple[int, int, Mapping[str, Any]]] = ()) -> str:
+    """README.md for the Hub: what the model is, how it was trained, its results and how to load it.
+    ``loss_segments`` (loss_history.segments): the settings by epoch, shown when they changed."""
+    from tier_openclip import loss_history
     from tier_openclip.evaluate import results_markdown
 
     params = params or {}
@@ -244,7 +247,7 @@ def model_card(repo_id: str, model_name: str, epoch: int | None, settings: TierS
         "Regularization for CLIP-style models\", Palepu & Beam: the contrastive loss plus penalties on the entropy of each report token's "
         "similarities over image patches and of each patch's over tokens, which sharpen local "
         "alignment), using the tier-openclip plugin.", "",
-        "## Training", "", *_training_rows(model_name, epoch, settings, params), "",
+        "## Training", "", *_training_rows(model_name, epoch, settings, params), "", *loss_history.card_rows(loss_segments),
         "### Training data", "",
         "Trained on image–report pairs of [MIMIC-CXR](https://physionet.org/content/mimic-cxr/) "
         "(Johnson et al., 2019), used under the PhysioNet Credentialed Health Data Use Agreement. "
@@ -437,6 +440,9 @@ def run_push(args: argparse.Namespace) -> int:
     if args.params:
         input_file(params_path, "--params")
     results_paths = [input_file(path, "--results") for path in args.results]
+    refuse_overwriting_inputs([("--local-dir", args.local_dir)],
+                              [("--checkpoint", args.checkpoint), ("--params", params_path),
+                               *(("--results", path) for path in results_paths)], folder_outputs=True)
     old_files = check_export_folder(Path(args.local_dir), args.overwrite) if args.local_dir else []
     if not args.local_dir:
         hub_token()
@@ -452,6 +458,7 @@ def run_push(args: argparse.Namespace) -> int:
             results.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             raise CommandError(f"--results {path}: not a results JSON of `tier-openclip eval zeroshot --out` ({exc})") from None
+        _check_results_shape(path, results[-1])
     if not args.local_dir:
         with tempfile.TemporaryDirectory(prefix="tier-openclip-push-") as tmp:
             _export(args, params, results, Path(tmp))
@@ -473,11 +480,34 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_results_shape(path: Path, result: Any) -> None:
+    """CommandError unless ``result`` is what the card's table is drawn from: the table is drawn
+    now, by the function that reads the results format (evaluate.results_markdown), so another
+    shape ({"mean_auc": 0.5}, [1, 2]) fails here in one line, before the export."""
+    from tier_openclip.evaluate import results_markdown
+
+    if not isinstance(result, dict):
+        found = type(result).__name__
+        raise CommandError(f"--results {path} holds a JSON {found}, not the object `tier-openclip eval zeroshot --out` writes")
+    try:
+        results_markdown(result)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise CommandError(f"--results {path} is not a results JSON of `tier-openclip eval zeroshot --out` ({what})") from None
+
+
 def _export(args: argparse.Namespace, params: dict, results: list, out_dir: Path) -> None:
+    from tier_openclip import loss_history
+
     exported = export_model(args.checkpoint, args.model, out_dir, args.repo_id, params)
+    run_dir = Path(args.checkpoint).resolve().parent.parent  # logs/NAME for logs/NAME/checkpoints/epoch_N.pt
+    segments = loss_history.segments(loss_history.read_history(run_dir), up_to=exported.epoch)
+    if segments:  # the exported epoch's own settings; params.txt has only the last invocation's
+        params = {**params, **segments[-1][2]}
     settings = TierSettings.from_sources(params, args.lambda_text, args.lambda_image, args.token_mask)
     if settings.loss in ("tier", None) and None in (settings.lambda_text, settings.lambda_image, settings.token_mask):
         logger.warning("TIER settings not fully known (no params.txt next to the checkpoint's run?): pass "
                        "--lambda-text, --lambda-image and --token-mask for the model card")
-    card = model_card(args.repo_id, args.model, exported.epoch, settings, params, results, exported.model_config, args.license)
+    card = model_card(args.repo_id, args.model, exported.epoch, settings, params, results, exported.model_config,
+                      args.license, segments)
     (out_dir / "README.md").write_text(card, encoding="utf-8")

@@ -99,12 +99,19 @@ def register_model_configs() -> None:
     adapter.symbol("add_model_config")(str(files("tier_openclip") / "model_configs"))
 
 
-def check_pretrained(model_name: str, pretrained: str | None) -> None:
-    """UsageError unless --model names a known model and --pretrained an existing file or a tag."""
+def check_pretrained(model_name: str, pretrained: str | None, weights_required: bool = False) -> None:
+    """UsageError unless --model names a known model and --pretrained an existing file or a tag;
+    CommandError for a local-dir: folder whose config or weights cannot be used (model_checks.py).
+    ``weights_required`` (commands that report results): a named architecture without --pretrained
+    is refused, since its weights would be random."""
+    from tier_openclip.model_checks import check_local_dir
+
     register_model_configs()
     if model_name.startswith("local-dir:"):
         if not os.path.isdir(model_name[len("local-dir:"):]):
             raise UsageError(f"--model {model_name}: no such folder")
+        # truncated, random bytes, a pickle: one message before anything is built
+        read_checkpoint(check_local_dir(model_name[len("local-dir:"):]))
         return
     if model_name.startswith("hf-hub:"):
         return
@@ -113,6 +120,9 @@ def check_pretrained(model_name: str, pretrained: str | None) -> None:
             f"unknown model {model_name!r}; see open_clip.list_models() (ours start with 'TIER-'), "
             "or pass hf-hub:ORG/NAME or local-dir:PATH"
         )
+    if not pretrained and weights_required:
+        raise UsageError(f"--model {model_name} without --pretrained has random weights, and its results would mean "
+                         "nothing: pass --pretrained (a checkpoint such as epoch_N.pt, or an open_clip pretrained tag)")
     if not pretrained or os.path.isfile(pretrained):
         return
     if os.path.isdir(pretrained):
@@ -132,7 +142,15 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
     hf_towers.check_cached(model_name)  # offline: name the tower to pre-download before any retry
     create = adapter.symbol("create_model_and_transforms")
     from_file = bool(pretrained) and os.path.isfile(pretrained) and not model_name.startswith(("hf-hub:", "local-dir:"))
-    if from_file:  # readable first (before building a possibly large model); then open_clip's strict load
+    if model_name.startswith("local-dir:"):  # weights checked readable above; another model's fail strictly here
+        from tier_openclip.model_checks import check_local_dir
+
+        weights = check_local_dir(model_name[len("local-dir:"):])
+        try:
+            model, _, preprocess = create(model_name, device=device, precision=precision, output_dict=True)
+        except _MISFIT as exc:
+            raise _misfit(weights, model_name, "", exc) from None
+    elif from_file:  # readable first (before building a possibly large model); then open_clip's strict load
         read_checkpoint(pretrained)
     with hf_towers.reporting_unreachable(model_name):
         if from_file:

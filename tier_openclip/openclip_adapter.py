@@ -53,6 +53,7 @@ SYMBOLS = {
     "get_model_config": "open_clip:get_model_config",  # hub export: the config a checkpoint was trained with
     "get_pretrained_cfg": "open_clip:get_pretrained_cfg",  # hub export: a pretrained tag's preprocessing
     "load_checkpoint": "open_clip:load_checkpoint",
+    "find_checkpoint_in_dir": "open_clip.factory:_find_checkpoint_in_dir",  # which weights local-dir: loads
     "save_for_hf": "open_clip.push_to_hf_hub:save_for_hf",  # writes exactly what hf-hub:/local-dir: load
     "get_model_preprocess_cfg": "open_clip:get_model_preprocess_cfg",
     "PreprocessCfg": "open_clip.transform:PreprocessCfg",

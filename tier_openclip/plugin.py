@@ -4,7 +4,9 @@ Wrap, don't fork: before ``open_clip_train/main.py`` runs, ``activate`` replaces
 it imports by name — ``parse_args`` (our flags), ``open_clip.create_loss`` (our losses) and
 ``train_one_epoch`` (token outputs on the model, entropy logging, zero-shot chest X-ray eval) —
 each delegating to the original. With ``--loss clip`` (the default) every wrapper is a
-pass-through, so a run is stock open_clip. The plugin's flags are checked before any training
+pass-through, so a run is stock open_clip, but for two things every run gets: a --pretrained or
+--resume file that is not a checkpoint of --model stops it in one line (train_checks.py), and each
+epoch's loss settings are recorded for the model card (loss_history.py). The plugin's flags are checked before any training
 (tier_openclip/plugin_args.py): abbreviations, flags the chosen loss ignores, numbers, folders.
 
 ``activate`` is called by the start-up hook (tier_openclip/_startup.py) when ``open_clip_train``
@@ -25,7 +27,7 @@ from typing import Any, Callable
 from tier_openclip import openclip_adapter as adapter
 from tier_openclip import hf_towers, plugin_args
 from tier_openclip.entropy import IMPLS
-from tier_openclip.errors import CommandError, UsageError
+from tier_openclip.errors import CommandError, TierOpenclipError, UsageError
 from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
 from tier_openclip.models import register_model_configs
@@ -114,11 +116,17 @@ def _uses_plugin_flags(argv: list[str]) -> bool:
     return any(arg.split("=", 1)[0] in flags for arg in argv) or bool(plugin_args.abbreviated(argv, flags))
 
 
-def _stop(error: UsageError | CommandError) -> None:
-    """An error as argparse reports one: one line on stderr, before any training; exit status 2 for
-    a usage error, 1 for a CommandError (a hub tower out of reach)."""
+def _stop(error: TierOpenclipError) -> None:
+    """One line on stderr before any training; exit status 2 for a usage error (as argparse), 1 for
+    a checkpoint that cannot be used."""
     print(f"tier-openclip: {error}", file=sys.stderr)
     raise SystemExit(error.exit_code)
+
+
+def _check_start_checkpoints(args: argparse.Namespace) -> None:
+    from tier_openclip.train_checks import check_start_checkpoints
+
+    check_start_checkpoints(args)
 
 
 def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Callable:
@@ -141,7 +149,8 @@ def wrap_parse_args(original: Callable[[list[str]], argparse.Namespace]) -> Call
         _resolve_local_uniformity_defaults(parsed)
         try:
             plugin_args.check_plugin_args(parsed, args, flags)
-        except UsageError as error:
+            _check_start_checkpoints(parsed)
+        except TierOpenclipError as error:
             _stop(error)
         try:  # offline and a hub tower not cached: say which to pre-download before open_clip retries
             hf_towers.check_cached(parsed.model)
@@ -320,6 +329,7 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
         from tier_openclip.features import enable_token_outputs
         from tier_openclip.loss import ContrastiveTokenLoss
 
+        _record_loss_settings(args, epoch)
         if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
             loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
@@ -342,6 +352,22 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
 
     train_one_epoch.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
     return train_one_epoch
+
+
+def _record_loss_settings(args: argparse.Namespace, epoch: int) -> None:
+    """Rank 0 notes this epoch's loss settings in logs/NAME/loss_history.json (and warns when a
+    resume changed them); a failure to write is logged, never costs the epoch."""
+    import os
+
+    from tier_openclip import loss_history
+
+    run_dir = os.path.join(getattr(args, "logs", None) or "", getattr(args, "name", None) or "")
+    if getattr(args, "rank", 0) != 0 or not os.path.isdir(run_dir) or not getattr(args, "name", None):
+        return
+    try:
+        loss_history.record_epoch(run_dir, epoch + 1, args)
+    except OSError as exc:
+        logger.warning("tier-openclip: could not record the loss settings of epoch %d: %s", epoch + 1, exc)
 
 
 def _refuse_plugin_flags(params_module: Any, error: Exception) -> None:

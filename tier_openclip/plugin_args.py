@@ -119,7 +119,12 @@ def _check_numbers(args: argparse.Namespace) -> None:
         flag = "--" + dest.replace("_", "-")
         if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
             raise UsageError(f"{flag} {value}: must be a finite number {'>=' if inclusive else '>'} {low:g}")
-    scale = getattr(args, "tier_scale", None)
+    check_tier_scale(getattr(args, "tier_scale", None))
+
+
+def check_tier_scale(scale: float | str | None) -> None:
+    """UsageError for a --tier-scale above MAX_TIER_SCALE: the one bound training and the demo
+    (tier_openclip/demo/design.py) share, so the demo refuses what training would."""
     if isinstance(scale, (int, float)) and scale > MAX_TIER_SCALE:
         raise UsageError(f"--tier-scale {scale:g} is above {MAX_TIER_SCALE:g}: with cosine similarities in [-1, 1] "
                          "the softmaxes saturate and the entropies underflow to exactly 0, which switches TIER off. "

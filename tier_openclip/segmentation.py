@@ -488,9 +488,10 @@ def add_segmentation_parser(tasks: Any) -> None:
 
 
 def run_segmentation(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import results_file, run_evaluation
+    from tier_openclip.cli_common import model_inputs, results_file, run_evaluation
     from tier_openclip.data_prep.seg_sets import read_seg_set
     from tier_openclip.errors import CommandError, UsageError
+    from tier_openclip.models import check_pretrained
 
     config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.probe_batch_size, loss=args.loss)
     if not 0 < args.label_fraction <= 1:
@@ -503,7 +504,8 @@ def run_segmentation(args: argparse.Namespace) -> int:
         raise UsageError(f"--epochs, --probe-batch-size, --lr: {exc}") from None
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data} is not a folder: pass a segmentation set from `tier-openclip prep siim|rsna`")
-    out = results_file(args.out)
+    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
+    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
     try:
         read_seg_set(args.data)  # before loading a large model
     except (FileNotFoundError, ValueError) as exc:

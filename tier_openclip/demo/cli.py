@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tier_openclip.demo.design import ARM_NAMES, DEFAULT_ARMS, SIZES, SWEEP_LAMBDAS, SWEEP_SCALES, DemoOptions, check_scale
 from tier_openclip.cli_common import add_list_flag
-from tier_openclip.errors import UsageError
+from tier_openclip.errors import UsageError, writable_folder
 
 
 def _positive_floats(texts: list[str]) -> list[float]:
@@ -44,6 +44,11 @@ def demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--bootstrap {args.bootstrap}: 0 (no intervals) or more")
     if options.out.exists() and not options.out.is_dir():
         raise UsageError(f"--out {options.out} is a file; give a folder")
+    try:  # an unwritable --out is found now, not after an hour of training
+        options.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {options.out}: cannot create it ({exc.strerror or exc})") from None
+    writable_folder(options.out, f"--out {options.out}")
     if args.sweep:
         lambdas = _positive_floats(_words("--sweep-lambdas", args.sweep_lambdas or [f"{v:g}" for v in SWEEP_LAMBDAS]))
         scales = [check_scale(s) for s in _words("--sweep-scales", args.sweep_scales or list(SWEEP_SCALES))]

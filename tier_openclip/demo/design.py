@@ -13,6 +13,7 @@ different batches. Its CSV loader shuffles with torch's generator, which ``--see
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tier_openclip.errors import UsageError
+from tier_openclip.plugin_args import check_tier_scale
 
 # A CNN, not TIER-tiny's ViT: a cell sees only its neighbourhood, so plain CLIP's maps localise at all
 # (model_configs/README.md has the measurement).
@@ -122,8 +124,9 @@ def check_scale(text: str) -> str:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise UsageError(f"--tier-scale {text}: expected a positive number or 'logit'")
+    check_tier_scale(value)  # training's own bound: refused here, not inside the training subprocess
     return f"{value:g}"
 
 

@@ -374,14 +374,16 @@ def add_grounding_parser(tasks: Any) -> None:
 
 
 def run_grounding(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import results_file, run_evaluation
+    from tier_openclip.cli_common import model_inputs, results_file, run_evaluation
     from tier_openclip.errors import CommandError, UsageError
+    from tier_openclip.models import check_pretrained
 
     if args.bootstrap < 0 or args.batch_size < 1 or args.workers < 0:
         raise UsageError("--bootstrap and --workers must be >= 0, --batch-size >= 1")
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data} is not a folder: pass a grounding set from `tier-openclip prep ms-cxr`")
-    out = results_file(args.out)
+    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
+    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
     try:
         read_grounding_set(args.data)  # before loading a large model
     except (FileNotFoundError, ValueError) as exc:

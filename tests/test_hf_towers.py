@@ -65,8 +65,10 @@ def test_command_line_exit_1_one_line(empty_cache, tmp_path, capsys):
     from PIL import Image
 
     Image.new("L", (32, 32)).save(image)
-    code = main(["heatmap", "--model", "TIER-BiomedCLIP-ViT-B-16", "--image", str(image), "--text", "effusion",
-                 "--out", str(tmp_path / "map.png")])
+    weights = tmp_path / "epoch_1.pt"  # never read: the tower is refused before the model is built
+    weights.write_bytes(b"not read")
+    code = main(["heatmap", "--model", "TIER-BiomedCLIP-ViT-B-16", "--pretrained", str(weights), "--image",
+                 str(image), "--text", "effusion", "--out", str(tmp_path / "map.png")])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract" in err and "HF_HUB_OFFLINE" in err

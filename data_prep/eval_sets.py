@@ -27,7 +27,7 @@ us), the same for both::
     OUT/meta.json       dataset, label list (= labels.csv's label columns, in order), the
                         CheXpert competition labels, counts per label, skipped/failed/notes
                         counts, preprocessing and the exact options
-    OUT/failures.csv    source, kind (skipped/failed), reason, detail
+    OUT/failures.csv    source, kind (skipped/failed), reason, detail, ... (atomic.FAILURE_COLUMNS)
 
 Rows of labels.csv are in the CSV's order; only images written successfully are listed.
 Images are re-rendered on every run and written under a temporary name then renamed, so a
@@ -38,7 +38,8 @@ Files: every image path built from the CSV must stay inside its folder (the sour
 ``unsafe_path``. ``OUT/.prep-state/images.json`` lists the images this tool wrote (saved
 before rendering, so a killed run's are listed too); a rerun removes the listed images it no
 longer writes and nothing else, and a row whose output name is held by a file the list does
-not name is skipped (``output_exists``). The run lock is ``prep mimic-cxr``'s.
+not name is skipped (``output_exists``). The run (lock, workers, failures.csv, meta.json) is
+the prep runner's (runner.py).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""MIMIC-CXR: the release tree and CSVs, sample selection, and the rendering of one sample.
+"""MIMIC-CXR: sample selection, the rendering of one sample, and ``prep mimic-cxr``'s run.
 
-Inputs as published:
-
-- MIMIC-CXR 2.0.0 (``--mimic-root``): ``files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.dcm`` and the
-  reports, ``files/pXX/pXXXXXXXX/sXXXXXXXX.txt`` or inside ``mimic-cxr-reports.zip``.
-- MIMIC-CXR-JPG 2.x (``--image-root``): the same tree with ``<dicom_id>.jpg``, and the CSVs
-  ``mimic-cxr-2.0.0-{split,metadata,chexpert}.csv.gz`` (found in ``--metadata-dir``, else in
-  ``--image-root``, else in ``--mimic-root``; plain ``.csv`` works too).
+The release as published (tree, CSVs, reports) is read by mimic_release.py; the CSVs are found
+in ``--metadata-dir``, else in ``--image-root``, else in ``--mimic-root`` (``.csv.gz`` or
+plain ``.csv``). The run is the prep runner's (runner.py: claim and lock --out, failures.csv)
+with shards.py as its writer (resumable, byte-identical shards) and manifest.json as its meta.
 
 Selection (pure functions of the CSV rows and the report text): a DICOM is *eligible* when its
 split is requested, its ``ViewPosition`` is one of ``--views`` and its study's report has the

@@ -15,7 +15,7 @@ and writes boxes.csv and meta.json for us)::
     OUT/meta.json         format, dataset "ms-cxr", labels (the categories), image_size, box_format,
                           phrases and boxes per finding, skipped/failed/dropped per reason, options
     OUT/sources.csv       image, dicom_id, path: where each PNG came from
-    OUT/failures.csv      source, kind (skipped/failed), reason, detail
+    OUT/failures.csv      source, kind (skipped/failed/dropped), reason, detail, ..., dicom_id, ...
 
 Its traps, named in one place:
 - Boxes are in the original JPG's pixels, not the stored image's: each is clipped to the JPG,

@@ -5,7 +5,10 @@ A pipeline of small pure functions (parse -> select -> decode -> write) with the
 at the edges:
 
 - :mod:`.reports`: report decoding, section parsing, choice of the training text;
-- :mod:`.mimic`: the MIMIC-CXR tree and CSVs, selection, the rendering of one sample, the run;
+- :mod:`.runner`: the one prep runner (claim and lock --out, worker pool, failures.csv, meta)
+  that every subcommand plugs its reader, renderer and writers into;
+- :mod:`.mimic_release`: the MIMIC-CXR tree, CSVs and reports; :mod:`.mimic`: selection, the
+  rendering of one sample, the run;
 - :mod:`.images`: DICOM/JPEG/PNG decoding, modality and VOI LUTs, resizing, encoding;
 - :mod:`.shards`: shard planning, writing, verification and resumption;
 - :mod:`.eval_sets`: CheXpert and PadChest; :mod:`.ms_cxr`: MS-CXR; :mod:`.siim`, :mod:`.rsna`

@@ -13,8 +13,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-# failures.csv of the evaluation, grounding and segmentation sets (prep mimic-cxr adds its ids).
-FAILURE_COLUMNS = ("source", "kind", "reason", "detail")
+FAILURES_CSV, META_JSON = "failures.csv", "meta.json"  # in every prep command's --out (mimic-cxr: manifest.json)
+# failures.csv, one schema for every prep command: what the input names (a path, an id), kind
+# (skipped, failed, dropped), reason, detail; then MIMIC's ids, blank where a dataset has none
+# (prep mimic-cxr fills all four, prep ms-cxr the dicom_id).
+FAILURE_COLUMNS = ("source", "kind", "reason", "detail", "split", "dicom_id", "subject_id", "study_id")
 
 
 def temporary_path(path: Path) -> Path:
@@ -62,6 +65,6 @@ def write_csv_atomic(path: str | Path, header: Sequence, rows: Iterable[Sequence
     write_bytes_atomic(path, csv_bytes(header, rows, lineterminator=lineterminator, delimiter=delimiter))
 
 
-def write_failures_csv(path: str | Path, rows: Iterable[Sequence], columns: Sequence[str] = FAILURE_COLUMNS) -> None:
-    """failures.csv: every skipped or failed input with its reason."""
-    write_csv_atomic(path, columns, rows)
+def write_failures_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
+    """failures.csv: every skipped or failed input with its reason (rows in FAILURE_COLUMNS order)."""
+    write_csv_atomic(path, FAILURE_COLUMNS, rows)

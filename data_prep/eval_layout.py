@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_csv_atomic, write_json_atomic
+from .atomic import META_JSON, write_csv_atomic, write_json_atomic
 from .tables import refuse_duplicated_columns
 from .chexpert import CHEXPERT_COMPETITION_LABELS, UNCERTAIN, parse_chexpert_label
 from .paths import UnsafePathError, resolve_inside
 
 FORMAT = "tier-openclip-eval/1"
 BOX_FORMAT = "x0, y0, x1, y1 in pixels of the stored image, half-open"
-LABELS_CSV, BOXES_CSV, PRIOR_BOXES_CSV, META_JSON = "labels.csv", "boxes.csv", "prior_boxes.csv", "meta.json"
+LABELS_CSV, BOXES_CSV, PRIOR_BOXES_CSV = "labels.csv", "boxes.csv", "prior_boxes.csv"
 BOX_COLUMNS = ("image", "finding", "phrase", "x0", "y0", "x1", "y1")
 PRIOR_COLUMNS = ("finding", "x0", "y0", "x1", "y1")
 PRIOR_PHRASE_COLUMN = "phrase"  # optional: the training phrase that named the box

@@ -27,7 +27,7 @@ us), the same for both::
     OUT/meta.json       dataset, label list (= labels.csv's label columns, in order), the
                         CheXpert competition labels, counts per label, skipped/failed/notes
                         counts, preprocessing and the exact options
-    OUT/failures.csv    source, kind (skipped/failed), reason, detail
+    OUT/failures.csv    source, kind (skipped/failed), reason, detail, ... (atomic.FAILURE_COLUMNS)
 
 Rows of labels.csv are in the CSV's order; only images written successfully are listed.
 Images are re-rendered on every run and written under a temporary name then renamed, so a
@@ -38,27 +38,28 @@ Files: every image path built from the CSV must stay inside its folder (the sour
 ``unsafe_path``. ``OUT/.prep-state/images.json`` lists the images this tool wrote (saved
 before rendering, so a killed run's are listed too); a rerun removes the listed images it no
 longer writes and nothing else, and a row whose output name is held by a file the list does
-not name is skipped (``output_exists``). The run lock is ``prep mimic-cxr``'s.
+not name is skipped (``output_exists``). The run (lock, workers, failures.csv, meta.json) is
+the prep runner's (runner.py).
 """
 
 from __future__ import annotations
 
 import ast
-import functools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import images, shards
-from .atomic import temporary_path, write_bytes_atomic, write_failures_csv, write_json_atomic
+from . import images
+from .atomic import temporary_path, write_bytes_atomic, write_json_atomic
 from .chexpert import CHEXPERT_COMPETITION_LABELS, CHEXPERT_LABELS, POSITIVE, UNCERTAIN, parse_chexpert_label
 from .errors import PrepError
-from .eval_layout import LABELS_CSV, META_JSON, eval_meta, write_labels_csv, write_meta
-from .limits import DEFAULT_MAX_PIXELS, check_render_limits
+from .eval_layout import LABELS_CSV, eval_meta, write_labels_csv
+from .limits import DEFAULT_MAX_PIXELS
+from .paths import UNSAFE_PATH, UnsafePathError, normalized_relative, resolve_inside
+from .runner import ItemResult, RunSettings, Selection, Tally, check_run_options, claim_out, run_image_set
 from .tables import read_csv
-from .paths import UNSAFE_PATH, UnsafePathError, normalized_relative, refuse_overlap, refuse_written_inputs, resolve_inside
 
 PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
 
@@ -71,7 +72,6 @@ SKIP_EXCLUDED = "labelled_exclude"
 SKIP_UNSAFE_PATH = UNSAFE_PATH  # the CSV's image path leaves --image-root or OUT/images
 SKIP_OUTPUT_EXISTS = "output_exists"  # the output name is held by a file this tool did not write
 SKIP_DUPLICATE = "duplicate_image"  # a second row for the same image
-FAIL_UNEXPECTED = "unexpected_error"
 IMAGES_RECORD = "images.json"  # in OUT/.prep-state: the images this tool wrote
 
 
@@ -82,38 +82,14 @@ class EvalImage:
     labels: tuple  # one value per label: 1, 0 or None (CheXpert); the label list (PadChest)
 
 
-@dataclass
-class EvalResult:
-    image: str
-    ok: bool
-    reason: str | None = None
-    detail: str = ""
-    notes: list[str] = field(default_factory=list)
-
-
-def load_gray(path: str, min_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> images.GrayImage:
-    """Decode by file type: DICOM, PNG (any bit depth) or JPEG."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".dcm", ".dicom"):
-        return images.dicom_to_uint8(path, max_pixels)
-    if suffix == ".png":
-        return images.png_to_gray(path, max_pixels)
-    return images.jpeg_to_gray(path, min_size, max_pixels)
-
-
-def render_eval_image(item: EvalImage, options: images.RenderOptions) -> EvalResult:
-    """Decode, resize and write one PNG (temporary name, then rename). Never raises."""
-    try:
-        gray = load_gray(item.source, options.image_size, options.max_pixels)
-        square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
-        data = images.encode_image(square.image, "png")
-        # selection checked the path; a second look is cheap
-        write_bytes_atomic(resolve_inside(options.out, item.image), data)
-    except images.ImageError as error:
-        return EvalResult(item.image, False, error.reason, error.detail)
-    except Exception as error:
-        return EvalResult(item.image, False, FAIL_UNEXPECTED, f"{type(error).__name__}: {error}")
-    return EvalResult(item.image, True, notes=square.notes)
+def render_eval_image(item: EvalImage, options: images.RenderOptions) -> ItemResult:
+    """Decode, resize and write one PNG (temporary name, then rename); runs under
+    :func:`runner.guarded`."""
+    gray = images.load_gray(item.source, options.image_size, options.max_pixels)
+    square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
+    # selection checked the path; a second look is cheap
+    write_bytes_atomic(resolve_inside(options.out, item.image), images.encode_image(square.image, "png"))
+    return ItemResult(True, notes=square.notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,31 +151,23 @@ def is_frontal(row: dict[str, str]) -> bool:
     return "frontal" in PurePosixPath(row["Path"]).name.lower()
 
 
-@dataclass
-class Selection:
-    items: list[EvalImage] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    rows: list[list[str]] = field(default_factory=list)  # failures.csv rows
-
-
-def select_chexpert(rows: Sequence[dict[str, str]], image_root: Path, *, frontal_only: bool) -> Selection:
-    selection = Selection()
+def select_chexpert(rows: Sequence[dict[str, str]], image_root: Path, *, frontal_only: bool) -> Selection[EvalImage]:
+    selection: Selection[EvalImage] = Selection()
+    tally = selection.tally
     for row in rows:
         source = row.get("Path", "")
         if frontal_only and not is_frontal(row):
-            selection.skipped[SKIP_NOT_FRONTAL] += 1
+            tally.add("skipped", source, SKIP_NOT_FRONTAL, listed=False)
             continue
         try:
             image, resolved = chexpert_output_path(source), resolve_image(image_root, source)
         except UnsafePathError as error:
-            selection.skipped[SKIP_UNSAFE_PATH] += 1
-            selection.rows.append([source, "skipped", SKIP_UNSAFE_PATH, error.detail])
+            tally.skip(source, SKIP_UNSAFE_PATH, error.detail)
             continue
         try:
             labels = tuple(parse_chexpert_value(row.get(name, "")) for name in CHEXPERT_LABELS)
         except ValueError as error:
-            selection.skipped[SKIP_LABELS_INVALID] += 1
-            selection.rows.append([source, "skipped", SKIP_LABELS_INVALID, str(error)])
+            tally.skip(source, SKIP_LABELS_INVALID, str(error))
             continue
         selection.items.append(EvalImage(str(resolved), image, labels))
     return selection
@@ -225,30 +193,29 @@ def parse_padchest_labels(cell: str) -> list[str]:
 
 def select_padchest(
     rows: Sequence[dict[str, str]], image_root: Path, *, projections: Sequence[str] | None
-) -> Selection:
+) -> Selection[EvalImage]:
     """Physician-labelled rows (``MethodLabel == 'Physician'``) whose ``Projection`` is
     selected (None: all). Rows labelled ``exclude`` (the annotators' mark for an unusable
     image) are skipped."""
     wanted = None if projections is None else {p.strip().upper() for p in projections}
-    selection = Selection()
+    selection: Selection[EvalImage] = Selection()
+    tally = selection.tally
     for row in rows:
         source = f"{row.get('ImageDir', '')}/{row.get('ImageID', '')}"
         if row.get("MethodLabel", "").strip().lower() != "physician":
-            selection.skipped[SKIP_NOT_PHYSICIAN] += 1
+            tally.add("skipped", source, SKIP_NOT_PHYSICIAN, listed=False)
             continue
         if wanted is not None and row.get("Projection", "").strip().upper() not in wanted:
-            selection.skipped[SKIP_NOT_FRONTAL] += 1
+            tally.add("skipped", source, SKIP_NOT_FRONTAL, listed=False)
             continue
         try:
             labels = parse_padchest_labels(row.get("Labels", ""))
         except ValueError as error:
-            selection.skipped[SKIP_LABELS_INVALID] += 1
-            selection.rows.append([source, "skipped", SKIP_LABELS_INVALID, str(error)])
+            tally.skip(source, SKIP_LABELS_INVALID, str(error))
             continue
         reason = SKIP_LABELS_EMPTY if not labels else SKIP_EXCLUDED if "exclude" in labels else None
         if reason:
-            selection.skipped[reason] += 1
-            selection.rows.append([source, "skipped", reason, ""])
+            tally.skip(source, reason)
             continue
         image_dir, image_id = row.get("ImageDir", "").strip(), row.get("ImageID", "").strip()
         try:
@@ -257,8 +224,7 @@ def select_padchest(
             relative = normalized_relative(f"{image_dir}/{image_id}" if image_dir else image_id)
             resolved = resolve_inside(image_root, relative)
         except UnsafePathError as error:
-            selection.skipped[SKIP_UNSAFE_PATH] += 1
-            selection.rows.append([source, "skipped", SKIP_UNSAFE_PATH, error.detail])
+            tally.skip(source, SKIP_UNSAFE_PATH, error.detail)
             continue
         image = str(PurePosixPath("images", relative).with_suffix(".png"))
         selection.items.append(EvalImage(str(resolved), image, tuple(labels)))
@@ -317,19 +283,17 @@ def _check(options: EvalOptions, required: Sequence[str], rows: list[dict[str, s
 
 
 def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Run ``prep chexpert`` or ``prep padchest``; returns meta.json's content."""
+    """Run ``prep chexpert`` or ``prep padchest`` (the prep runner with the dataset's reader and
+    this module's renderer and writers); returns meta.json's content."""
     if not options.csv.is_file():
         raise PrepError(f"--csv {options.csv} does not exist: pass the {options.dataset} labels CSV")
     if not options.image_root.is_dir():
         raise PrepError(f"--image-root {options.image_root} is not a folder: pass the folder the CSV's image paths are relative to")
-    check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
-    if options.workers < 1 or options.min_positives < 1:
-        raise PrepError("--workers and --min-positives must be at least 1")
-    if options.resize not in images.RESIZE_MODES:
-        raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
-    refuse_overlap(options.out, {"--image-root": options.image_root}, both_ways=True)
-    refuse_written_inputs(options.out, {"--csv": options.csv}, (LABELS_CSV, META_JSON, "failures.csv"))
-    shards.refuse_foreign_out(options.out)
+    if options.min_positives < 1:
+        raise PrepError("--min-positives must be at least 1")
+    check_run_options(resize=options.resize, workers=options.workers, image_size=options.image_size,
+                      sample_timeout=options.sample_timeout, max_pixels=options.max_pixels)
+    claim_out(options.out, {"--image-root": options.image_root}, {"--csv": options.csv}, (LABELS_CSV,), both_ways=True)
     rows = read_csv(options.csv)
     if options.dataset == "chexpert":
         _check(options, ("Path", *CHEXPERT_LABELS), rows)
@@ -339,11 +303,13 @@ def prepare_eval_set(options: EvalOptions, *, progress: bool = True, log: Callab
         selection = select_padchest(rows, options.image_root, projections=options.projections)
     else:
         raise ValueError(f"unknown evaluation set {options.dataset!r}")
-
-    options.out.mkdir(parents=True, exist_ok=True)
-    state_dir = options.out / shards.STATE_DIR
-    with shards.run_lock(state_dir):
-        return _write_eval_set(options, selection, state_dir, progress, log)
+    settings = RunSettings(images.RenderOptions(str(options.out), options.image_size, options.resize, options.max_pixels),
+                           options.workers, options.sample_timeout, options.dataset)
+    return run_image_set(options.out, selection, render_eval_image, settings,
+                         lambda done, tally: _write_eval_set(options, [item for item, _ in done], tally),
+                         source=lambda item: item.source, written=lambda meta: meta["images"],
+                         empty=f"no image of {options.csv} was written", progress=progress, log=log,
+                         before=lambda state_dir, selection: _plan_outputs(options.out, state_dir, selection))
 
 
 def _written_before(state_dir: Path) -> set[str]:
@@ -364,47 +330,33 @@ def _written_before(state_dir: Path) -> set[str]:
     return written
 
 
-def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path, progress: bool,
-                    log: Callable[[str], None]) -> dict:  # fmt: skip
-    from tqdm import tqdm
-
-    from .shards import WORKER_LOST, Lost, OrderedPool
-
+def _plan_outputs(out: Path, state_dir: Path, selection: Selection[EvalImage]) -> list[EvalImage]:
+    """Under the lock, before rendering: the items to render (a second row for one image, and an
+    output name held by a file prep did not write, are skipped), added to IMAGES_RECORD before
+    any image is written, so that a killed run's images are known to be ours."""
     before = _written_before(state_dir)
     items, planned = [], set()
     for item in selection.items:
         if item.image in planned:  # two rows, one image: labels.csv would count it twice
-            selection.skipped[SKIP_DUPLICATE] += 1
-            selection.rows.append([item.source, "skipped", SKIP_DUPLICATE, f"{item.image} is listed by an earlier row"])
-        elif item.image not in before and resolve_inside(options.out, item.image).exists():  # not ours: keep it
-            selection.skipped[SKIP_OUTPUT_EXISTS] += 1
-            selection.rows.append([item.source, "skipped", SKIP_OUTPUT_EXISTS,
-                                   f"{item.image} is in --out but was not written by tier-openclip prep"])  # fmt: skip
+            selection.tally.skip(item.source, SKIP_DUPLICATE, f"{item.image} is listed by an earlier row")
+        elif item.image not in before and resolve_inside(out, item.image).exists():  # not ours: keep it
+            selection.tally.skip(item.source, SKIP_OUTPUT_EXISTS,
+                                 f"{item.image} is in --out but was not written by tier-openclip prep")
         else:
             items.append(item)
             planned.add(item.image)
-    recorded = before | {item.image for item in items}
-    write_json_atomic(state_dir / IMAGES_RECORD, sorted(recorded))  # before any image is written
-    render = functools.partial(
-        render_eval_image, options=images.RenderOptions(str(options.out), options.image_size, options.resize, options.max_pixels)
-    )
-    failed: Counter = Counter()
-    notes: Counter = Counter()
-    written: list[EvalImage] = []
-    with OrderedPool(render, items, options.workers, options.sample_timeout) as pool:
-        bar = tqdm(pool, total=len(items), unit="img", desc=options.dataset, disable=not progress,
-                   dynamic_ncols=True)  # fmt: skip
-        for item, result in zip(items, bar, strict=True):
-            if isinstance(result, Lost):
-                result = EvalResult(item.image, False, WORKER_LOST, result.detail)
-            notes.update(result.notes)
-            if result.ok:
-                written.append(item)
-            else:
-                failed[result.reason] += 1
-                selection.rows.append([item.source, "failed", result.reason, result.detail])
+    write_json_atomic(state_dir / IMAGES_RECORD, sorted(before | planned))
+    return items
+
+
+def _write_eval_set(options: EvalOptions, written: list[EvalImage], tally: Tally) -> dict:
+    """Remove the images an earlier run wrote that this one did not, write labels.csv; returns
+    meta.json's content."""
+    from .shards import STATE_DIR
+
+    state_dir = options.out / STATE_DIR
     kept = {item.image for item in written}
-    for stale in sorted(recorded - kept):  # listed as ours, not in this labels.csv: remove
+    for stale in sorted(_written_before(state_dir) - kept):  # listed as ours, not in this labels.csv: remove
         target = resolve_inside(options.out, stale)
         for path in (target, temporary_path(target)):
             path.unlink(missing_ok=True)
@@ -427,20 +379,13 @@ def _write_eval_set(options: EvalOptions, selection: Selection, state_dir: Path,
         for i, label in enumerate(labels)
     }
     write_labels_csv(options.out / LABELS_CSV, labels, table)
-    write_failures_csv(options.out / "failures.csv", selection.rows)
-    meta = eval_meta(
+    return eval_meta(
         options.dataset, labels,
         competition_labels=list(CHEXPERT_COMPETITION_LABELS) if options.dataset == "chexpert" else [],
         **extra,
         images=len(table),
         counts=counts,
-        skipped=dict(sorted(selection.skipped.items())),
-        failed=dict(sorted(failed.items())),
-        notes=dict(sorted(notes.items())),
+        **tally.counts(),
         preprocessing={"image_size": options.image_size, "resize": options.resize, "format": "png"},
         options=options.as_json(),
     )
-    write_meta(options.out, meta)
-    if not table:
-        log(f"warning: no image of {options.csv} was written; see {options.out / 'failures.csv'}")
-    return meta

@@ -372,6 +372,16 @@ def png_to_gray(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return GrayImage(gray, notes)
 
 
+def load_gray(path: str, min_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> GrayImage:
+    """Decode by file type: DICOM, PNG (any bit depth) or JPEG."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".dcm", ".dicom"):
+        return dicom_to_uint8(path, max_pixels)
+    if suffix == ".png":
+        return png_to_gray(path, max_pixels)
+    return jpeg_to_gray(path, min_size, max_pixels)
+
+
 def square_geometry(width: int, height: int, size: int, mode: str = "pad") -> tuple[tuple[int, int], tuple[int, int]]:
     """Where :func:`resize_square` puts a ``width`` x ``height`` image: resized to ``(w, h)``,
     its top-left corner at ``(ox, oy)`` of the square (negative: cropped off). A point (x, y)

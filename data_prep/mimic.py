@@ -1,12 +1,9 @@
-"""MIMIC-CXR: the release tree and CSVs, sample selection, and the rendering of one sample.
+"""MIMIC-CXR: sample selection, the rendering of one sample, and ``prep mimic-cxr``'s run.
 
-Inputs as published:
-
-- MIMIC-CXR 2.0.0 (``--mimic-root``): ``files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.dcm`` and the
-  reports, ``files/pXX/pXXXXXXXX/sXXXXXXXX.txt`` or inside ``mimic-cxr-reports.zip``.
-- MIMIC-CXR-JPG 2.x (``--image-root``): the same tree with ``<dicom_id>.jpg``, and the CSVs
-  ``mimic-cxr-2.0.0-{split,metadata,chexpert}.csv.gz`` (found in ``--metadata-dir``, else in
-  ``--image-root``, else in ``--mimic-root``; plain ``.csv`` works too).
+The release as published (tree, CSVs, reports) is read by mimic_release.py; the CSVs are found
+in ``--metadata-dir``, else in ``--image-root``, else in ``--mimic-root`` (``.csv.gz`` or
+plain ``.csv``). The run is the prep runner's (runner.py: claim and lock --out, failures.csv)
+with shards.py as its writer (resumable, byte-identical shards) and manifest.json as its meta.
 
 Selection (pure functions of the CSV rows and the report text): a DICOM is *eligible* when its
 split is requested, its ``ViewPosition`` is one of ``--views`` and its study's report has the
@@ -22,33 +19,26 @@ import functools
 import hashlib
 import json
 import os
-import re
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import images, reports, shards
-from .atomic import write_failures_csv, write_json_atomic
-from .chexpert import CHEXPERT_LABELS, parse_chexpert_label
+from .atomic import FAILURES_CSV, write_failures_csv, write_json_atomic
+from .chexpert import CHEXPERT_LABELS
 from .errors import PrepError
-from .limits import DEFAULT_MAX_PIXELS, check_render_limits
-from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, resolve_inside, safe_key
-from .report_files import ReportUnusable, read_report_file, read_report_member
+from .limits import DEFAULT_MAX_PIXELS
+from .mimic_release import (CHEXPERT_CSV, METADATA_CSV, REPORTS_ZIP, SPLIT_CSV, SPLITS, Record, ReportStore, find_csv,
+                            image_path, load_labels, load_records, require_columns, study_dir)
+from .paths import UNSAFE_PATH, UnsafePathError, safe_key
+from .report_files import ReportUnusable
+from .runner import FAIL_UNEXPECTED, Tally, check_run_options, claim_out, locked_out
 from .tables import read_csv
-
-SPLITS = ("train", "validate", "test")
-SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
-METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
-CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv"
-REPORTS_ZIP = "mimic-cxr-reports.zip"
 
 # The only fields a sample's json ever holds. Nothing comes from a DICOM header: the view is
 # the metadata CSV's ViewPosition and the ids are the CSVs' (MIMIC's de-identified ids).
 JSON_FIELDS = ("subject_id", "study_id", "dicom_id", "view", "split", "labels")
-# failures.csv: the other prep commands' columns, with MIMIC's ids in place of one "source".
-FAILURE_COLUMNS = ("split", "dicom_id", "subject_id", "study_id", "kind", "reason", "detail")
 
 # Reasons a planned DICOM is not a sample. "Filtered" is what the options ask for; "skipped"
 # is missing or unusable data found while planning (listed in failures.csv).
@@ -61,106 +51,6 @@ SKIP_DUPLICATE_ID = "duplicate_id"  # a dicom_id listed again in the split CSV: 
 SKIP_UNSAFE_PATH = UNSAFE_PATH  # a dicom_id that would name a file outside its study folder
 NOTE_REPORT_NOT_UTF8 = "report_not_utf8"
 NOTE_LABELS_MISSING = "labels_missing"  # study absent from the CheXpert CSV: labels all null
-# Processing failure for anything the image module did not foresee (the run goes on).
-FAIL_UNEXPECTED = "unexpected_error"
-
-
-# ---------------------------------------------------------------------------------------------
-# Files and CSVs
-
-
-def find_csv(directories: Iterable[Path], stem: str) -> Path | None:
-    """``stem``.gz or ``stem`` in the first directory that has one."""
-    for directory in directories:
-        for name in (f"{stem}.gz", stem):
-            if (directory / name).is_file():
-                return directory / name
-    return None
-
-
-def _require_columns(rows: list[dict[str, str]], path: Path, columns: Iterable[str]) -> None:
-    missing = [c for c in columns if rows and c not in rows[0]]
-    if missing:
-        raise PrepError(f"{path} has no column(s) {', '.join(missing)}: is it the MIMIC-CXR-JPG file of that name?")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One DICOM as the CSVs describe it."""
-
-    dicom_id: str
-    subject_id: int
-    study_id: int
-    split: str
-    view: str | None  # None: absent from the metadata CSV
-
-
-def load_records(split_rows: list[dict[str, str]], metadata_rows: list[dict[str, str]]) -> list[Record]:
-    views = {row["dicom_id"]: row.get("ViewPosition", "") for row in metadata_rows}
-    return [
-        Record(row["dicom_id"], int(row["subject_id"]), int(row["study_id"]), row["split"], views.get(row["dicom_id"]))
-        for row in split_rows
-    ]
-
-
-def load_labels(chexpert_rows: list[dict[str, str]]) -> dict[tuple[int, int], dict[str, float | None]]:
-    return {
-        (int(row["subject_id"]), int(row["study_id"])): {
-            name: parse_chexpert_label(row.get(name, "")) for name in CHEXPERT_LABELS
-        }
-        for row in chexpert_rows
-    }
-
-
-def study_dir(subject_id: int, study_id: int) -> str:
-    """``files/pXX/pXXXXXXXX/sXXXXXXXX`` (POSIX separators, relative to a release root)."""
-    subject = f"{subject_id:08d}"
-    return f"files/p{subject[:2]}/p{subject}/s{study_id:08d}"
-
-
-def image_path(root: Path, record: Record, extension: str) -> Path:
-    """``root/files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.<extension>``. The dicom_id is data: one
-    that would leave its study folder (``../x``, ``/tmp/x``, a NUL byte) raises UnsafePathError."""
-    return resolve_inside(root / study_dir(record.subject_id, record.study_id), f"{record.dicom_id}.{extension}")
-
-
-class ReportStore:
-    """Report bytes by (subject_id, study_id), from ``files/`` or ``mimic-cxr-reports.zip``.
-
-    The tree wins when a report is in both; the zip is indexed by the ``pNNNNNNNN/sNNNNNNNN.txt``
-    end of its member names, so a zip with or without a top folder works."""
-
-    _MEMBER = re.compile(r"p(\d+)/s(\d+)\.txt$")
-
-    def __init__(self, mimic_root: Path) -> None:
-        self.files = mimic_root / "files"
-        self.zip: zipfile.ZipFile | None = None
-        self.members: dict[tuple[int, int], str] = {}
-        zip_path = mimic_root / REPORTS_ZIP
-        if zip_path.is_file():
-            try:
-                self.zip = zipfile.ZipFile(zip_path)
-            except (OSError, zipfile.BadZipFile) as error:
-                raise PrepError(f"{zip_path} is not a readable zip ({error}): download it again.") from None
-            for name in self.zip.namelist():
-                match = self._MEMBER.search(name)
-                if match:
-                    self.members[(int(match.group(1)), int(match.group(2)))] = name
-
-    @property
-    def available(self) -> bool:
-        return self.files.is_dir() or bool(self.members)
-
-    def read(self, subject_id: int, study_id: int) -> bytes | None:
-        """The report's bytes, None when neither the tree nor the zip has it; ReportUnusable
-        (report_files.py: bounded, regular files only) when the one found cannot be used."""
-        raw = read_report_file(self.files.parent / f"{study_dir(subject_id, study_id)}.txt")
-        if raw is not None:
-            return raw
-        name = self.members.get((subject_id, study_id))
-        if name is not None and self.zip is not None:
-            return read_report_member(self.zip, name)
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,11 +73,8 @@ class SampleTask:
 @dataclass
 class SplitSelection:
     tasks: list[SampleTask] = field(default_factory=list)
-    filtered: Counter = field(default_factory=Counter)
-    skipped: Counter = field(default_factory=Counter)
-    notes: Counter = field(default_factory=Counter)
-    # (key, subject_id, study_id, reason, detail) for failures.csv
-    skip_rows: list[tuple[str, int, int, str, str]] = field(default_factory=list)
+    filtered: Counter = field(default_factory=Counter)  # counted in the manifest, not listed
+    tally: Tally = field(default_factory=Tally)  # skipped (listed in failures.csv), notes
 
 
 def sample_json(record: Record, labels: Mapping[str, float | None]) -> bytes:
@@ -210,8 +97,8 @@ def sample_order(key: str) -> tuple[str, str]:
 
 
 def _skip(selection: SplitSelection, record: Record, reason: str, detail: str = "") -> None:
-    selection.skipped[reason] += 1
-    selection.skip_rows.append((record.dicom_id, record.subject_id, record.study_id, reason, detail))
+    selection.tally.skip(record.dicom_id, reason, detail, split=record.split, dicom_id=record.dicom_id,
+                         subject_id=record.subject_id, study_id=record.study_id)
 
 
 def select_samples(
@@ -284,10 +171,10 @@ def select_samples(
             skip(choice.reason or SKIP_SECTION_MISSING, f"--text {text_mode}")
             continue
         if fallback:
-            selection.notes[NOTE_REPORT_NOT_UTF8] += 1
+            selection.tally.notes[NOTE_REPORT_NOT_UTF8] += 1
         study_labels = labels.get(study)
         if study_labels is None:
-            selection.notes[NOTE_LABELS_MISSING] += 1
+            selection.tally.notes[NOTE_LABELS_MISSING] += 1
             study_labels = {}
         selection.tasks.append(
             SampleTask(
@@ -422,15 +309,12 @@ def check_options(options: MimicOptions) -> None:
     unknown = [s for s in options.splits if s not in SPLITS]
     if unknown or not options.splits:
         raise PrepError(f"--splits: {', '.join(unknown) or '(none)'} is not a MIMIC-CXR split; use some of {','.join(SPLITS)}")
-    check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
+    check_run_options(resize=options.resize, workers=options.workers, image_size=options.image_size,
+                      sample_timeout=options.sample_timeout, max_pixels=options.max_pixels)
     if options.shard_size < 1:
         raise PrepError("--shard-size must be at least 1")
-    if options.workers < 1:
-        raise PrepError("--workers must be at least 1")
     if not 1 <= options.jpeg_quality <= 100:
         raise PrepError("--jpeg-quality must be between 1 and 100")
-    if options.resize not in images.RESIZE_MODES:
-        raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
     if options.image_format not in images.IMAGE_FORMATS:
         raise PrepError(f"--format: choose one of {', '.join(images.IMAGE_FORMATS)}")
 
@@ -475,13 +359,17 @@ def locate_inputs(options: MimicOptions) -> Inputs:
     return Inputs(split_csv, metadata_csv, find_csv(places, CHEXPERT_CSV), store)
 
 
-def _failure_rows(split: str, selection: SplitSelection, plans, records, tasks_by_key) -> list[list]:
-    rows = [[split, key, subject, study, "skipped", reason, detail] for key, subject, study, reason, detail in selection.skip_rows]
+def _fail_rendered(split: str, selection: SplitSelection, plans: list[shards.ShardPlan],
+                   records: dict[str, shards.ShardRecord]) -> None:
+    """Count and list (in ``selection.tally``) the samples of ``split`` whose render failed, as
+    the shard records hold them (this run's or a kept shard's)."""
+    tasks_by_key = {task.key: task for task in selection.tasks}
     for plan in plans:
         for key, reason, detail in records[plan.name].failures:
             task = tasks_by_key[key]
-            rows.append([split, task.dicom_id or key, task.subject_id, task.study_id, "failed", reason, detail])
-    return rows
+            selection.tally.fail(task.dicom_id or key, reason, detail, split=split, dicom_id=task.dicom_id or key,
+                                 subject_id=task.subject_id, study_id=task.study_id)
+        selection.tally.notes.update(records[plan.name].notes)
 
 
 def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -491,19 +379,18 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
 
     check_options(options)
     inputs = locate_inputs(options)  # writes nothing; says first what is wrong with the inputs
-    refuse_overlap(options.out, {"--mimic-root": options.mimic_root, "--image-root": options.image_root,
-                                 "--metadata-dir": options.metadata_dir})
-    shards.refuse_foreign_out(options.out)
+    claim_out(options.out, {"--mimic-root": options.mimic_root, "--image-root": options.image_root,
+                            "--metadata-dir": options.metadata_dir})
     split_rows = read_csv(inputs.split_csv)
-    _require_columns(split_rows, inputs.split_csv, ("dicom_id", "study_id", "subject_id", "split"))
+    require_columns(split_rows, inputs.split_csv, ("dicom_id", "study_id", "subject_id", "split"))
     metadata_rows = read_csv(inputs.metadata_csv)
-    _require_columns(metadata_rows, inputs.metadata_csv, ("dicom_id", "ViewPosition"))
+    require_columns(metadata_rows, inputs.metadata_csv, ("dicom_id", "ViewPosition"))
     labels: dict = {}
     if inputs.chexpert_csv is None:
         log(f"warning: no {CHEXPERT_CSV}.gz found: every sample's labels will be null")
     else:
         chexpert_rows = read_csv(inputs.chexpert_csv)
-        _require_columns(chexpert_rows, inputs.chexpert_csv, ("subject_id", "study_id", *CHEXPERT_LABELS))
+        require_columns(chexpert_rows, inputs.chexpert_csv, ("subject_id", "study_id", *CHEXPERT_LABELS))
         try:
             labels = load_labels(chexpert_rows)
         except ValueError as error:
@@ -536,9 +423,7 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
         split: shards.plan_shards(split, selection.tasks, options.shard_size, digest)
         for split, selection in selections.items()
     }
-    options.out.mkdir(parents=True, exist_ok=True)
-    state_dir = options.out / shards.STATE_DIR
-    with shards.run_lock(state_dir):
+    with locked_out(options.out):
         shard_records = shards.write_shards(
             options.out,
             [plan for split in options.splits for plan in plans[split]],
@@ -560,21 +445,17 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
         for split in options.splits:
             selection, split_plans = selections[split], plans[split]
             sizes = shards.write_sizes(options.out / split, split_plans, shard_records)
-            failed: Counter = Counter()
-            notes: Counter = Counter(selection.notes)
-            for plan in split_plans:
-                failed.update(reason for _, reason, _ in shard_records[plan.name].failures)
-                notes.update(shard_records[plan.name].notes)
-            tasks_by_key = {task.key: task for task in selection.tasks}
-            failure_rows += _failure_rows(split, selection, split_plans, shard_records, tasks_by_key)
+            _fail_rendered(split, selection, split_plans, shard_records)
+            failure_rows += selection.tally.rows
+            counts = selection.tally.counts()
             manifest["splits"][split] = {
                 "written": sum(sizes.values()),
                 "shards": len(split_plans),
                 "urls": shards.shard_urls(split, len(split_plans)),
                 "filtered": dict(sorted(selection.filtered.items())),
-                "skipped": dict(sorted(selection.skipped.items())),
-                "failed": dict(sorted(failed.items())),
-                "notes": dict(sorted(notes.items())),
+                "skipped": counts["skipped"],
+                "failed": counts["failed"],
+                "notes": counts["notes"],
             }
             if not split_plans:
                 log(f"warning: no eligible samples in split {split!r}")
@@ -582,7 +463,7 @@ def prepare_mimic(options: MimicOptions, *, progress: bool = True, log: Callable
             kind: sum(sum(s[kind].values()) if isinstance(s[kind], dict) else s[kind] for s in manifest["splits"].values())
             for kind in ("written", "filtered", "skipped", "failed")
         }
-        write_failures_csv(options.out / "failures.csv", failure_rows, FAILURE_COLUMNS)
+        write_failures_csv(options.out / FAILURES_CSV, failure_rows)
         write_json_atomic(options.out / "manifest.json", manifest)
     return manifest
 

@@ -15,7 +15,7 @@ and writes boxes.csv and meta.json for us)::
     OUT/meta.json         format, dataset "ms-cxr", labels (the categories), image_size, box_format,
                           phrases and boxes per finding, skipped/failed/dropped per reason, options
     OUT/sources.csv       image, dicom_id, path: where each PNG came from
-    OUT/failures.csv      source, kind (skipped/failed), reason, detail
+    OUT/failures.csv      source, kind (skipped/failed/dropped), reason, detail, ..., dicom_id, ...
 
 Its traps, named in one place:
 - Boxes are in the original JPG's pixels, not the stored image's: each is clipped to the JPG,
@@ -35,20 +35,20 @@ Its traps, named in one place:
 
 from __future__ import annotations
 
-import functools
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import images
-from .atomic import write_bytes_atomic, write_csv_atomic, write_failures_csv
+from .atomic import write_bytes_atomic, write_csv_atomic
 from .errors import PrepError
-from .paths import UNSAFE_PATH, UnsafePathError, refuse_overlap, refuse_written_inputs, resolve_inside, safe_key
+from .paths import UNSAFE_PATH, UnsafePathError, resolve_inside, safe_key
+from .runner import ItemResult, RunSettings, Selection, Tally, check_run_options, claim_out, run_image_set
 
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 DATASET = "ms-cxr"
+SOURCES_CSV = "sources.csv"
 
 # Skip reasons (rows never rendered), failure reasons beyond images.py's, box drops.
 SKIP_UNSAFE_PATH = UNSAFE_PATH
@@ -56,7 +56,6 @@ SKIP_BOX_INVALID = "box_invalid"  # x, y, w, h or the image size not numbers, or
 SKIP_ROWS_DISAGREE = "rows_disagree"  # a dicom_id whose rows give another path or image size
 SKIP_SPLIT = "split_not_selected"
 FAIL_SIZE_MISMATCH = "size_mismatch"
-FAIL_UNEXPECTED = "unexpected_error"
 DROP_OUTSIDE = "box_outside_image"
 DROP_TOO_SMALL = "box_too_small"
 
@@ -79,14 +78,6 @@ class MsCxrImage:
     width: int
     height: int
     boxes: tuple[MsCxrBox, ...]
-
-
-@dataclass
-class MsCxrResult:
-    ok: bool
-    reason: str | None = None
-    detail: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def box_to_stored(xywh: tuple[float, float, float, float], width: int, height: int, size: int, mode: str) -> Box | None:
@@ -112,23 +103,18 @@ def _number(value: str) -> float:
     return number
 
 
-@dataclass
-class Selection:
-    items: list[MsCxrImage] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    rows: list[list[str]] = field(default_factory=list)  # failures.csv rows
-
-
-def select_ms_cxr(rows: Sequence[dict[str, str]], image_root: Path, *, splits: Sequence[str] | None = None) -> Selection:
+def select_ms_cxr(rows: Sequence[dict[str, str]], image_root: Path, *,
+                  splits: Sequence[str] | None = None) -> Selection[MsCxrImage]:  # fmt: skip
     """One item per dicom_id (in CSV order) with its boxes; rows that cannot be used are skipped
     with a reason (module docstring)."""
-    selection = Selection()
+    selection: Selection[MsCxrImage] = Selection()
+    tally = selection.tally
     wanted = None if splits is None else {s.strip().lower() for s in splits}
     grouped: dict[str, dict] = {}
     for row in rows:
         dicom_id, path = row.get("dicom_id", ""), row.get("path", "")
         if wanted is not None and row.get("split", "").strip().lower() not in wanted:
-            selection.skipped[SKIP_SPLIT] += 1
+            tally.add("skipped", path, SKIP_SPLIT, listed=False)
             continue
         try:
             xywh = tuple(_number(row[k]) for k in ("x", "y", "w", "h"))
@@ -136,22 +122,19 @@ def select_ms_cxr(rows: Sequence[dict[str, str]], image_root: Path, *, splits: S
             if xywh[2] <= 0 or xywh[3] <= 0 or min(size) < 1 or not dicom_id:
                 raise ValueError("w, h and the image size must be positive, dicom_id not empty")
         except (KeyError, ValueError) as error:
-            selection.skipped[SKIP_BOX_INVALID] += 1
-            selection.rows.append([path or dicom_id, "skipped", SKIP_BOX_INVALID, str(error)])
+            tally.skip(path or dicom_id, SKIP_BOX_INVALID, str(error), dicom_id=dicom_id)
             continue
         entry = grouped.get(dicom_id)
         if entry is None:
             try:
                 source = resolve_inside(image_root, path.replace("\\", "/"))
             except UnsafePathError as error:
-                selection.skipped[SKIP_UNSAFE_PATH] += 1
-                selection.rows.append([path, "skipped", SKIP_UNSAFE_PATH, error.detail])
+                tally.skip(path, SKIP_UNSAFE_PATH, error.detail, dicom_id=dicom_id)
                 continue
             entry = grouped[dicom_id] = {"path": path, "source": str(source), "size": size, "boxes": []}
         elif (entry["path"], entry["size"]) != (path, size):
-            selection.skipped[SKIP_ROWS_DISAGREE] += 1
-            selection.rows.append([path, "skipped", SKIP_ROWS_DISAGREE,
-                                   f"dicom_id {dicom_id} was {entry['path']} {entry['size']} in an earlier row"])
+            tally.skip(path, SKIP_ROWS_DISAGREE, f"dicom_id {dicom_id} was {entry['path']} {entry['size']} in an earlier row",
+                       dicom_id=dicom_id)
             continue
         entry["boxes"].append(MsCxrBox(row.get("category_name", ""), row.get("label_text", ""), xywh))  # type: ignore[arg-type]
     seen: set[str] = set()
@@ -161,23 +144,16 @@ def select_ms_cxr(rows: Sequence[dict[str, str]], image_root: Path, *, splits: S
     return selection
 
 
-def render_ms_cxr_image(item: MsCxrImage, options: images.RenderOptions) -> MsCxrResult:
+def render_ms_cxr_image(item: MsCxrImage, options: images.RenderOptions) -> ItemResult:
     """Decode at full size, check the size, resize, write one PNG (temporary name, then
-    rename). Never raises."""
-    from .eval_sets import load_gray
-
-    try:
-        gray = load_gray(item.source, max(item.width, item.height), options.max_pixels)  # min size = no draft
-        if gray.image.size != (item.width, item.height):
-            return MsCxrResult(False, FAIL_SIZE_MISMATCH, f"{gray.image.size[0]}x{gray.image.size[1]} pixels, "
-                                                          f"the CSV says {item.width}x{item.height}")
-        square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
-        write_bytes_atomic(resolve_inside(options.out, item.image), images.encode_image(square.image, "png"))
-    except images.ImageError as error:
-        return MsCxrResult(False, error.reason, error.detail)
-    except Exception as error:
-        return MsCxrResult(False, FAIL_UNEXPECTED, f"{type(error).__name__}: {error}")
-    return MsCxrResult(True, notes=square.notes)
+    rename); runs under :func:`runner.guarded`."""
+    gray = images.load_gray(item.source, max(item.width, item.height), options.max_pixels)  # min size = no draft
+    if gray.image.size != (item.width, item.height):
+        return ItemResult(False, FAIL_SIZE_MISMATCH, f"{gray.image.size[0]}x{gray.image.size[1]} pixels, "
+                                                     f"the CSV says {item.width}x{item.height}")
+    square = images.resize_square(gray, options.image_size, options.resize)  # type: ignore[arg-type]
+    write_bytes_atomic(resolve_inside(options.out, item.image), images.encode_image(square.image, "png"))
+    return ItemResult(True, notes=square.notes)
 
 
 @dataclass(frozen=True)
@@ -199,83 +175,66 @@ class MsCxrOptions:
 
 
 def prepare_ms_cxr(options: MsCxrOptions, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Run ``prep ms-cxr``; returns meta.json's content."""
-    from tqdm import tqdm
-
-    from .eval_layout import BOXES_CSV, META_JSON, PRIOR_BOXES_CSV, box_covers_pixels, grounding_meta, write_boxes_csv, write_meta
-    from .limits import check_render_limits
+    """Run ``prep ms-cxr`` (the prep runner with MS-CXR's reader, renderer and writers); returns
+    meta.json's content."""
+    from .eval_layout import BOXES_CSV, PRIOR_BOXES_CSV
     from .tables import read_csv
-    from .shards import WORKER_LOST, Lost, OrderedPool
 
     if not options.csv.is_file():
         raise PrepError(f"--csv {options.csv} does not exist: pass MS_CXR_Local_Alignment_v1.1.0.csv")
     if not options.image_root.is_dir():
         raise PrepError(f"--image-root {options.image_root} is not a folder: pass the MIMIC-CXR-JPG root (the one holding files/)")
-    if options.resize not in images.RESIZE_MODES:
-        raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
-    if options.workers < 1:
-        raise PrepError("--workers must be >= 1")
-    check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
-    refuse_overlap(options.out, {"--image-root": options.image_root})
-    refuse_written_inputs(options.out, {"--csv": options.csv}, (BOXES_CSV, PRIOR_BOXES_CSV, META_JSON, "failures.csv"))
+    check_run_options(resize=options.resize, workers=options.workers, image_size=options.image_size,
+                      sample_timeout=options.sample_timeout, max_pixels=options.max_pixels)
+    claim_out(options.out, {"--image-root": options.image_root}, {"--csv": options.csv},
+              (BOXES_CSV, PRIOR_BOXES_CSV, SOURCES_CSV))
     rows = read_csv(options.csv)
     if not rows:
         raise PrepError(f"{options.csv} has no rows")
     missing = [c for c in COLUMNS if c not in rows[0]] + (["split"] if options.splits and "split" not in rows[0] else [])
     if missing:
         raise PrepError(f"{options.csv} has no column(s) {', '.join(missing)}: is it MS-CXR's MS_CXR_Local_Alignment CSV?")
-    selection = select_ms_cxr(rows, options.image_root, splits=options.splits)
+    settings = RunSettings(images.RenderOptions(str(options.out), options.image_size, options.resize, options.max_pixels),
+                           options.workers, options.sample_timeout, DATASET)
+    return run_image_set(options.out, select_ms_cxr(rows, options.image_root, splits=options.splits),
+                         render_ms_cxr_image, settings, lambda done, tally: _write_grounding_set(options, done, tally),
+                         source=lambda item: item.source, written=lambda meta: meta["boxes"],
+                         empty=f"no box of {options.csv} was written", progress=progress, log=log)
 
-    options.out.mkdir(parents=True, exist_ok=True)
-    render = functools.partial(render_ms_cxr_image, options=images.RenderOptions(str(options.out), options.image_size,
-                                                                          options.resize, options.max_pixels))
-    failed: Counter = Counter()
-    notes: Counter = Counter()
-    dropped: Counter = Counter()
+
+def _write_grounding_set(options: MsCxrOptions, done: list[tuple[MsCxrImage, ItemResult]], tally: Tally) -> dict:
+    """boxes.csv (the boxes carried into the stored square; the ones lost counted as dropped)
+    and sources.csv; returns meta.json's content."""
+    from .eval_layout import BOXES_CSV, box_covers_pixels, grounding_meta, write_boxes_csv
+
     boxes: list[list] = []
     sources: list[list] = []
-    with OrderedPool(render, selection.items, options.workers, options.sample_timeout) as pool:
-        bar = tqdm(pool, total=len(selection.items), unit="img", desc=DATASET, disable=not progress, dynamic_ncols=True)
-        for item, result in zip(selection.items, bar, strict=True):
-            if isinstance(result, Lost):
-                result = MsCxrResult(False, WORKER_LOST, result.detail)
-            notes.update(result.notes)
-            if not result.ok:
-                failed[result.reason] += 1
-                selection.rows.append([item.source, "failed", result.reason, result.detail])
+    for item, _ in done:
+        kept = 0
+        for box in item.boxes:
+            stored = box_to_stored(box.xywh, item.width, item.height, options.image_size, options.resize)
+            reason = DROP_OUTSIDE if stored is None else None
+            if stored is not None and not box_covers_pixels(stored, options.image_size, options.image_size):
+                reason = DROP_TOO_SMALL
+            if reason:
+                tally.add("dropped", item.source, reason, f"{box.phrase!r} box {box.xywh}", dicom_id=item.dicom_id)
                 continue
-            kept = 0
-            for box in item.boxes:
-                stored = box_to_stored(box.xywh, item.width, item.height, options.image_size, options.resize)
-                reason = DROP_OUTSIDE if stored is None else None
-                if stored is not None and not box_covers_pixels(stored, options.image_size, options.image_size):
-                    reason = DROP_TOO_SMALL
-                if reason:
-                    dropped[reason] += 1
-                    selection.rows.append([item.source, "dropped", reason, f"{box.phrase!r} box {box.xywh}"])
-                    continue
-                boxes.append([item.image, box.finding, box.phrase, *stored])  # type: ignore[misc]
-                kept += 1
-            if kept:
-                sources.append([item.image, item.dicom_id, item.path])
-
+            boxes.append([item.image, box.finding, box.phrase, *stored])  # type: ignore[misc]
+            kept += 1
+        if kept:
+            sources.append([item.image, item.dicom_id, item.path])
     labels = sorted({row[1] for row in boxes})
     phrases = {(row[0], row[2]): row[1] for row in boxes}
     write_boxes_csv(options.out / BOXES_CSV, boxes)
-    write_csv_atomic(options.out / "sources.csv", ["image", "dicom_id", "path"], sources)
-    write_failures_csv(options.out / "failures.csv", selection.rows)
-    meta = grounding_meta(
+    write_csv_atomic(options.out / SOURCES_CSV, ["image", "dicom_id", "path"], sources)
+    counts = tally.counts()
+    return grounding_meta(
         DATASET, labels, options.image_size,
         images=len(sources), phrases=len(phrases), boxes=len(boxes),
         per_finding={label: {"phrases": sum(1 for f in phrases.values() if f == label),
                              "boxes": sum(1 for row in boxes if row[1] == label)} for label in labels},
-        skipped=dict(sorted(selection.skipped.items())), failed=dict(sorted(failed.items())),
-        dropped_boxes=dict(sorted(dropped.items())), notes=dict(sorted(notes.items())),
+        skipped=counts["skipped"], failed=counts["failed"],
+        dropped_boxes=dict(sorted(tally.dropped.items())), notes=counts["notes"],
         preprocessing={"image_size": options.image_size, "resize": options.resize, "format": "png"},
         options=options.as_json(),
     )  # fmt: skip
-    write_meta(options.out, meta)
-    if not boxes:
-        log(f"warning: no box of {options.csv} was written; see {options.out / 'failures.csv'}")
-    return meta
-

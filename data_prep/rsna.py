@@ -28,8 +28,8 @@ from pathlib import Path
 from . import images
 from .eval_layout import region_mask
 from .paths import UNSAFE_PATH, UnsafePathError, resolve_inside, safe_key
-from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegResult, SegSelection, SegSource,
-                       prepare_seg_set, save_pair)
+from .runner import Selection
+from .seg_sets import SegInputs, SegPrepOptions, SegResult, SegSource, prepare_seg_set, save_pair
 
 DATASET, TARGET = "rsna", "lung opacity"
 COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
@@ -56,9 +56,9 @@ def _box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
     return box  # type: ignore[return-value]
 
 
-def select_rsna(rows: list[dict[str, str]], image_root: Path) -> SegSelection:
+def select_rsna(rows: list[dict[str, str]], image_root: Path) -> Selection[SegSource]:
     """One source per patientId (in CSV order) with its boxes; unusable ones skipped with a reason."""
-    selection = SegSelection()
+    selection: Selection[SegSource] = Selection()
     grouped: dict[str, list] = {}
     bad: dict[str, tuple[str, str]] = {}
     for row in rows:
@@ -78,36 +78,29 @@ def select_rsna(rows: list[dict[str, str]], image_root: Path) -> SegSelection:
     for patient in dict.fromkeys([*grouped, *bad]):
         if patient in bad:
             reason, detail = bad[patient]
-            selection.skipped[reason] += 1
-            selection.rows.append([patient, "skipped", reason, detail])
+            selection.tally.skip(patient, reason, detail)
             continue
         try:
             source = resolve_inside(image_root, f"{patient}.dcm")
         except UnsafePathError as error:
-            selection.skipped[UNSAFE_PATH] += 1
-            selection.rows.append([patient, "skipped", UNSAFE_PATH, error.detail])
+            selection.tally.skip(patient, UNSAFE_PATH, error.detail)
             continue
         boxes = tuple(box for box in grouped[patient] if box is not None)
-        selection.sources.append(SegSource(patient, str(source), safe_key(patient, seen), patient, boxes))
+        selection.items.append(SegSource(patient, str(source), safe_key(patient, seen), patient, boxes))
     return selection
 
 
 def render_rsna(item: SegSource, options: images.RenderOptions) -> SegResult:
-    """Decode the DICOM, carry its boxes into the stored square, draw them, write both. Never raises."""
-    from .eval_sets import load_gray
+    """Decode the DICOM, carry its boxes into the stored square, draw them, write both; runs
+    under :func:`runner.guarded`."""
     from .ms_cxr import box_to_stored
 
-    try:
-        gray = load_gray(item.source, options.image_size, options.max_pixels)
-        width, height = gray.image.size
-        stored = [box_to_stored(box, width, height, options.image_size, options.resize) for box in item.spec]
-        mask = region_mask([box for box in stored if box is not None], options.image_size, options.image_size)
-        outside = [NOTE_BOX_OUTSIDE] * sum(box is None for box in stored)
-        return save_pair(options, item.key, gray, mask, outside)
-    except images.ImageError as error:
-        return SegResult(False, error.reason, error.detail)
-    except Exception as error:
-        return SegResult(False, FAIL_UNEXPECTED, f"{type(error).__name__}: {error}")
+    gray = images.load_gray(item.source, options.image_size, options.max_pixels)
+    width, height = gray.image.size
+    stored = [box_to_stored(box, width, height, options.image_size, options.resize) for box in item.spec]
+    mask = region_mask([box for box in stored if box is not None], options.image_size, options.image_size)
+    outside = [NOTE_BOX_OUTSIDE] * sum(box is None for box in stored)
+    return save_pair(options, item.key, gray, mask, outside)
 
 
 def prepare_rsna(labels_csv: Path, image_root: Path, options: SegPrepOptions, *, progress: bool = True,

@@ -27,14 +27,15 @@ import numpy as np
 from PIL import Image
 
 from . import images
-from .atomic import write_bytes_atomic, write_csv_atomic, write_failures_csv, write_json_atomic
+from .atomic import META_JSON, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from .errors import PrepError
 from .paths import UnsafePathError, resolve_inside
+from .runner import ItemResult, RunSettings, Selection, Tally, check_run_options, claim_out, run_image_set
 from .tables import refuse_duplicated_columns
 
 SEG_FORMAT = "tier-openclip-seg/1"
 SPLITS = ("train", "val", "test")
-SPLITS_CSV, META_JSON = "splits.csv", "meta.json"
+SPLITS_CSV = "splits.csv"
 SPLIT_COLUMNS = ("image", "mask", "split", "id")
 MASK_FORMAT = "8-bit grayscale PNG of the image's size: 0 background, 255 target"
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # train, val, test
@@ -240,9 +241,8 @@ def split_counts(rows: Iterable[Sequence]) -> dict[str, int]:
     return {split: counts.get(split, 0) for split in SPLITS}
 
 
-# --- the prep run shared by `prep siim` and `prep rsna` ------------------------------------------
+# --- the prep runner's segmentation steps, shared by `prep siim` and `prep rsna` -----------------
 
-FAIL_UNEXPECTED = "unexpected_error"
 SKIP_NOT_IN_SPLITS = "not_in_splits"
 
 
@@ -259,11 +259,7 @@ class SegSource:
 
 
 @dataclass
-class SegResult:
-    ok: bool
-    reason: str | None = None
-    detail: str = ""
-    notes: list[str] = field(default_factory=list)
+class SegResult(ItemResult):
     group: str | None = None
     positive: bool = False
 
@@ -307,15 +303,6 @@ def dicom_patient(path: str) -> str | None:
     return value.strip() or None
 
 
-@dataclass
-class SegSelection:
-    """What a dataset's selection makes of its CSV: the sources to render, and the rest."""
-
-    sources: list[SegSource] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    rows: list[list[str]] = field(default_factory=list)  # failures.csv rows
-
-
 @dataclass(frozen=True)
 class SegInputs:
     """A segmentation prep command's CSV and image folder, as its error messages and meta name them."""
@@ -329,11 +316,11 @@ class SegInputs:
 
 
 def prepare_seg_set(inputs: SegInputs, csv_path: Path, image_root: Path, options: SegPrepOptions,
-                    select: Callable[[list[dict[str, str]]], SegSelection],
+                    select: Callable[[list[dict[str, str]]], Selection[SegSource]],
                     render: Callable[[SegSource, images.RenderOptions], SegResult], *, dataset: str, target: str,
                     id_columns: Sequence[str], progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """``prep siim|rsna``: check the inputs and options, read the CSV (keys stripped), select, and
-    :func:`run_seg_prep`; returns meta.json's content."""
+    """``prep siim|rsna``: the prep runner with the dataset's reader (``select``) and renderer,
+    and this module's split assignment and writers; returns meta.json's content."""
     from .tables import read_csv
 
     if not csv_path.is_file():
@@ -347,60 +334,29 @@ def prepare_seg_set(inputs: SegInputs, csv_path: Path, image_root: Path, options
         raise PrepError(f"{csv_path} has no {'rows' if not rows else 'column(s) ' + ', '.join(missing)}: "
                         f"is it {inputs.csv_what}?")
     selection = select(rows)
-    return run_seg_prep(selection.sources, render, options, dataset=dataset, target=target,
-                        skipped=selection.skipped, failures=selection.rows, id_columns=id_columns, progress=progress,
-                        log=log, **{inputs.csv_key: str(csv_path.resolve())}, image_root=str(image_root.resolve()))
-
-
-def run_seg_prep(sources: Sequence[SegSource], render: Callable[[SegSource, images.RenderOptions], SegResult],
-                 options: SegPrepOptions, *, dataset: str, target: str, skipped: Counter, failures: list[list],
-                 id_columns: Sequence[str], progress: bool = True, log: Callable[[str], None] = print,
-                 **extra_meta: Any) -> dict[str, Any]:
-    """Render ``sources`` over worker processes, assign splits (from --splits by source id, else
-    seeded by patient) and write splits.csv, meta.json and failures.csv; returns the meta."""
-    from .shards import STATE_DIR, run_lock
-
-    options.out.mkdir(parents=True, exist_ok=True)
-    with run_lock(options.out / STATE_DIR):  # one run per --out, as every prep command
-        return _run_locked(sources, render, options, dataset=dataset, target=target, skipped=skipped,
-                           failures=failures, id_columns=id_columns, progress=progress, log=log, **extra_meta)
-
-
-def _run_locked(sources: Sequence[SegSource], render: Callable[[SegSource, images.RenderOptions], SegResult],
-                options: SegPrepOptions, *, dataset: str, target: str, skipped: Counter, failures: list[list],
-                id_columns: Sequence[str], progress: bool, log: Callable[[str], None], **extra_meta: Any) -> dict[str, Any]:
-    import functools
-
-    from tqdm import tqdm
-
-    from .shards import WORKER_LOST, Lost, OrderedPool
-
     split_of = read_split_file(options.splits, id_columns) if options.splits is not None else None
     if split_of is not None:
         kept = []
-        for item in sources:
+        for item in selection.items:
             if item.id in split_of:
                 kept.append(item)
             else:
-                skipped[SKIP_NOT_IN_SPLITS] += 1
-                failures.append([item.source, "skipped", SKIP_NOT_IN_SPLITS, f"{item.id} is not in --splits {options.splits}"])
-        sources = kept
-    job = functools.partial(render, options=images.RenderOptions(str(options.out), options.image_size, options.resize, options.max_pixels))
-    failed: Counter = Counter()
-    notes: Counter = Counter()
-    done: list[tuple[SegSource, SegResult]] = []
-    with OrderedPool(job, list(sources), options.workers, options.sample_timeout) as pool:
-        bar = tqdm(pool, total=len(sources), unit="img", desc=dataset, disable=not progress, dynamic_ncols=True)
-        for item, result in zip(sources, bar, strict=True):
-            if isinstance(result, Lost):
-                result = SegResult(False, WORKER_LOST, result.detail)
-            notes.update(result.notes)
-            if not result.ok:
-                failed[result.reason] += 1
-                failures.append([item.source, "failed", result.reason, result.detail])
-                continue
-            done.append((item, result))
+                selection.tally.skip(item.source, SKIP_NOT_IN_SPLITS, f"{item.id} is not in --splits {options.splits}")
+        selection.items = kept
+    settings = RunSettings(images.RenderOptions(str(options.out), options.image_size, options.resize, options.max_pixels),
+                           options.workers, options.sample_timeout, dataset)
+    extra_meta = {inputs.csv_key: str(csv_path.resolve()), "image_root": str(image_root.resolve())}
+    return run_image_set(options.out, selection, render, settings,
+                         lambda done, tally: _write_seg_set(options, done, tally, split_of, dataset=dataset,
+                                                            target=target, **extra_meta),
+                         source=lambda item: item.source, written=lambda meta: sum(meta["splits"].values()),
+                         empty="no image was written", progress=progress, log=log)
 
+
+def _write_seg_set(options: SegPrepOptions, done: list[tuple[SegSource, SegResult]], tally: Tally,
+                   split_of: Mapping[str, str] | None, *, dataset: str, target: str, **extra_meta: Any) -> dict[str, Any]:
+    """Assign splits (from --splits by source id, else seeded by patient) and write splits.csv;
+    returns meta.json's content."""
     if split_of is not None:
         assigned = {item.id: split_of[item.id] for item, _ in done}
         split_source = {"kind": "file", "file": str(options.splits)}
@@ -413,39 +369,24 @@ def _run_locked(sources: Sequence[SegSource], render: Callable[[SegSource, image
     rows = [[f"images/{item.key}.png", f"masks/{item.key}.png", assigned[item.id], item.id] for item, _ in done]
     positives = Counter(assigned[item.id] for item, result in done if result.positive)
     write_splits_csv(options.out / SPLITS_CSV, rows)
-    write_failures_csv(options.out / "failures.csv", failures)
-    meta = seg_meta(
+    return seg_meta(
         dataset, target, options.image_size, splits=split_counts(rows),
         positives={split: positives.get(split, 0) for split in SPLITS}, split_source=split_source,
-        skipped=dict(sorted(skipped.items())), failed=dict(sorted(failed.items())), notes=dict(sorted(notes.items())),
+        **tally.counts(),
         preprocessing={"image_size": options.image_size, "resize": options.resize, "format": "png",
                        "mask_resize": "nearest, same geometry as the image"},
         **extra_meta, options=options.as_json(),
     )  # fmt: skip
-    write_json_atomic(options.out / META_JSON, meta)
-    if not rows:
-        log(f"warning: no image was written; see {options.out / 'failures.csv'}")
-    return meta
 
 
 def check_prep_options(options: SegPrepOptions, roots: Mapping[str, Path], files: Mapping[str, Path]) -> None:
-    """PrepError for options the run cannot use, before anything is read: as every prep command,
-    no output among the inputs (``roots`` either way, ``files`` not one this run writes) and no
-    foreign --out (new, empty, or an earlier prep run's)."""
-    from .limits import check_render_limits
-    from .paths import refuse_overlap, refuse_written_inputs
-    from .shards import refuse_foreign_out
-
-    if options.resize not in images.RESIZE_MODES:
-        raise PrepError(f"--resize: choose one of {', '.join(images.RESIZE_MODES)}")
-    if options.workers < 1:
-        raise PrepError("--workers must be >= 1")
+    """PrepError for options the run cannot use, before anything is read: the runner's checks and
+    claim on --out (``roots`` either way), and the split options."""
     if options.splits is not None and not options.splits.is_file():
         raise PrepError(f"--splits {options.splits} does not exist: pass a CSV with an id and a split column")
     fractions = options.fractions
     if len(fractions) != 3 or min(fractions) < 0 or not abs(sum(fractions) - 1) < 1e-6:
         raise PrepError(f"--split-fractions must be three numbers >= 0 summing to 1 (train,val,test), got {list(fractions)}")
-    check_render_limits(options.image_size, options.sample_timeout, options.max_pixels)
-    refuse_overlap(options.out, dict(roots), both_ways=True)
-    refuse_written_inputs(options.out, {**files, "--splits": options.splits}, (SPLITS_CSV, META_JSON, "failures.csv"))
-    refuse_foreign_out(options.out)
+    check_run_options(resize=options.resize, workers=options.workers, image_size=options.image_size,
+                      sample_timeout=options.sample_timeout, max_pixels=options.max_pixels)
+    claim_out(options.out, roots, {**files, "--splits": options.splits}, (SPLITS_CSV,), both_ways=True)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from . import images, rle
 from .paths import safe_key
-from .seg_sets import (FAIL_UNEXPECTED, SegInputs, SegPrepOptions, SegResult, SegSelection, SegSource,
-                       dicom_patient, prepare_seg_set, resize_mask, save_pair)
+from .runner import Selection
+from .seg_sets import (SegInputs, SegPrepOptions, SegResult, SegSource, dicom_patient, prepare_seg_set, resize_mask, save_pair)
 
 DATASET, TARGET = "siim", "pneumothorax"
 ID_COLUMN, RLE_COLUMN = "ImageId", "EncodedPixels"  # the file's header says " EncodedPixels"
@@ -57,9 +57,9 @@ def find_dicoms(root: Path) -> tuple[dict[str, Path], list[str]]:
     return found, twice
 
 
-def select_siim(rows: list[dict[str, str]], dicoms: dict[str, Path], twice: Collection[str] = ()) -> SegSelection:
+def select_siim(rows: list[dict[str, str]], dicoms: dict[str, Path], twice: Collection[str] = ()) -> Selection[SegSource]:
     """One source per ImageId (in CSV order) with its codes; unusable ones skipped with a reason."""
-    selection = SegSelection()
+    selection: Selection[SegSource] = Selection()
     codes: dict[str, list[str]] = {}
     bad: set[str] = set()
     for row in rows:
@@ -68,8 +68,7 @@ def select_siim(rows: list[dict[str, str]], dicoms: dict[str, Path], twice: Coll
             rle.parse_rle(code)
         except rle.RleError as error:
             if image_id not in bad:
-                selection.skipped[SKIP_RLE_INVALID] += 1
-                selection.rows.append([image_id, "skipped", SKIP_RLE_INVALID, str(error)])
+                selection.tally.skip(image_id, SKIP_RLE_INVALID, str(error))
             bad.add(image_id)
             continue
         codes.setdefault(image_id, []).append(code)
@@ -78,33 +77,26 @@ def select_siim(rows: list[dict[str, str]], dicoms: dict[str, Path], twice: Coll
         if image_id in bad:  # one broken row makes the image's mask unknown
             continue
         if image_id in twice:
-            selection.skipped[SKIP_DUPLICATE_DICOM] += 1
-            selection.rows.append([image_id, "skipped", SKIP_DUPLICATE_DICOM, "two DICOMs under --image-root have this name"])
+            selection.tally.skip(image_id, SKIP_DUPLICATE_DICOM, "two DICOMs under --image-root have this name")
             continue
         path = dicoms.get(image_id)
         if path is None:
-            selection.skipped[SKIP_IMAGE_MISSING] += 1
-            selection.rows.append([image_id, "skipped", SKIP_IMAGE_MISSING, f"no {image_id}.dcm under --image-root"])
+            selection.tally.skip(image_id, SKIP_IMAGE_MISSING, f"no {image_id}.dcm under --image-root")
             continue
-        selection.sources.append(SegSource(image_id, str(path), safe_key(image_id, seen), None, tuple(image_codes)))
+        selection.items.append(SegSource(image_id, str(path), safe_key(image_id, seen), None, tuple(image_codes)))
     return selection
 
 
 def render_siim(item: SegSource, options: images.RenderOptions) -> SegResult:
-    """Decode the DICOM, decode its mask at the DICOM's size, resize both, write both. Never raises."""
-    from .eval_sets import load_gray
-
+    """Decode the DICOM, decode its mask at the DICOM's size, resize both, write both; runs
+    under :func:`runner.guarded` (a code running past the image is ``rle_invalid``)."""
     try:
-        gray = load_gray(item.source, options.image_size, options.max_pixels)
+        gray = images.load_gray(item.source, options.image_size, options.max_pixels)
         width, height = gray.image.size
         mask = rle.union_decode(item.spec, width, height)
         result = save_pair(options, item.key, gray, resize_mask(mask, options.image_size, options.resize))
     except rle.RleError as error:  # runs past the end of this image
         return SegResult(False, SKIP_RLE_INVALID, str(error))
-    except images.ImageError as error:
-        return SegResult(False, error.reason, error.detail)
-    except Exception as error:
-        return SegResult(False, FAIL_UNEXPECTED, f"{type(error).__name__}: {error}")
     result.group = dicom_patient(item.source)
     return result
 

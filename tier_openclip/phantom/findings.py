@@ -7,7 +7,7 @@ the caption ("right lower zone opacity", "small left pleural effusion"):
 ==================  ==============================================================================
 opacity             faint ill-defined consolidation (radius 7.5-9.5% of the image) at a random
                     place in one lung zone (either lung, upper/middle/lower third)
-bulla               round 5.5-6.5 cm air space without lung markings, hairline wall, at a random
+bulla               round 5-6 cm air space without lung markings, hairline wall, at a random
                     place in one lung zone, cut by the pleura where it reaches it
 pleural effusion    meniscus at either costophrenic angle, hiding that hemidiaphragm
 cardiomegaly        cardiac silhouette widened 8-24%, mostly towards the image right
@@ -294,9 +294,9 @@ _LUNG_SITES = lambda name: tuple(Site(name, side, zone) for side in SIDES for zo
 FINDINGS: tuple[FindingSpec, ...] = (
     FindingSpec("opacity", "anywhere in either lung field, inside the lung zone the caption names",
                 _LUNG_SITES("opacity"), _draw_opacity, {"patchy": (0.075, 0.095), "dense": (0.075, 0.095)},
-                (0.3, 0.5)),
+                (0.45, 0.65)),
     FindingSpec("bulla", "anywhere in either lung field, inside the lung zone the caption names",
-                _LUNG_SITES("bulla"), _draw_bulla, {None: (0.16, 0.19)}, (0.9, 1.0)),
+                _LUNG_SITES("bulla"), _draw_bulla, {None: (0.14, 0.17)}, (0.8, 1.0)),
     FindingSpec("pleural effusion", "either costophrenic angle and lung base (the side the caption names)",
                 tuple(Site("pleural effusion", side) for side in SIDES), _draw_effusion,
                 {"small": (0.11, 0.14), "moderate": (0.16, 0.20)}, (0.9, 1.0)),

@@ -1,5 +1,6 @@
-"""`tier-openclip demo`: the pure summary functions on hand-made numbers, the paired design of the
-training commands, and (slow) a reduced demo end to end."""
+"""`tier-openclip demo`: the pure summary functions on hand-made numbers (t-interval against
+scipy.stats, the decision rule, the precondition), the data fingerprint and environment record,
+the paired design of the training commands, and (slow) a reduced demo end to end, run twice."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,7 +17,8 @@ from PIL import Image
 from tier_openclip.demo import DemoOptions, run_demo, run_sweep, sweep_arms
 from tier_openclip.demo.design import Stage, make_arm, training_command
 from tier_openclip.demo.runs import parse_step_times
-from tier_openclip.demo.summary import arm_summary, paired_differences, spread, verdict
+from tier_openclip.demo.summary import (arm_summary, decide, paired_differences, precondition, spread, t_interval,
+                                        t_quantile, verdict)
 from tier_openclip.errors import UsageError
 
 # --- pure summaries ---------------------------------------------------------------------------
@@ -28,32 +31,82 @@ def test_spread_is_mean_and_sample_sd():
     assert spread([0.5]) == {"mean": 0.5, "sd": 0.0, "values": [0.5]}
 
 
-def test_paired_differences_are_arm_minus_control_seed_by_seed():
+def test_paired_differences_are_arm_minus_control_start_by_start():
     control = [{"auc": 0.80, "cnr": 1.0}, {"auc": 0.70, "cnr": 2.0}, {"auc": 0.90, "cnr": 0.5}]
-    arm = [{"auc": 0.82, "cnr": 0.0}, {"auc": 0.73, "cnr": 2.5}, {"auc": 0.91, "cnr": 0.4}]
+    arm = [{"auc": 0.85, "cnr": 0.0}, {"auc": 0.76, "cnr": 2.5}, {"auc": 0.94, "cnr": 0.4}]
     out = paired_differences(arm, control)
-    assert out["auc"]["values"] == pytest.approx([0.02, 0.03, 0.01])
-    assert out["auc"]["mean"] == pytest.approx(0.02) and out["auc"]["sd"] == pytest.approx(0.01)
+    assert out["auc"]["values"] == pytest.approx([0.05, 0.06, 0.04])
+    assert out["auc"]["mean"] == pytest.approx(0.05) and out["auc"]["sd"] == pytest.approx(0.01)
     assert out["auc"]["n"] == 3
-    # mean 0.02 >= 2 * 0.01 / sqrt(3) = 0.0115 and all positive: an effect
+    # t(0.975, 2) = 4.303: 0.05 ± 4.303 * 0.01 / √3 = [0.0252, 0.0748], above 0
+    assert out["auc"]["ci"] == pytest.approx([0.05 - 4.3027 * 0.01 / math.sqrt(3), 0.05 + 4.3027 * 0.01 / math.sqrt(3)],
+                                             abs=1e-4)
     assert out["auc"]["verdict"] == "higher"
     assert out["cnr"]["values"] == pytest.approx([-1.0, 0.5, -0.1])
-    assert out["cnr"]["verdict"] == "within noise"  # signs disagree
+    assert out["cnr"]["verdict"] == "within noise"  # the interval covers 0
     # The unpaired means would hide the pairing: arm_summary gives each arm's own spread.
-    assert arm_summary(arm)["auc"]["mean"] == pytest.approx((0.82 + 0.73 + 0.91) / 3)
+    assert arm_summary(arm)["auc"]["mean"] == pytest.approx((0.85 + 0.76 + 0.94) / 3)
+
+
+def test_t_interval_matches_scipy():
+    from scipy import stats
+
+    for df in (1, 2, 3, 4, 9, 29):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-7)
+    assert t_quantile(0.9, 5) == pytest.approx(stats.t.ppf(0.9, 5), rel=1e-7)
+    for values in ([0.02, 0.03, 0.04], [0.1, -0.3, 0.05, 0.2], [1.0, 3.0]):
+        mean, sem = float(np.mean(values)), float(stats.sem(values))
+        expected = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
+        assert t_interval(values) == pytest.approx(list(expected), rel=1e-7)
+    assert t_interval([0.5]) is None
+    with pytest.raises(ValueError, match="0.5 < p < 1"):
+        t_quantile(0.3, 2)
 
 
 def test_verdict_rule():
-    assert verdict([-0.05, -0.04, -0.06]) == "lower"
-    # same signs, but the mean is below 2·sd/√n: 0.03 < 2 * 0.0265 / 1.732 = 0.0306
+    assert verdict([-0.05, -0.04, -0.06]) == "lower"  # [-0.075, -0.025]
+    # same signs, but the interval covers 0: 0.0297 ± 4.303 * 0.0285 / √3
     assert verdict([0.001, 0.03, 0.058]) == "within noise"
-    assert verdict([0.02, 0.03, 0.04]) == "higher"  # 0.03 >= 2 * 0.01 / 1.732 = 0.0115
-    assert verdict([0.1]) == "within noise"  # one seed tells nothing
-    assert verdict([0.0, 0.1, 0.1]) == "within noise"  # a zero difference is no sign
+    assert verdict([0.02, 0.03, 0.04]) == "higher"  # 0.03 ± 0.0248
+    assert verdict([0.1]) == "within noise"  # one start tells nothing
+    assert verdict([0.0, 0.0, 0.0]) == "within noise"  # an interval of one point at 0 covers it
+
+
+def _difference(values):
+    return paired_differences([{"m": v} for v in values], [{"m": 0.0} for _ in values])["m"]
+
+
+def test_decision_rule_on_hand_made_numbers():
+    moved, still = _difference([0.30, 0.25, 0.35]), _difference([0.02, 0.01, 0.03])
+    small_rise = _difference([0.06, 0.08, 0.05])  # above 0, but by less than the rule's 0.1
+    assert decide(still, _difference([0.2, 0.2, 0.21]), True) == {"reading": "inert", "rule": "inert",
+                                                                   "manipulation_passed": False}
+    assert decide(small_rise, _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"
+    assert decide(_difference([0.5, -0.1, 0.4]), _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"  # CI covers 0
+    assert decide(moved, _difference([0.07, 0.06, 0.08]), True)["reading"] == "supported"
+    assert decide(moved, _difference([0.04, 0.05, 0.03]), True)["reading"] == "inconclusive"  # mean below +0.05
+    assert decide(moved, _difference([0.07, -0.02, 0.12]), True)["reading"] == "inconclusive"  # CI covers 0
+    assert decide(moved, _difference([-0.10, -0.12, -0.09]), True)["reading"] == "falsified"  # upper bound < +0.02
+    # mean 0, sd 0.01, half-width 0.0248: the upper bound +0.0248 is not below +0.02
+    assert decide(moved, _difference([0.0, 0.01, -0.01]), True)["rule"] == "inconclusive"
+    assert decide(moved, _difference([-0.01, 0.0, -0.005]), True)["rule"] == "falsified"  # [-0.0174, +0.0074]
+    blocked = decide(moved, _difference([0.07, 0.06, 0.08]), False)
+    assert blocked == {"reading": "not tested", "rule": "supported", "manipulation_passed": True}
+
+
+def test_precondition_compares_token_maps_with_the_prior_on_phrases_without_location_words():
+    def start(pointing, prior):
+        return {"grounding": {"by_location_words": {"without": {
+            "pointing_game": {"value": pointing}, "phrases": 40, "baselines": {"prior": {"pointing_game": prior}}}}}}
+
+    assert precondition(start(0.30, 0.12)) == {"pointing": 0.30, "prior": 0.12, "phrases": 40, "held": True}
+    assert precondition(start(0.10, 0.12))["held"] is False
+    assert precondition(start(0.12, 0.12))["held"] is False  # a tie is not beating the prior
+    assert precondition({"grounding": {"by_location_words": {}}})["held"] is None  # no such phrases: not tested
 
 
 def test_unpaired_rows_are_refused():
-    with pytest.raises(ValueError, match="pairs need one of each per seed"):
+    with pytest.raises(ValueError, match="pairs need one of each per start"):
         paired_differences([{"auc": 1.0}], [{"auc": 1.0}, {"auc": 0.5}])
 
 
@@ -286,7 +339,7 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
     """evaluate_checkpoint's result schema with per-run numbers (zero-shot and grounding made up
     here; the segmentation part is a real probe_evaluate)."""
     name = checkpoint.parent.parent.name
-    seed = int(name.rsplit("seed", 1)[1]) if "seed" in name else 0
+    seed = int(name.rsplit("start", 1)[1])
     local = name.startswith("local-uniformity")
     value = {"value": 0.5 + 0.01 * seed}
     return {
@@ -294,7 +347,8 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
         "zeroshot": {"means": {"all": {"mean_auc": 0.7 + 0.01 * seed}}, "labels": {"opacity": {"auc": 0.7}}},
         "grounding": {"overall": {"cnr": value, "pointing_game": value, "miou": value}, "num_phrases": 3,
                       "per_finding": {"opacity": {"pointing_game": value}},
-                      "by_location_words": {"without": {"baselines": {
+                      "by_location_words": {"without": {"pointing_game": {"value": 0.45 + 0.01 * seed}, "phrases": 3,
+                                                        "baselines": {
                           "prior": {"pointing_game": 0.35}, "located_prior": {"pointing_game": 0.35},
                           "random": {"pointing_game": 0.1}}}},
                       "baselines": {"prior": {"cnr": 0.1, "pointing_game": 0.3, "miou": 0.1, "source": "train boxes",
@@ -314,32 +368,96 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
     }
 
 
-def test_report_and_json_carry_probe_dice_and_collapse_for_every_arm(tmp_path, monkeypatch):
-    """The demo with its trainings and model evaluations faked (the probe's numbers are real
-    probe_evaluate results): every arm's probe Dice, mIoU and local cosines reach demo.json and
-    report.md, with the empty-head and prior baselines and the paired differences vs clip."""
+def _fake_maps(checkpoint: str, scales) -> dict:
+    """map_stats' schema: TIER arms' maps sharper than the rest by 0.3 top-1 mass."""
+    name = Path(checkpoint).parent.parent.name
+    top1 = 0.5 if name.startswith("tier") else 0.2
+    return {scale: {"top1_mass": top1, "topk_mass": top1 + 0.2, "entropy_token_patch": 3.0 - top1,
+                    "max_entropy_token_patch": math.log(64), "uniform_top1_mass": 1 / 64, "uniform_topk_mass": 5 / 64,
+                    "top_k": 5.0, "scale_value": float(scale), "max_top1_mass": 0.9} for scale in scales}
+
+
+def _fake_pipeline(tmp_path, monkeypatch) -> None:
+    """The demo's pipeline with its data, trainings and (worker) evaluations faked; every start's
+    TIER/CLIP gradient ratio at λ 1 is 0.02 (so a calibrated λ for 10% is 5)."""
     from tier_openclip import analyze
-    from tier_openclip.demo import pipeline
+    from tier_openclip.demo import environment, pipeline
+    from tier_openclip.demo.runs import ratio_key
 
     monkeypatch.setattr(pipeline, "prepare_data", lambda options, progress: (
-        {"num_train": 64, "num_test": 8, "train_csv": str(tmp_path / "train.csv"), "grounding_dir": "g", "prompts": {}},
-        0.0))
+        {"num_train": 64, "num_test": 8, "train_csv": str(tmp_path / "train.csv"), "grounding_dir": "g", "prompts": {},
+         "background": "RG1_UNCI.dcm"}, 0.0))
+    monkeypatch.setattr(environment, "data_fingerprint", lambda data: {"train": "a" * 64, "test": "b" * 64,
+                                                                      "sha256": "c" * 64})
+    seen = []
 
-    def fake_training(command, run_dir, epochs, steps, inputs, progress=None):
+    def fake_training(command, run_dir, epochs, steps, inputs, progress=None, pins=None):
+        seen.append((run_dir.name, command, pins))
         checkpoint = run_dir / "checkpoints" / f"epoch_{epochs}.pt"
         return {"checkpoint": str(checkpoint), "reused": False, "wall_seconds": 1.0, "steps": steps,
                 "step_seconds": 1.0, "mean_step_seconds": 0.1, "overhead_seconds": 0.0}
 
+    def fake_worker(items, data, bootstrap, pins, work_dir):
+        return {"process": {"torch_threads": 2, "cpu_capability": "AVX2"},
+                "results": [{"evaluation": _fake_evaluation(Path(item["checkpoint"]), data, bootstrap),
+                             "maps": _fake_maps(item["checkpoint"], item["map_scales"]),
+                             "ratios": {ratio_key(r["scale"], r["lambda"]): {"ratio": 0.02 * r["lambda"]}
+                                        for r in item["ratios"]}} for item in items]}
+
     monkeypatch.setattr(pipeline, "run_training", fake_training)
-    monkeypatch.setattr(pipeline, "evaluate_checkpoint", _fake_evaluation)
+    monkeypatch.setattr(pipeline, "evaluate_in_worker", fake_worker)
     monkeypatch.setattr(analyze, "plot_rank_curves", lambda summaries, path: None)
     monkeypatch.setattr(pipeline.report, "draw_heatmaps", lambda *args: [])
+    return seen
+
+
+def test_calibrated_arm_trains_at_its_start_lambda_and_gets_a_reading(tmp_path, monkeypatch):
+    """tier-calibrated's λ comes from its start's measured ratio (0.02 at λ 1 -> 5 for 10%); every
+    TIER arm gets the manipulation check at its own scale and a reading by the decision rule,
+    written in the report after the rules; the environment and fingerprint are recorded."""
+    seen = _fake_pipeline(tmp_path, monkeypatch)
     out = tmp_path / "demo"
-    run_demo(DemoOptions(out=out, losses=("clip", "local-uniformity"), seeds=2, progress=False))
+    run_demo(DemoOptions(out=out, starts=3, progress=False))  # the default arms
+    names = [name for name, _, _ in seen]
+    assert names[:3] == ["pretrain-start0", "pretrain-start1", "pretrain-start2"]
+    assert len(names) == 3 + 3 * 3 and all(pins == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2",
+                                                    "ONEDNN_MAX_CPU_ISA": "AVX2"} for _, _, pins in seen)
+    calibrated = {name: command for name, command, _ in seen if name.startswith("tier-calibrated")}
+    assert set(calibrated) == {f"tier-calibrated-r0.1-s10-start{s}" for s in range(3)}
+    for name, command in calibrated.items():
+        assert _flag(command, "--tier-lambda-text") == "5" and _flag(command, "--tier-scale") == "10"
+        assert _flag(command, "--seed") == name[-1] and _flag(command, "--pretrained").endswith(
+            f"pretrain-start{name[-1]}/checkpoints/epoch_16.pt")
+    saved = json.loads((out / "demo.json").read_text())
+    check = saved["manipulation"]["tier-calibrated"]
+    assert check["scale"] == "10" and check["lambda_per_start"] == [5.0] * 3
+    assert check["ratio_on_start"] == pytest.approx([0.1] * 3)
+    assert saved["manipulation"]["tier-paper"]["ratio_on_start"] == pytest.approx([0.002] * 3)  # 0.02 × λ 0.1
+    assert check["differences"]["top1_mass"]["mean"] == pytest.approx(0.3)
+    # maps moved by 0.3, token-map pointing the same as clip's on every start: falsified
+    assert saved["decisions"]["tier-calibrated"] == {"reading": "falsified", "rule": "falsified",
+                                                     "manipulation_passed": True}
+    assert saved["preconditions_held"] and saved["starts"][1]["precondition"]["pointing"] == pytest.approx(0.46)
+    assert saved["environment"]["pins"]["MKL_CBWR"] == "AVX2" and saved["environment"]["cpu_capability"] == "AVX2"
+    report = (out / "report.md").read_text()
+    assert report.index("## Rules (fixed before the numbers)") < report.index("## Did TIER act?") < report.index(
+        "## Each arm")
+    assert "c" * 64 in report and "RG1_UNCI.dcm" in report and "ONEDNN_MAX_CPU_ISA=AVX2" in report
+    row = next(line for line in report.splitlines() if line.startswith("| tier-calibrated | 10 |"))
+    assert "| 5, 5, 5 |" in row and "+0.300 ± 0.000 [+0.300, +0.300]" in row and "**falsified**" in row
+
+
+def test_report_and_json_carry_probe_dice_and_collapse_for_every_arm(tmp_path, monkeypatch):
+    """The demo with its trainings and model evaluations faked (the probe's numbers are real
+    probe_evaluate results): every arm's probe Dice, mIoU and local cosines reach demo.json and
+    report.md, with the empty-head and prior baselines and the paired differences vs clip."""
+    _fake_pipeline(tmp_path, monkeypatch)
+    out = tmp_path / "demo"
+    run_demo(DemoOptions(out=out, losses=("clip", "local-uniformity"), starts=2, progress=False))
 
     saved = json.loads((out / "demo.json").read_text())
     for arm in ("clip", "local-uniformity"):
-        for seed, row in enumerate(saved["rows"][arm]):
+        for seed, row in enumerate(saved["rows"][arm]):  # seed: the start
             probe = saved["results"][arm][seed]["segmentation"]["probe"]
             assert row["probe_dice"] == probe["dice"]["value"] and row["probe_miou"] == probe["miou"]["value"]
         assert len(saved["summary"][arm]["probe_dice"]["values"]) == 2

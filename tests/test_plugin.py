@@ -168,3 +168,47 @@ def test_main_on_an_unrecognised_open_clip_stops_with_one_message(tmp_path):
     assert result.returncode != 0
     assert "tier-openclip: found open_clip 4.1.0, but tier-openclip supports open_clip 3.x" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_diagnostics_logger_measures_the_loss_call_every_n_steps_and_logs_them(tmp_path, caplog):
+    import json
+    import logging
+
+    import torch
+    import torch.nn.functional as F
+
+    from tier_openclip.loss import TierLoss
+
+    weight = torch.nn.Parameter(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))
+    x_text, x_image = torch.randn(3, 4, 5), torch.randn(3, 6, 5)
+    args = argparse.Namespace(accum_freq=2, log_every_n_steps=100, tier_diagnostics_every=2, rank=0,
+                              save_logs=True, checkpoint_path=str(tmp_path), wandb=False)
+    loss = TierLoss(impl="torch")
+    loss.diagnostics_hook = plugin.TierDiagnosticsLogger(args, None, epoch=1, num_batches=8, params=[weight])
+    caplog.set_level(logging.INFO)
+    for _ in range(8):  # 8 micro-batches = 4 optimizer steps of epoch 1: global steps 4..7
+        text, image = x_text @ weight, x_image @ weight
+        loss(F.normalize(image.mean(1), dim=-1), F.normalize(text.mean(1), dim=-1), torch.tensor(10.0),
+             image_tokens=F.normalize(image, dim=-1), text_tokens=F.normalize(text, dim=-1))
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4, 6, 7]  # every 2nd step, and the epoch's last
+    assert lines[0]["diag_tier_grad_ratio"] > 0 and lines[0]["diag_max_entropy_token_patch"] == pytest.approx(1.791759, abs=1e-6)
+    assert "tier-openclip diagnostics step 6: diag_entropy_token_patch: " in caplog.text
+    assert weight.grad is None
+
+
+def test_auto_lambda_is_measured_once_or_read_back_on_resume(params, tmp_path):
+    import json
+
+    import open_clip
+
+    from tier_openclip.auto_lambda import RECORD, AutoLambda
+
+    args = _args(params, "--loss", "tier", "--tier-lambda-image", "auto", "--tier-lambda-text", "0.3")
+    args.checkpoint_path, args.resume = str(tmp_path), None
+    fresh = open_clip.create_loss(args)
+    assert isinstance(fresh.lambda_calibration, AutoLambda) and fresh.lambda_calibration.directions == ("image",)
+    assert (fresh.lambda_text, fresh.lambda_image) == (0.3, 0.0)
+    (tmp_path / RECORD).write_text(json.dumps({"lambda": 7.5}))
+    resumed = open_clip.create_loss(args)
+    assert resumed.lambda_calibration is None and (resumed.lambda_text, resumed.lambda_image) == (0.3, 7.5)

@@ -101,6 +101,8 @@ def test_full_flags_and_open_clips_own_abbreviations_still_parse(params):
     (["--loss", "local-uniformity", "--tier-impl", "torch"], "--tier-impl", "tier", "local-uniformity"),
     (["--lu-uniform-weight", "1"], "--lu-uniform-weight", "tier or local-uniformity", "clip"),
     (["--siglip", "--tier-token-mask", "all"], "--tier-token-mask", "tier or local-uniformity", "clip"),
+    (["--loss", "local-uniformity", "--tier-diagnostics-every", "5"], "--tier-diagnostics-every", "tier",
+     "local-uniformity"),
 ])
 def test_loss_flags_without_their_loss_stop_the_run(params, capsys, argv, flag, allowed, loss):
     first = allowed.split(" or ")[0]
@@ -120,6 +122,10 @@ def test_flags_that_act_with_the_chosen_loss_parse(params, tmp_path):
     assert (both.lu_uniform_weight, both.lu_t, both.tier_token_mask) == (0.2, 1.0, "all")
     lu = params.parse_args(["--loss", "local-uniformity", "--tier-token-mask", "all", "--lu-temperature", "0.05"])
     assert (lu.tier_token_mask, lu.lu_temperature) == ("all", 0.05)
+    assert params.parse_args(["--loss", "tier", "--tier-diagnostics-every", "50"]).tier_diagnostics_every == 50
+    assert params.parse_args(["--loss", "tier"]).tier_diagnostics_every == 0  # off by default
+    auto = params.parse_args(["--loss", "tier", "--tier-lambda-text", "auto", "--tier-target-ratio", "0.2"])
+    assert (auto.tier_lambda_text, auto.tier_lambda_image, auto.tier_target_ratio) == ("auto", 0.1, 0.2)
     clip = params.parse_args(["--tier-zeroshot-chexpert", str(write_set(tmp_path / "set"))])  # evaluation: any loss
     assert clip.loss == "clip" and clip.tier_zeroshot_chexpert == str(tmp_path / "set")
 
@@ -139,6 +145,10 @@ def test_flags_that_act_with_the_chosen_loss_parse(params, tmp_path):
                               "saturate and the entropies underflow to exactly 0, which switches TIER off. Use at "
                               "most 100 (open_clip's cap on its own logit scale), or 'logit'"),
     (["--tier-scale", "100.5"], "--tier-scale 100.5 is above 100"),
+    (["--tier-diagnostics-every", "-1"], "--tier-diagnostics-every -1: must be a finite number >= 0"),
+    (["--tier-lambda-text", "auto", "--tier-target-ratio", "0"], "--tier-target-ratio 0.0: must be a finite number > 0"),
+    (["--tier-target-ratio", "0.2"], "--tier-target-ratio sets the λ of --tier-lambda-text/--tier-lambda-image auto, "
+                                     "and neither is auto in this run"),
 ])
 def test_bad_numbers_stop_the_run(params, capsys, argv, message):
     err = refused(params, ["--loss", "tier", *argv], capsys)
@@ -150,6 +160,11 @@ def test_non_positive_or_non_finite_scale_stops_the_run(params, capsys, value):
     err = refused(params, ["--loss", "tier", "--tier-scale", value], capsys)
     assert f"argument --tier-scale: expected a positive number or 'logit', got '{value}'" in err
     assert "Traceback" not in err
+
+
+def test_a_lambda_that_is_neither_a_number_nor_auto_stops_the_run(params, capsys):
+    err = refused(params, ["--loss", "tier", "--tier-lambda-image", "many"], capsys)
+    assert "argument --tier-lambda-image: expected a number or 'auto', got 'many'" in err and "Traceback" not in err
 
 
 def test_scales_up_to_the_bound_and_logit_parse(params):

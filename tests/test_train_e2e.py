@@ -144,3 +144,47 @@ def test_explicit_entry_point_takes_the_same_flags_without_the_hook(tmp_path, da
     run = train(tmp_path, model_dir(tmp_path, "vit"), data, "--loss", "tier", name="explicit-entry",
                 env={"TIER_OPENCLIP_DISABLE": "1"}, module="tier_openclip.train")
     assert "Tier_text_loss" in (run / "out.log").read_text()
+
+
+def test_tier_diagnostics_are_logged_and_leave_training_bit_identical(tmp_path):
+    import torch
+
+    model, csv = model_dir(tmp_path, "vit"), write_csv_dataset(tmp_path / "csv")
+    common = ("--loss", "tier", "--save-frequency", "1")
+    off = train(tmp_path, model, csv, *common, name="off", dataset_type="csv")
+    on = train(tmp_path, model, csv, *common, "--tier-diagnostics-every", "2", name="on", dataset_type="csv")
+
+    log = (on / "out.log").read_text()
+    steps = re.findall(r"tier-openclip diagnostics step (\d+): diag_entropy_token_patch: [0-9.e-]+ .*"
+                       r"diag_top1_mass: [0-9.e-]+ .*diag_tier_grad_ratio: [0-9.e-]+", log)
+    assert steps == ["0", "2", "3"]  # 4 steps: every 2nd and the epoch's last
+    lines = [json.loads(line) for line in (on / "checkpoints" / "results.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 2, 3] and all(line["diag_tier_grad_ratio"] > 0 for line in lines)
+    assert "diagnostics step" not in (off / "out.log").read_text()
+
+    weights = [torch.load(run / "checkpoints" / "epoch_1.pt", map_location="cpu")["state_dict"] for run in (off, on)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert losses(off) == losses(on)
+
+
+def test_auto_lambda_hits_its_target_ratio_and_a_resume_keeps_it(tmp_path, data):
+    model = model_dir(tmp_path, "vit")
+    auto = ("--loss", "tier", "--tier-lambda-text", "auto", "--tier-lambda-image", "auto", "--tier-target-ratio", "0.2",
+            "--tier-diagnostics-every", "1")
+    run = train(tmp_path, model, data, *auto)
+    log = (run / "out.log").read_text()
+    chosen = re.findall(r"--tier-lambda-text and --tier-lambda-image auto: λ = ([0-9.e+-]+) \(TIER/contrastive "
+                        r"gradient ratio [0-9.e-]+ at λ 1 on the first batch, target 0.2\), fixed", log)
+    assert len(chosen) == 1
+    # The diagnostics of that same first step measure the chosen λ: the target, up to float32 rounding.
+    first = json.loads((run / "checkpoints" / "results.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and abs(first["diag_tier_grad_ratio"] - 0.2) < 1e-4
+    recorded = re.findall(r"tier_lambda_(text|image)_auto: ([0-9.e+-]+)", (run / "params.txt").read_text())
+    assert [d for d, _ in recorded] == ["text", "image"]
+    assert all(abs(float(value) / float(chosen[0]) - 1) < 1e-5 for _, value in recorded)
+
+    resumed = train(tmp_path, model, data, *auto, "--epochs", "2", "--resume", "latest")
+    log = (resumed / "out.log").read_text()
+    assert re.search(rf"auto: λ = {re.escape(chosen[0])}, as chosen at the start of the resumed run", log)
+    assert log.count("on the first batch") == 1  # the first run's line only: no new measurement

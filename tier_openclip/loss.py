@@ -6,7 +6,7 @@ entropies (``--loss tier``). Each is called like open_clip's ``ClipLoss`` — ``
 on a model whose forward also returns ``image_tokens``, ``text_tokens``, ``text_mask`` and the
 token ids ``text_ids`` (``tier_openclip.features.enable_token_outputs``). The returned dict holds
 loss terms only, because open_clip's training loop sums every value; raw entropies go to
-``metrics_hook``.
+``metrics_hook``. ``diagnostics_hook`` sees the loss terms and TIER's inputs (tier_openclip.diagnostics).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ TokenMask = Literal["valid", "all"]
 TOKEN_MASKS: tuple[str, ...] = ("valid", "all")
 Scale = float | Literal["logit"]
 MetricsHook = Callable[[dict[str, Tensor]], None]
+# (the loss terms, graph attached; TIER's inputs as TIER saw them: text_tokens, image_tokens, text_mask, scale)
+DiagnosticsHook = Callable[[dict[str, Tensor], dict[str, "Tensor | float | None"]], None]
 
 
 def check_scale(scale: Scale) -> Scale:
@@ -110,6 +112,9 @@ class ContrastiveTokenLoss(nn.Module):
             ContrastiveArgs(local_loss, gather_with_grad, cache_labels, rank, world_size, use_horovod, dist_impl),
         )
         self.metrics_hook: MetricsHook | None = None
+        self.diagnostics_hook: DiagnosticsHook | None = None
+        # (loss, contrastive term, mean h_text, mean h_image) -> None; sets lambda_* (tier_openclip.auto_lambda)
+        self.lambda_calibration: Callable[..., None] | None = None
 
     def forward(
         self,
@@ -147,6 +152,8 @@ class ContrastiveTokenLoss(nn.Module):
         metrics: dict[str, Tensor] = {}
         if self.with_tier:
             h_text, h_image = token_patch_entropy(text_tokens, image_tokens, mask, scale, self.impl)
+            if self.lambda_calibration is not None:  # --tier-lambda-* auto: sets the λ once, from this batch
+                self.lambda_calibration(self, losses["contrastive_loss"], h_text.mean(), h_image.mean())
             losses["tier_text_loss"] = self.lambda_text * h_text.mean()
             losses["tier_image_loss"] = self.lambda_image * h_image.mean()
             metrics["tier_text_entropy"] = h_text.detach().mean()
@@ -156,6 +163,9 @@ class ContrastiveTokenLoss(nn.Module):
             losses.update(extra_losses)
             metrics.update(extra_metrics)
 
+        if self.with_tier and self.diagnostics_hook is not None:
+            tier_inputs = {"text_tokens": text_tokens, "image_tokens": image_tokens, "text_mask": mask, "scale": scale}
+            self.diagnostics_hook(losses, tier_inputs)
         if self.metrics_hook is not None:
             self.metrics_hook(metrics)
         return losses if output_dict else sum(losses.values())

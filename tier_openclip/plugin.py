@@ -41,10 +41,14 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     group.add_argument("--loss", choices=LOSSES, default="clip",
                        help="Training loss: open_clip's own (clip, or SigLIP with --siglip), "
                             "TIER (tier), or local alignment + uniformity (local-uniformity). Default: clip.")
-    group.add_argument("--tier-lambda-text", type=float, default=0.1,
-                       help="Weight of the mean token→patch entropy (default: 0.1).")
-    group.add_argument("--tier-lambda-image", type=float, default=0.1,
-                       help="Weight of the mean patch→token entropy (default: 0.1).")
+    group.add_argument("--tier-lambda-text", type=_tier_lambda, default=0.1, metavar="{L,auto}",
+                       help="Weight of the mean token→patch entropy (default: 0.1), or 'auto' (see --tier-target-ratio).")
+    group.add_argument("--tier-lambda-image", type=_tier_lambda, default=0.1, metavar="{L,auto}",
+                       help="Weight of the mean patch→token entropy (default: 0.1), or 'auto' (see --tier-target-ratio).")
+    group.add_argument("--tier-target-ratio", type=float, default=0.1, metavar="R",
+                       help="With --tier-lambda-* auto: the λ (one for the auto terms) that makes their gradient R "
+                            "times the contrastive loss's on the trainable parameters, measured on the first batch "
+                            "and fixed for the run (kept on --resume). Default: 0.1.")
     group.add_argument("--tier-scale", type=_tier_scale, default=1.0, metavar="{S,logit}",
                        help="Scale of the cosine similarities inside the entropies: a positive number, or "
                             "'logit' for the model's own learned logit scale (detached: TIER does not train "
@@ -69,6 +73,11 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="Local text embeddings of the local terms: sentences (each report sentence's tokens "
                             "pooled into one, found from the tokenizer's '.' tokens) or tokens. TIER's own "
                             "entropies always use tokens. Default: sentences.")
+    group.add_argument("--tier-diagnostics-every", type=int, default=0, metavar="N",
+                       help="Every N optimizer steps, log whether TIER acts: its entropies, top-1/top-k mass of "
+                            "the token->patch maps at the training scale, and the norm of TIER's gradient over "
+                            "the contrastive loss's on the trainable parameters (3 extra backward passes on "
+                            "those steps, no extra forward). 0 (default): off.")
     group.add_argument("--tier-zeroshot-chexpert", metavar="DIR", default=None,
                        help="CheXpert set from `tier-openclip prep chexpert`: zero-shot AUC every --zeroshot-frequency epochs.")
     group.add_argument("--tier-zeroshot-padchest", metavar="DIR", default=None,
@@ -77,6 +86,15 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="Grounding set (`tier-openclip prep ms-cxr`, or the demo's phantom test set): CNR, "
                             "pointing game and mIoU every --zeroshot-frequency epochs.")
     return parser
+
+
+def _tier_lambda(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)  # a range error (negative, nan) is plugin_args's to report
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _tier_scale(text: str) -> float | str:
@@ -137,6 +155,7 @@ def build_loss(args: argparse.Namespace):
     local alignment and uniformity terms) and their flags describe."""
     import torch
 
+    from tier_openclip import auto_lambda
     from tier_openclip.entropy import resolve_impl
     from tier_openclip.local_uniformity import LocalUniformityTerms, collapse_is_stable
     from tier_openclip.loss import ContrastiveTokenLoss, TierLoss
@@ -167,9 +186,9 @@ def build_loss(args: argparse.Namespace):
             sentence_vocab=_sentence_vocab(args) if args.lu_text_units == "sentences" else None,
         )
     loss_class = TierLoss if args.loss == "tier" else ContrastiveTokenLoss
-    return loss_class(
-        lambda_text=args.tier_lambda_text,
-        lambda_image=args.tier_lambda_image,
+    loss = loss_class(
+        lambda_text=0.0 if args.tier_lambda_text == "auto" else args.tier_lambda_text,
+        lambda_image=0.0 if args.tier_lambda_image == "auto" else args.tier_lambda_image,
         scale=args.tier_scale,
         impl=args.tier_impl,
         token_mask=args.tier_token_mask,
@@ -177,6 +196,15 @@ def build_loss(args: argparse.Namespace):
         siglip=args.siglip,
         **dataclasses.asdict(adapter.contrastive_args_from(args)),
     )
+    if args.loss == "tier" and auto_lambda.auto_directions(args):
+        directions = auto_lambda.auto_directions(args)
+        recorded = auto_lambda.recorded_lambda(args)
+        if recorded is None:
+            loss.lambda_calibration = auto_lambda.AutoLambda(args, directions, args.tier_target_ratio)
+        else:
+            auto_lambda.set_lambda(loss, directions, recorded)
+            logger.info("tier-openclip: --tier-lambda-* auto: λ = %.6g, as chosen at the start of the resumed run", recorded)
+    return loss
 
 
 def _sentence_vocab(args: argparse.Namespace):
@@ -204,25 +232,34 @@ def wrap_create_loss(original: Callable) -> Callable:
 class TrainMetricsLogger:
     """Logs the raw entropies (and other token metrics) every --log-every-n-steps, like open_clip."""
 
-    def __init__(self, args: argparse.Namespace, tb_writer: Any, epoch: int, num_batches: int):
+    def __init__(self, args: argparse.Namespace, tb_writer: Any, epoch: int, num_batches: int,
+                 every: int | None = None):
         self.args = args
         self.tb_writer = tb_writer
         self.steps_per_epoch = num_batches // args.accum_freq
         self.first_step = self.steps_per_epoch * epoch
+        self.every = every or args.log_every_n_steps
         self.calls = 0
 
-    def __call__(self, metrics: dict) -> None:
+    def _due_step(self) -> int | None:
+        """Counts one loss call; the global step if it ends an optimizer step to log, else None."""
         # With --accum-freq k the loss runs k times per optimizer step (once per micro-batch).
         self.calls += 1
-        if self.args.rank != 0 or self.calls % self.args.accum_freq:
-            return
+        if self.calls % self.args.accum_freq:
+            return None
         step_in_epoch = self.calls // self.args.accum_freq - 1
         last = step_in_epoch + 1 == self.steps_per_epoch
-        if step_in_epoch % self.args.log_every_n_steps and not last:
-            return
-        values = {name: float(value) for name, value in metrics.items()}
-        step = self.first_step + step_in_epoch
-        logging.info("tier-openclip step %d: %s", step, " ".join(f"{k}: {v:.4f}" for k, v in values.items()))
+        if step_in_epoch % self.every and not last:
+            return None
+        return self.first_step + step_in_epoch
+
+    def __call__(self, metrics: dict) -> None:
+        step = self._due_step()
+        if step is not None and self.args.rank == 0:
+            self._log({name: float(value) for name, value in metrics.items()}, step)
+
+    def _log(self, values: dict[str, float], step: int, what: str = "step", fmt: str = ".4f") -> None:
+        logging.info("tier-openclip %s %d: %s", what, step, " ".join(f"{k}: {v:{fmt}}" for k, v in values.items()))
         if self.tb_writer is not None:
             for name, value in values.items():
                 self.tb_writer.add_scalar(f"train/{name}", value, step)
@@ -230,6 +267,31 @@ class TrainMetricsLogger:
             import wandb
 
             wandb.log({f"train/{k}": v for k, v in values.items()}, step=step)
+
+
+class TierDiagnosticsLogger(TrainMetricsLogger):
+    """--tier-diagnostics-every N: is TIER acting? (tier_openclip.diagnostics). The loss's
+    ``diagnostics_hook``: it measures the loss call's own tensors, so training needs no extra forward,
+    and autograd.grad leaves every .grad alone, so the training step is unchanged. Logged with the
+    token metrics (prefix diag_), and as a line {"step": ..., "diag_...": ...} in results.jsonl."""
+
+    def __init__(self, args: argparse.Namespace, tb_writer: Any, epoch: int, num_batches: int, params: list):
+        super().__init__(args, tb_writer, epoch, num_batches, every=args.tier_diagnostics_every)
+        self.params = params
+
+    def __call__(self, losses: dict, tier_inputs: dict) -> None:
+        from tier_openclip.diagnostics import gradient_ratio_of_terms, token_map_stats
+        from tier_openclip.validation_log import append_results
+
+        step = self._due_step()
+        if step is None:
+            return
+        # Every rank computes: with --gather-with-grad the contrastive gradient crosses ranks.
+        values = {**token_map_stats(**tier_inputs), **gradient_ratio_of_terms(losses, self.params)}
+        if self.args.rank == 0:
+            values = {f"diag_{name}": value for name, value in values.items()}
+            self._log(values, step, what="diagnostics step", fmt=".5g")
+            append_results({"step": step, **values}, self.args)
 
 
 def wrap_train_one_epoch(original: Callable) -> Callable:
@@ -241,6 +303,12 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
         if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
             loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
+            params = [p for p in model.parameters() if p.requires_grad]
+            if loss.lambda_calibration is not None:
+                loss.lambda_calibration.params = params
+            if getattr(args, "tier_diagnostics_every", 0) and loss.with_tier:
+                loss.diagnostics_hook = TierDiagnosticsLogger(
+                    args, tb_writer, epoch, data["train"].dataloader.num_batches, params)
         result = original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
         if getattr(args, "tier_zeroshot_chexpert", None) or getattr(args, "tier_zeroshot_padchest", None):
             from tier_openclip.evaluate import zeroshot_during_training

@@ -40,6 +40,8 @@ _RANGES = {
     "lu_uniform_weight": (0.0, True),
     "lu_temperature": (0.0, False),
     "lu_t": (0.0, False),
+    "tier_diagnostics_every": (0, True),
+    "tier_target_ratio": (0.0, False),
 }
 
 
@@ -97,6 +99,10 @@ def check_plugin_args(args: argparse.Namespace, argv: Sequence[str], flags: Sequ
         if flag in given and not getattr(args, weight):
             raise UsageError(f"{flag} sets a term whose weight --{weight.replace('_', '-')} is 0 in this run, so "
                              f"it would be ignored: give --{weight.replace('_', '-')} a positive weight, or drop {flag}")
+    if "--tier-target-ratio" in given and "auto" not in (args.tier_lambda_text, args.tier_lambda_image):
+        raise UsageError("--tier-target-ratio sets the λ of --tier-lambda-text/--tier-lambda-image auto, and neither "
+                         "is auto in this run, so it would be ignored: give --tier-lambda-text auto (or -image), "
+                         "or drop --tier-target-ratio")
     if "--lu-text-units" in given and not (args.lu_align_weight or args.lu_uniform_weight):
         raise UsageError("--lu-text-units chooses the text units of the local terms, whose weights --lu-align-weight "
                          "and --lu-uniform-weight are both 0 in this run, so it would be ignored: give one a "

@@ -1,6 +1,6 @@
 """What the evaluators share during training: the model's own validation transform, and logging
 of their figures as open_clip logs its own evaluation (the log, checkpoints/results.jsonl,
-TensorBoard and wandb under "val/")."""
+TensorBoard and wandb under "val/"); the training diagnostics append to the same results file."""
 
 from __future__ import annotations
 
@@ -26,9 +26,7 @@ def log_validation_metrics(kind: str, metrics: Mapping[str, float], completed_ep
     """Log in-training evaluation figures as open_clip logs its own: the log, a JSON line in
     checkpoints/results.jsonl, TensorBoard and wandb under "val/"."""
     logging.info(f"{kind} Epoch: {completed_epoch} " + "\t".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
-    if getattr(args, "save_logs", True) and getattr(args, "checkpoint_path", None):
-        with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a+") as f:
-            f.write(json.dumps({"epoch": completed_epoch, **metrics}) + "\n")
+    append_results({"epoch": completed_epoch, **metrics}, args)
     if tb_writer is not None:
         for name, value in metrics.items():
             tb_writer.add_scalar(f"val/{name}", value, completed_epoch)
@@ -36,3 +34,11 @@ def log_validation_metrics(kind: str, metrics: Mapping[str, float], completed_ep
         import wandb
 
         wandb.log({**{f"val/{name}": value for name, value in metrics.items()}, "epoch": completed_epoch})
+
+
+def append_results(record: Mapping[str, Any], args: Any) -> None:
+    """One JSON line in checkpoints/results.jsonl, where open_clip writes its own evaluation
+    (only when the run saves logs)."""
+    if getattr(args, "save_logs", True) and getattr(args, "checkpoint_path", None):
+        with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a+") as f:
+            f.write(json.dumps(dict(record)) + "\n")

@@ -115,7 +115,9 @@ def test_layout_and_metadata(written):
     prior = read_csv(out / "test_eval" / "prior_boxes.csv")
     assert [(p["finding"], tuple(int(p[k]) for k in ("x0", "y0", "x1", "y1"))) for p in prior] == train
     test = [(b["finding"], tuple(int(b[k]) for k in ("x0", "y0", "x1", "y1"))) for b in boxes]
-    assert summary["prior_pointing_game"] == phantom.prior_pointing(train, test, 64)
+    assert summary["prior_pointing_game"] == phantom.prior_pointing(train, test, 64, exclude=["cardiomegaly"])
+    assert meta["summary_excludes"] == ["cardiomegaly"] and meta["grounding_layout"] is False
+    assert summary["background"] == meta["background"] == "procedural" and summary["grounding"] is False
 
     from tier_openclip.grounding import read_grounding_set  # and so does the grounding evaluator
 
@@ -337,7 +339,8 @@ def test_each_mask_is_its_drawings_footprint(real):
                 assert np.mean(diff[mask] > 0) >= 0.7, site  # inside: drawn nearly everywhere
                 assert np.median(diff[mask]) >= 8, site
             if site.name in LUNG:  # round lesions: the footprint is well inside its box
-                assert mask.sum() <= 0.85 * (x1 - x0) * (y1 - y0), site
+                # (a 9-px disc pixelised by any-pooling fills ~86% of its box, a circle pi/4)
+                assert mask.sum() <= 0.9 * (x1 - x0) * (y1 - y0), site
     assert render(config, background, plan).masks == {}
 
 
@@ -609,12 +612,12 @@ def test_real_anatomy_is_displayed_the_right_way_round():
     assert background.source == "RG1_UNCI.dcm"
     lungs, mediastinum = lung_and_mediastinum(background)
     assert lungs < 0.4 < 0.6 < mediastinum
-    assert PhantomConfig().real_anatomy() is True  # default uses it when installed
+    assert PhantomConfig().real_anatomy() is False  # an opt-in: the default is the same everywhere
 
 
-def test_procedural_fallback(monkeypatch):
+def test_procedural_background_and_the_opt_in_without_pydicom_data(monkeypatch):
     monkeypatch.setattr(phantom.anatomy, "real_anatomy_path", lambda: None)
-    config = PhantomConfig(image_size=64)  # use_real_anatomy=None: falls back when absent
+    config = PhantomConfig(image_size=64)  # the default, installed or not
     background = phantom.build_background(config)
     assert background.source == "procedural"
     lungs, mediastinum = lung_and_mediastinum(background)

@@ -43,8 +43,15 @@ Metrics, per phrase (pure functions of a map and a region mask):
   region's share of the image, not whatever pixel comes first.
 - mIoU: the map min–max normalised to [0, 1]; the IoU of {map ≥ t} with the region, averaged
   over t = 0.1, 0.2, 0.3, 0.4, 0.5. A constant map predicts nothing: 0.
+- own lesion (``competition``): in an image whose phrases name two different findings, 1 when
+  the map's maximum over the pixels of exactly one of the two regions lies in the phrase's own,
+  0 in the other's (ties: the share in its own); None when the regions cannot be told apart.
+  Chance is the own part's pixel share. Asks whether a phrase prefers its own lesion to the
+  image's other one, which a map that lights up "anything abnormal" does not.
 Means over phrases, per finding and overall, with percentile bootstrap intervals that resample
-the phrases (seeded; per finding within that finding's phrases).
+the phrases (seeded; per finding within that finding's phrases). The findings meta.json lists as
+``summary_excludes`` (the phantom: cardiomegaly, whose place never varies, so its image-free
+prior points at 1.0) are scored per finding but left out of every overall figure.
 
 Baselines, always beside them, from the same metric functions on the same regions:
 - random patch: pointing = the share of the patch centres (in stored pixels) whose pixel lies in
@@ -65,7 +72,7 @@ Baselines, always beside them, from the same metric functions on the same region
 
 Modules: the set is read and written by ``data_prep.eval_layout`` (one owner of the layout for
 prep, the phantom and both evaluators); here ``metrics`` (pure), ``maps`` (patch grid to
-stored image), ``baselines``, ``evaluator`` (model maps, results, markdown, training hook, CLI).
+stored image), ``baselines``, ``competition`` (who competes with whom, the own-lesion summary), ``evaluator`` (model maps, results, markdown, training hook, CLI).
 Used three ways, with one results schema: ``tier-openclip eval grounding`` (JSON + markdown),
 ``grounding_evaluate`` (Python) and ``grounding_during_training`` (``--tier-grounding DIR``).
 """
@@ -84,14 +91,17 @@ from tier_openclip.data_prep.eval_layout import (
 )
 from tier_openclip.grounding.maps import MapGeometry, grid_shape, input_frame, resize_mode_of, upsample_maps
 from tier_openclip.grounding.metrics import (
-    CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, cnr, grounding_metrics, miou, pointing_game,
+    CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, cnr, exclusive_regions, grounding_metrics, miou, own_lesion,
+    own_lesion_chance, pointing_game,
 )
+from tier_openclip.grounding.competition import OWN_LESION, competitors, own_lesion_summary
 
 __all__ = [
     "BOX_COLUMNS", "BOX_FORMAT", "BOXES_CSV", "CNR_EPS", "FORMAT", "LOCATION_WORDS", "META_JSON", "METRICS", "PHRASE_MODES",
     "PRIOR_BOXES_CSV", "PRIOR_COLUMNS", "PRIOR_SOURCES", "THRESHOLDS", "Box", "GroundingPhrase", "GroundingSet",
     "MapGeometry", "PriorMaps", "add_grounding_parser", "bootstrap_means", "box_covers_pixels", "chance_pointing",
-    "check_training_dir", "cnr", "grid_shape", "grounding_during_training", "grounding_evaluate",
+    "OWN_LESION", "check_training_dir", "cnr", "competitors", "exclusive_regions", "own_lesion", "own_lesion_chance",
+    "own_lesion_summary", "grid_shape", "grounding_during_training", "grounding_evaluate",
     "grounding_markdown", "grounding_meta", "grounding_metrics", "input_frame", "location_words", "miou", "phrase_embeddings",
     "pointing_game", "random_map_metrics", "read_grounding_set", "region_mask", "resize_mode_of", "run_grounding",
     "summarise", "training_metrics", "upsample_maps", "write_boxes_csv", "write_prior_boxes_csv",

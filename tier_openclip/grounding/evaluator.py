@@ -15,8 +15,10 @@ import numpy as np
 from tier_openclip.cli_common import add_model_flags
 from tier_openclip.data_prep.eval_layout import read_grounding_set, region_mask
 from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_pointing, location_words, random_map_metrics
+from tier_openclip.grounding.competition import OWN_LESION, competitors, own_lesion_summary
 from tier_openclip.grounding.maps import MapGeometry, grid_shape, resize_mode_of, upsample_maps
-from tier_openclip.grounding.metrics import CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, grounding_metrics
+from tier_openclip.grounding.metrics import (CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, grounding_metrics, own_lesion,
+                                             own_lesion_chance)
 
 PHRASE_MODES = ("tokens", "pooled", "cam")
 # Maps whose patches are not L2-normalised: "cam" keeps each patch's length, its weight in the mean.
@@ -24,8 +26,9 @@ _RAW_PATCH_MODES = ("cam",)
 
 
 def summarise(per_phrase: Sequence[Mapping[str, Any]], labels: Sequence[str], bootstrap: int, seed: int,
-              confidence: float = 0.95) -> tuple[dict, dict]:
-    """("overall", "per_finding") entries: each metric's mean over phrases and its bootstrap CI."""
+              confidence: float = 0.95, exclude: Sequence[str] = ()) -> tuple[dict, dict]:
+    """("overall", "per_finding") entries: each metric's mean over phrases and its bootstrap CI;
+    "overall" leaves out the phrases of the findings in ``exclude``."""
 
     def entry(rows: Sequence[Mapping[str, Any]], group_seed: int) -> dict:
         values = np.array([[row[m] for m in METRICS] for row in rows], dtype=np.float64).reshape(len(rows), len(METRICS))
@@ -39,16 +42,17 @@ def summarise(per_phrase: Sequence[Mapping[str, Any]], labels: Sequence[str], bo
         rows = [row for row in per_phrase if row["finding"] == finding]
         if rows:
             per_finding[finding] = entry(rows, seed + 1 + i)
-    return entry(per_phrase, seed), per_finding
+    return entry([row for row in per_phrase if row["finding"] not in exclude], seed), per_finding
 
 
-def _baseline(per_phrase: Sequence[Mapping[str, Any]], key: str, labels: Sequence[str]) -> dict[str, Any]:
+def _baseline(per_phrase: Sequence[Mapping[str, Any]], key: str, labels: Sequence[str],
+              exclude: Sequence[str] = ()) -> dict[str, Any]:
     def means(rows):
-        return {m: float(np.mean([row[key][m] for row in rows])) for m in METRICS}
+        return {m: float(np.mean([row[key][m] for row in rows])) if rows else None for m in METRICS}
 
     by_finding = {f: means([r for r in per_phrase if r["finding"] == f]) for f in labels
                   if any(r["finding"] == f for r in per_phrase)}
-    return {**means(per_phrase), "per_finding": by_finding}
+    return {**means([r for r in per_phrase if r["finding"] not in exclude]), "per_finding": by_finding}
 
 
 def _by_location_words(rows: Sequence[Mapping[str, Any]], priors: Sequence[str], bootstrap: int, seed: int,
@@ -117,11 +121,18 @@ def grounding_evaluate(
     num_workers: int = 0,
     random_draws: int = 4,
     confidence: float = 0.95,
+    exclude_findings: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """CNR, pointing game and mIoU of ``model``'s phrase maps on a grounding set, with bootstrap
-    CIs and the random-patch and image-free prior baselines (tier_openclip.grounding's docstring). Returns the
-    results schema: dataset, phrase_mode, num_phrases, num_images, overall, per_finding,
-    baselines, the settings, and "phrases" (each phrase's own numbers, for paired comparisons)."""
+    CIs and the random-patch and image-free prior baselines (tier_openclip.grounding's docstring),
+    and the own-lesion rate (tier_openclip.grounding.competition). Returns the results schema:
+    dataset, phrase_mode, num_phrases, num_images, overall, per_finding, by_location_words,
+    baselines, own_lesion, summary_excludes, the settings, and "phrases" (each phrase's own
+    numbers, with its "own_lesion" and "competitor", for paired comparisons).
+
+    ``exclude_findings``: findings scored per finding but left out of "overall",
+    "by_location_words", the baselines' overall values and "own_lesion" (None: meta.json's
+    "summary_excludes", which the phantom sets to the finding whose place never varies)."""
     import torch
     from tqdm import tqdm
 
@@ -131,6 +142,7 @@ def grounding_evaluate(
     if phrase_mode not in PHRASE_MODES:
         raise ValueError(f"phrase_mode must be one of {PHRASE_MODES}, got {phrase_mode!r}")
     gset = read_grounding_set(data_dir)
+    exclude = sorted(gset.meta.get("summary_excludes", []) if exclude_findings is None else exclude_findings)
     model = adapter.unwrap_model(model)
     dtype = next(model.visual.parameters()).dtype
     resize_mode = resize_mode_of(preprocess)
@@ -161,29 +173,38 @@ def grounding_evaluate(
                 grid_maps = torch.stack([(patches[n] @ embedded[gset.phrases[k].phrase].T).mean(dim=1)
                                          for k in phrase_indices]).reshape(len(phrase_indices), *grid)
                 maps = upsample_maps(grid_maps.cpu().double().numpy(), geometry)
-                for k, saliency in zip(phrase_indices, maps):
+                regions = [region_mask(gset.phrases[k].boxes, *maps.shape[1:]) for k in phrase_indices]
+                rivals = competitors([gset.phrases[k].finding for k in phrase_indices])
+                for k, saliency, region, rival in zip(phrase_indices, maps, regions, rivals):
                     phrase = gset.phrases[k]
-                    region = region_mask(phrase.boxes, *saliency.shape)
+                    other = None if rival is None else regions[rival]
                     row: dict[str, Any] = {"image": phrase.image, "finding": phrase.finding, "phrase": phrase.phrase,
-                                           "boxes": len(phrase.boxes), **grounding_metrics(saliency, region)}
+                                           "boxes": len(phrase.boxes), **grounding_metrics(saliency, region),
+                                           "competitor": None if rival is None else gset.phrases[phrase_indices[rival]].finding,
+                                           OWN_LESION: None if other is None else own_lesion(saliency, region, other)}
                     row["random"] = {"pointing_game": chance_pointing(region, geometry),
-                                     **random_map_metrics(region, geometry, random_draws, rng)}
+                                     **random_map_metrics(region, geometry, random_draws, rng),
+                                     OWN_LESION: None if other is None else own_lesion_chance(region, other,
+                                                                                              ~np.isnan(saliency))}
                     for name, prior in priors.items():
                         if not prior.reason:
-                            row[name] = grounding_metrics(prior.map(phrase.finding, phrase.image, phrase.phrase), region)
+                            prior_map = prior.map(phrase.finding, phrase.image, phrase.phrase)
+                            row[name] = grounding_metrics(prior_map, region)
+                            seen = np.where(np.isnan(saliency), np.nan, prior_map)  # the pixels the model scored
+                            row[name][OWN_LESION] = None if other is None else own_lesion(seen, region, other)
                     per_phrase[k] = row
             bar.update(len(indices))
         bar.close()
 
     rows = [row for row in per_phrase if row is not None]
-    overall, per_finding = summarise(rows, gset.labels, bootstrap, seed, confidence)
+    overall, per_finding = summarise(rows, gset.labels, bootstrap, seed, confidence, exclude)
     prior_entries = {}
     for name, prior in priors.items():
         entry: dict[str, Any] = {"source": prior.source}
         if prior.reason:
             entry.update({m: None for m in METRICS}, reason=prior.reason)
         else:
-            entry.update(_baseline(rows, name, gset.labels))
+            entry.update(_baseline(rows, name, gset.labels, exclude))
             if prior.missing:
                 entry["missing_findings"] = prior.missing  # no training box: a flat (zero) map
         prior_entries[name] = entry
@@ -196,8 +217,13 @@ def grounding_evaluate(
         "num_boxes": sum(row["boxes"] for row in rows),
         "overall": overall,
         "per_finding": per_finding,
-        "by_location_words": _by_location_words(rows, list(priors), bootstrap, seed, confidence),
-        "baselines": {"random": {**_baseline(rows, "random", gset.labels), "draws": random_draws}, **prior_entries},
+        "by_location_words": _by_location_words([row for row in rows if row["finding"] not in exclude], list(priors),
+                                                bootstrap, seed, confidence),
+        "baselines": {"random": {**_baseline(rows, "random", gset.labels, exclude), "draws": random_draws},
+                      **prior_entries},
+        OWN_LESION: own_lesion_summary(rows, ["random", *(n for n, p in priors.items() if not p.reason)], bootstrap,
+                                       seed, confidence, exclude),
+        "summary_excludes": exclude,
         "bootstrap": bootstrap,
         "seed": seed,
         "confidence": confidence,
@@ -270,6 +296,15 @@ def grounding_markdown(results: Mapping[str, Any]) -> str:
                          f"{_value(entry['cnr'])} | "
                          + " | ".join(_number(base.get(name, {}).get("pointing_game"))
                                       for name in ("prior", "located_prior", "random")) + " |")
+    own = results.get(OWN_LESION) or {}
+    if own.get("value") is not None:
+        base = own["baselines"]
+        lines += ["", f"Own lesion (phrases of images with two different findings: the map's maximum over the two "
+                      f"findings' regions lies in its own): {_value(own)} over {own['phrases']} phrases; image-free prior "
+                      f"{_number(base.get('prior'))}, located prior {_number(base.get('located_prior'))}, chance "
+                      f"{_number(base.get('random'))}."]
+    if results.get("summary_excludes"):
+        lines += ["", f"Left out of the overall figures (scored per finding only): {', '.join(results['summary_excludes'])}."]
     if prior.get("missing_findings"):
         lines += ["", f"No training boxes for: {', '.join(prior['missing_findings'])} (flat prior map)."]
     return "\n".join(lines) + "\n"
@@ -281,14 +316,18 @@ def _slug(text: str) -> str:
 
 def training_metrics(results: Mapping[str, Any], dataset: str) -> dict[str, float]:
     """Flat names as logged during training: '<dataset>-grounding-<metric>' (overall),
-    '<dataset>-grounding-<metric>-<finding>', and the baselines' '<dataset>-grounding-prior-<metric>',
-    '<dataset>-grounding-located-prior-<metric>' and '<dataset>-grounding-random-<metric>'."""
+    '<dataset>-grounding-<metric>-<finding>', the baselines' '<dataset>-grounding-prior-<metric>',
+    '<dataset>-grounding-located-prior-<metric>' and '<dataset>-grounding-random-<metric>', and
+    '<dataset>-grounding-own-lesion' when some image has two different findings."""
     metrics = {f"{dataset}-grounding-{_slug(m)}": results["overall"][m]["value"] for m in METRICS}
     for finding, entry in results["per_finding"].items():
         metrics.update({f"{dataset}-grounding-{_slug(m)}-{_slug(finding)}": entry[m]["value"] for m in METRICS})
     for name, baseline in results["baselines"].items():
         metrics.update({f"{dataset}-grounding-{_slug(name)}-{_slug(m)}": baseline[m] for m in METRICS
                         if baseline.get(m) is not None})
+    own = results.get(OWN_LESION) or {}
+    if own.get("value") is not None:
+        metrics[f"{dataset}-grounding-own-lesion"] = own["value"]
     return metrics
 
 

@@ -74,3 +74,38 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int, confidence: f
     means = np.concatenate([counts @ values / n for counts in resample_counts(n, resamples, seed)])
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
     return [[float(lo), float(hi)] for lo, hi in zip(low, high)]
+
+
+def exclusive_regions(own: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(own only, other only): the pixels of exactly one of two regions (an overlap names neither)."""
+    return own & ~other, other & ~own
+
+
+def own_lesion(saliency: np.ndarray, own: np.ndarray, other: np.ndarray) -> float | None:
+    """Whether a phrase's map points at its own finding rather than the image's other finding.
+
+    Over the valid (non-NaN) pixels that lie in exactly one of the two regions (``own`` XOR
+    ``other``: pixels in both name neither finding), 1 when the map's maximum lies in ``own``,
+    0 when it lies in ``other``; when pixels tie for that maximum, the share of them in ``own``
+    (the pointing game's rule). None when either exclusive part has no valid pixel (the two
+    regions cannot be told apart). Where the map points elsewhere in the image does not matter:
+    this asks only which of the two lesions the phrase prefers."""
+    saliency = np.asarray(saliency, dtype=np.float64)
+    valid = ~np.isnan(saliency)
+    mine, theirs = (part & valid for part in exclusive_regions(own, other))
+    if not mine.any() or not theirs.any():
+        return None
+    either = mine | theirs
+    top = either & (saliency == saliency[either].max())
+    return float((top & mine).sum() / top.sum())
+
+
+def own_lesion_chance(own: np.ndarray, other: np.ndarray, valid: np.ndarray | None = None) -> float | None:
+    """:func:`own_lesion` of a map whose maximum is a uniformly random pixel of the two regions'
+    exclusive parts: the own part's share of their pixels (None where :func:`own_lesion` is)."""
+    mine, theirs = exclusive_regions(own, other)
+    if valid is not None:
+        mine, theirs = mine & valid, theirs & valid
+    if not mine.any() or not theirs.any():
+        return None
+    return float(mine.sum() / (mine.sum() + theirs.sum()))

@@ -12,7 +12,15 @@ The words of captions, zero-shot prompts and grounded phrases all come from one 
 Never flip these images horizontally as augmentation: the captions say "left" and "right" (the
 patient's; the patient's right is on the image left).
 
-Modules: ``anatomy`` (chest geometry and backgrounds, the pydicom-data CR study),
+``PhantomConfig.preset(size, grounding=True)`` is the grounding layout: every finding named by
+its bare term (no word in a caption or phrase says where), opacity and bulla anywhere in either
+lung, one or two different findings per image (each phrase has a competitor lesion for
+tier_openclip.grounding's own-lesion rate); cardiomegaly, which never moves, is left out of the
+grounding summaries (``SUMMARY_EXCLUDES``).
+
+The background is the same procedural chest on every install (``anatomy``'s docstring says why).
+
+Modules: ``anatomy`` (chest geometry and backgrounds; the pydicom-data CR study as an opt-in),
 ``findings`` (categories, sites, drawing), ``reports`` (phrase bank, captions), ``sampling``
 (config, plan -> render, the image-free prior baseline), ``dataset`` (shards and the grounding
 set), ``raster`` (image helpers). Everything is a pure function of a ``numpy.random.Generator``
@@ -28,6 +36,7 @@ from .findings import (
     FINDING_NAMES,
     FINDINGS,
     FINDINGS_BY_NAME,
+    GROUNDING_SITES,
     LUNG_LESIONS,
     SIDES,
     SITES,
@@ -36,6 +45,7 @@ from .findings import (
     PlannedFinding,
     Site,
     compatible,
+    sites_of,
 )
 from .reports import (
     NORMAL_IMPRESSIONS,
@@ -51,6 +61,8 @@ from .reports import (
 )
 from .sampling import (
     DEFAULT_FINDING_WEIGHTS,
+    GROUNDING_DEFAULTS,
+    SUMMARY_EXCLUDES,
     PhantomConfig,
     PhantomSample,
     SamplePlan,
@@ -68,10 +80,11 @@ from .sampling import (
 
 __all__ = [
     "Anatomy", "BASE_SIZE", "Background", "CategoryPhrases", "DEFAULT_FINDING_WEIGHTS", "FIELD_OF_VIEW_CM",
-    "FINDINGS", "FINDINGS_BY_NAME", "FINDING_NAMES", "Finding", "FindingSpec", "LUNG_LESIONS", "NORMAL_IMPRESSIONS",
-    "PHRASES", "PhantomConfig", "PhantomSample", "PlannedFinding", "ReportSentence", "SIDES", "SITES", "SamplePlan",
+    "FINDINGS", "FINDINGS_BY_NAME", "FINDING_NAMES", "Finding", "FindingSpec", "GROUNDING_DEFAULTS", "GROUNDING_SITES", "LUNG_LESIONS", "NORMAL_IMPRESSIONS",
+    "PHRASES", "PhantomConfig", "PhantomSample", "PlannedFinding", "ReportSentence", "SIDES", "SITES", "SUMMARY_EXCLUDES",
+    "SamplePlan",
     "Site", "ZONES", "build_background", "compatible", "make_sample", "negative_sentences", "other_side_sentence",
     "phrase_options", "plan_sample", "positive_sentences", "prior_pointing", "prior_pointing_baseline",
     "prompt_set", "real_anatomy_path", "render_sample", "report_sentences", "sample_finding_names", "sample_rng",
-    "sample_sites", "split_boxes", "split_labels", "write_phantom_dataset",
+    "sample_sites", "sites_of", "split_boxes", "split_labels", "write_phantom_dataset",
 ]

@@ -5,12 +5,27 @@ on the image LEFT (small x) and the patient's LEFT (heart apex, gastric bubble) 
 RIGHT (large x). Every ``side`` in this package is the patient's. Anatomy is described in
 normalised image coordinates (x to the right, y down, both in [0, 1]).
 
-Backgrounds: the real computed-radiography chest study shipped in ``pydicom-data``
-(``RG1_UNCI.dcm``) when that package is installed, otherwise a procedural chest. The CR study is
-decoded by data_prep's DICOM display pipeline (modality LUT, VOI window, MONOCHROME1 inversion:
-the same function ``tier-openclip prep`` uses), then windowed for display. It shows several
-round pulmonary masses; they are removed (low-frequency inpainting) so that the background reads
-as a normal chest and every finding in a caption is one this package drew.
+Backgrounds. Every install draws the phantom on the same **procedural chest** (numpy and PIL
+only, both core dependencies), so ``pip install tier-openclip`` and ``pip install
+'tier-openclip[test]'`` give byte-identical data (tests/test_phantom.py checks it with pydicom
+hidden). Until 2026-12 the default was the computed-radiography study ``RG1_UNCI.dcm`` whenever
+the optional ``pydicom-data`` was installed, so the demo's data depended on the install (issue
+20). The alternatives were weighed:
+
+- pydicom-data as a core dependency: a 34 MB wheel (58 MB installed, 80 files) for one 7 MB
+  image, and the study would still be decoded by pydicom's pixel pipeline;
+- shipping a small derived image (the windowed, mass-removed background): pydicom-data's
+  metadata gives the package's MIT licence but no provenance for this file (pydicom's test-file
+  notes trace the RG1_* studies to DICOM WG04's compression samples and only "believe there is
+  no restriction"), too thin a basis for redistributing a derivative;
+- the procedural chest: no licence question, no download, and a pure function of a fixed seed.
+
+The CR study remains an opt-in (``PhantomConfig(use_real_anatomy=True)``; an error when
+pydicom-data is absent). It is decoded by data_prep's DICOM display pipeline (modality LUT, VOI
+window, MONOCHROME1 inversion: the same function ``tier-openclip prep`` uses), then windowed for
+display. It shows several round pulmonary masses; they are removed (low-frequency inpainting) so
+that the background reads as a normal chest and every finding in a caption is one this package
+drew.
 """
 
 from __future__ import annotations
@@ -120,7 +135,7 @@ _REAL_MASSES = (
     (0.272, 0.623, 0.072), (0.140, 0.719, 0.044), (0.188, 0.414, 0.030),
 )
 
-#: The idealised chest drawn when pydicom-data is absent.
+#: The idealised chest every install draws on (the default background).
 PROCEDURAL_ANATOMY = Anatomy(
     right_lung=(
         (0.42, 0.17), (0.36, 0.115), (0.29, 0.11), (0.22, 0.15), (0.16, 0.23), (0.125, 0.34),

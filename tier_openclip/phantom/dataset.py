@@ -33,7 +33,7 @@ from ..data_prep.atomic import json_bytes, write_bytes_atomic, write_json_atomic
 from .anatomy import build_background
 from .findings import FINDING_NAMES, FINDINGS
 from .reports import prompt_set
-from .sampling import PhantomConfig, make_sample, prior_pointing, sample_rng
+from .sampling import SUMMARY_EXCLUDES, PhantomConfig, make_sample, prior_pointing, sample_rng
 from .raster import png_bytes
 from .segset import SEG_TARGET, seg_dir_name, write_seg_set
 
@@ -127,7 +127,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
       ``prior_boxes.csv`` (finding, x0, y0, x1, y1 of every TRAIN finding, for the image-free
       prior baseline); ``prompts.json`` (the zero-shot prompts, a prompt file for
       ``tier-openclip eval zeroshot --prompts``); ``meta.json`` (labels, prompts, counts,
-      image_size, box_format, orientation).
+      image_size, box_format, orientation, ``grounding_layout``, ``summary_excludes``: the findings
+      the grounding evaluator leaves out of its overall figures).
     - ``seg_opacity/``: the opacity masks as a segmentation set (layout ``tier-openclip-seg/1``,
       data_prep/seg_sets.py; phantom/segset.py): the first ``seg_max_train`` train samples (None:
       all) as its train split, the test split as its test split, each image with the pixel
@@ -145,7 +146,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
     ({label: {"positive": [...], "negative": [...]}}, the format of tier_openclip.prompts),
     ``"counts"`` (positives and negatives per category in the test split),
     ``"prior_pointing_game"`` (:func:`prior_pointing` of the train boxes on the test boxes, at
-    the 8x8 patch grid), ``"seg_dir"`` (seg_opacity), ``"seg_target"``, ``"background", "image_size",
+    the 8x8 patch grid; its "overall" without ``SUMMARY_EXCLUDES``), ``"grounding"`` (the
+    layout), ``"seg_dir"`` (seg_opacity), ``"seg_target"``, ``"background", "image_size",
     "seed", "out_dir"}``.
     """
     if workers is None:
@@ -153,7 +155,7 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
     out = Path(out_dir)
     source = build_background(config).source  # fails early when the CR study is required but absent
     summary: dict = {"out_dir": str(out), "image_size": config.image_size, "seed": config.seed,
-                     "background": source, "labels": list(FINDING_NAMES), "prompts": prompt_set()}
+                     "background": source, "grounding": config.grounding, "labels": list(FINDING_NAMES), "prompts": prompt_set()}
     counts = {"train": config.num_train, "test": config.num_test}
     digest = functools.partial(_plan_digest, inputs=_render_inputs(config, source))
     plans = {
@@ -192,7 +194,7 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
         summary.update(seg_dir=str(seg_dir), seg_target=SEG_TARGET)
     summary.update(eval_dir=str(eval_dir), grounding_dir=str(eval_dir), counts=label_counts,
                    prior_pointing_game=prior_pointing([(name, box) for name, box, _ in train_boxes], test_boxes,
-                                                      config.image_size))
+                                                      config.image_size, exclude=SUMMARY_EXCLUDES))
     return summary
 
 
@@ -270,6 +272,8 @@ def _write_eval_set(out: Path, plans: Sequence[shards.ShardPlan], records: Mappi
         prior_boxes="the findings of the train split, same pixel frame",
         background=summary["background"],
         seed=config.seed,
+        grounding_layout=config.grounding,
+        summary_excludes=list(SUMMARY_EXCLUDES),
     )
     write_meta(eval_dir, meta)
     return eval_dir, counts, test_boxes

@@ -133,6 +133,14 @@ def _place(rng: np.random.Generator, lung: np.ndarray, zone: tuple[float, float,
     return float(x[inside].mean()), float(y[inside].mean())
 
 
+def _region(anatomy: Anatomy, planned: PlannedFinding) -> tuple[float, float, float, float]:
+    """Where a lung lesion's centre is drawn from: its zone, or (zone None: the grounding layout)
+    the whole lung of its side."""
+    if planned.zone is None:
+        return anatomy.lung_box(planned.side)
+    return anatomy.zone_box(planned.side, planned.zone)
+
+
 def _noise_field(rng: np.random.Generator, size: int, scales: Sequence[float],
                  weights: Sequence[float]) -> np.ndarray:
     """Smooth random field with unit standard deviation: blurred white noise at several scales (px)."""
@@ -160,7 +168,7 @@ def _draw_opacity(image, anatomy, planned, rng):
     size = image.shape[0]
     lung = anatomy.lung_mask(planned.side, size)
     radius = planned.size * size
-    cx, cy = _place(rng, lung, anatomy.zone_box(planned.side, planned.zone), 0.8 * radius, min_cover=0.9)
+    cx, cy = _place(rng, lung, _region(anatomy, planned), 0.8 * radius, min_cover=0.9)
     x, y = raster.pixel_grid(size)
     ax, ay = radius * rng.uniform(0.9, 1.15, 2)
     envelope = np.exp(-0.5 * (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2) / 0.55**2)
@@ -181,7 +189,7 @@ def _draw_bulla(image, anatomy, planned, rng):
     size = image.shape[0]
     lung = anatomy.lung_mask(planned.side, size)
     radius = planned.size * size / 2
-    cx, cy = _place(rng, lung, anatomy.zone_box(planned.side, planned.zone), radius, min_cover=0.97)
+    cx, cy = _place(rng, lung, _region(anatomy, planned), radius, min_cover=0.97)
     x, y = raster.pixel_grid(size)
     r = np.hypot(x - cx, y - cy) / radius
     footprint = np.clip((1.0 - r) * radius / 0.8 + 0.5, 0.0, 1.0)  # anti-aliased disc
@@ -270,23 +278,35 @@ _LUNG_SITES = lambda name: tuple(Site(name, side, zone) for side in SIDES for zo
 
 FINDINGS: tuple[FindingSpec, ...] = (
     FindingSpec("opacity", "anywhere in either lung field, inside the lung zone the caption names",
-                _LUNG_SITES("opacity"), _draw_opacity, {"patchy": (0.11, 0.14), "dense": (0.11, 0.14)},
-                (0.7, 0.9)),
+                _LUNG_SITES("opacity"), _draw_opacity, {"patchy": (0.075, 0.095), "dense": (0.075, 0.095)},
+                (0.55, 0.8)),
     FindingSpec("bulla", "anywhere in either lung field, inside the lung zone the caption names",
-                _LUNG_SITES("bulla"), _draw_bulla, {None: (0.16, 0.20)}, (0.9, 1.0)),
+                _LUNG_SITES("bulla"), _draw_bulla, {None: (0.12, 0.15)}, (0.6, 0.9)),
     FindingSpec("pleural effusion", "either costophrenic angle and lung base (the side the caption names)",
                 tuple(Site("pleural effusion", side) for side in SIDES), _draw_effusion,
                 {"small": (0.065, 0.085), "moderate": (0.10, 0.13)}, (0.9, 1.0)),
     FindingSpec("cardiomegaly", "cardiac silhouette, widened mostly towards the image right",
-                (Site("cardiomegaly"),), _draw_cardiomegaly, {"mild": (1.18, 1.26), "moderate": (1.30, 1.42)},
+                (Site("cardiomegaly"),), _draw_cardiomegaly, {"mild": (1.08, 1.14), "moderate": (1.16, 1.24)},
                 (0.9, 1.0)),
     FindingSpec("pneumothorax", "either apex and upper lateral chest wall (the side the caption names)",
                 tuple(Site("pneumothorax", side) for side in SIDES), _draw_pneumothorax,
-                {"small": (0.79, 0.84), "large": (0.68, 0.75)}, (0.85, 1.0)),
+                {"small": (0.72, 0.80), "large": (0.60, 0.70)}, (0.85, 1.0)),
 )
 FINDING_NAMES: tuple[str, ...] = tuple(spec.name for spec in FINDINGS)
 FINDINGS_BY_NAME: dict[str, FindingSpec] = {spec.name: spec for spec in FINDINGS}
 SITES: tuple[Site, ...] = tuple(site for spec in FINDINGS for site in spec.sites)
+#: The sites of the grounding layout (``PhantomConfig.grounding``): a lung lesion anywhere in
+#: either lung (zone None), the other categories where they always are.
+GROUNDING_SITES: dict[str, tuple[Site, ...]] = {
+    spec.name: (tuple(Site(spec.name, side) for side in SIDES) if spec.name in LUNG_LESIONS else spec.sites)
+    for spec in FINDINGS
+}
+
+
+def sites_of(name: str, grounding: bool = False) -> tuple[Site, ...]:
+    """Where a finding of category ``name`` may be drawn (in a zone, or with ``grounding``
+    anywhere in a lung)."""
+    return GROUNDING_SITES[name] if grounding else FINDINGS_BY_NAME[name].sites
 
 
 def compatible(a: Site, b: Site) -> bool:
@@ -303,6 +323,10 @@ def compatible(a: Site, b: Site) -> bool:
     for lesion, other in ((a, b), (b, a)):
         if lesion.name not in LUNG_LESIONS:
             continue
+        if lesion.zone is None or (other.name in LUNG_LESIONS and other.zone is None):
+            # Anywhere in its lung (the grounding layout): only the other lung is safe, and never
+            # beside an enlarged heart, which covers the medial lower lung on both sides.
+            return other.name != "cardiomegaly" and lesion.side != other.side
         zone = ZONES.index(lesion.zone)
         if other.name in LUNG_LESIONS:  # a lesion may reach into the neighbouring zone
             return lesion.side != other.side or abs(zone - ZONES.index(other.zone)) >= 2

@@ -128,7 +128,11 @@ def phrase_options(planned: PlannedFinding) -> list[str]:
             if planned.severity is not None or "{severity}" not in template]
 
 
-def pick_phrase(rng: np.random.Generator, planned: PlannedFinding) -> str:
+def pick_phrase(rng: np.random.Generator, planned: PlannedFinding, bare: bool = False) -> str:
+    """The phrase naming this finding: one of :func:`phrase_options`, or with ``bare`` its term
+    (no draw: the grounding layout names every finding by its category alone)."""
+    if bare:
+        return PHRASES[planned.name].term
     return _pick(rng, phrase_options(planned))
 
 
@@ -150,29 +154,33 @@ def other_side_sentence(name: str, side: str) -> str:
     return f"No {other} {PHRASES[name].term}."
 
 
-def _negation(rng: np.random.Generator, name: str) -> str:
+def _negation(rng: np.random.Generator, name: str, bare: bool = False) -> str:
     options = negative_sentences(name)
-    if not PHRASES[name].other_negatives or rng.random() < NO_TERM_SHARE:
+    if bare or not PHRASES[name].other_negatives or rng.random() < NO_TERM_SHARE:
         return _pick(rng, options[: len(NEGATIVE_SENTENCES)])
     return _pick(rng, options[len(NEGATIVE_SENTENCES):])
 
 
 def report_sentences(rng: np.random.Generator, findings: Sequence[PlannedFinding],
-                     negation_prob: float = 0.6) -> list[ReportSentence]:
+                     negation_prob: float = 0.6, bare: bool = False) -> list[ReportSentence]:
     """A report for these findings (each with its ``phrase``): one positive sentence per finding,
     each absent category negated with probability ``negation_prob``, sections in the usual order
     (lungs, pleura, heart) or sometimes reordered. A normal study may end in "No acute
-    cardiopulmonary process." (always, when nothing else was said)."""
+    cardiopulmonary process." (always, when nothing else was said).
+
+    ``bare`` (the grounding layout): no word says where — no other-side negation ("No left
+    pleural effusion.") and only the "No {term}." negations (not "The costophrenic angles are
+    sharp.", which names a place); the phrases are expected to be bare terms too."""
     present = {f.name for f in findings}
     sections: list[list[ReportSentence]] = [[], [], []]
     for planned in findings:
         text = _pick(rng, positive_sentences(planned.name, planned.phrase))
         sections[_SECTION[planned.name]].append(ReportSentence(text, affirms=frozenset({planned.name})))
-        if planned.name in LATERALISED and rng.random() < OTHER_SIDE_PROB:
+        if not bare and planned.name in LATERALISED and rng.random() < OTHER_SIDE_PROB:
             sections[_SECTION[planned.name]].append(ReportSentence(other_side_sentence(planned.name, planned.side)))
     for name in FINDING_NAMES:
         if name not in present and rng.random() < negation_prob:
-            sections[_SECTION[name]].append(ReportSentence(_negation(rng, name), denies=frozenset({name})))
+            sections[_SECTION[name]].append(ReportSentence(_negation(rng, name, bare), denies=frozenset({name})))
     order = [0, 1, 2]
     if rng.random() < 0.25:
         order = [2, 0, 1]  # heart first, as some radiologists dictate

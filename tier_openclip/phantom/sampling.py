@@ -19,7 +19,7 @@ import numpy as np
 
 from . import anatomy, raster, reports
 from .anatomy import Background
-from .findings import FINDING_NAMES, FINDINGS_BY_NAME, Finding, PlannedFinding, Site, compatible
+from .findings import FINDING_NAMES, FINDINGS_BY_NAME, Finding, PlannedFinding, Site, compatible, sites_of
 from .raster import Box
 
 _SPLIT_IDS = {"train": 0, "test": 1}
@@ -33,6 +33,18 @@ FOOTPRINT_LEVEL = 0.25
 DEFAULT_FINDING_WEIGHTS: dict[str, float] = {
     "opacity": 4.0, "bulla": 4.0, "pleural effusion": 1.1, "cardiomegaly": 1.1, "pneumothorax": 1.1,
 }
+#: Categories whose place never varies (the enlarged heart is where the heart is: its image-free
+#: prior points at 1.0), left out of every grounding summary (meta.json's "summary_excludes",
+#: :func:`prior_pointing`'s ``exclude``); still scored and reported per finding.
+SUMMARY_EXCLUDES: tuple[str, ...] = ("cardiomegaly",)
+#: What ``PhantomConfig.preset(..., grounding=True)`` sets besides ``grounding``: one or two
+#: different findings in every image (each phrase has a competitor lesion), lung lesions commonest
+#: so that the image-free prior points low (measured: benchmarks/results/phantom-tuning-*/).
+GROUNDING_DEFAULTS: dict[str, object] = {
+    "finding_count_probs": (0.0, 0.4, 0.6),
+    "finding_weights": {"opacity": 4.0, "bulla": 4.0, "pleural effusion": 0.4, "cardiomegaly": 1.0,
+                        "pneumothorax": 0.4},
+}
 
 
 @dataclass
@@ -43,8 +55,14 @@ class PhantomConfig:
         image_size: output images are ``image_size`` x ``image_size`` 8-bit grayscale.
         num_train, num_test: samples per split (each >= 1).
         seed: everything (findings, shapes, jitter, captions) follows from it.
-        use_real_anatomy: True = the pydicom-data CR study (error when absent), False = the
-            procedural chest, None = the CR study when pydicom-data is installed.
+        grounding: the grounding layout (use ``PhantomConfig.preset(name, grounding=True)``,
+            which also sets ``GROUNDING_DEFAULTS``): captions and grounded phrases name each
+            finding by its bare term, with no word that says where; opacity and bulla anywhere
+            in either lung (side drawn uniformly, centre uniform over the places inside that
+            lung); only the image can tell a phrase's map where to point.
+        use_real_anatomy: False (default) = the procedural chest, on every install; True = the
+            pydicom-data CR study (an opt-in: error when pydicom-data is absent). See
+            ``anatomy``'s docstring for why the default is the procedural one.
         finding_count_probs: probabilities of 0, 1 and 2 findings in an image.
         finding_weights: relative weight of each category when picking (default:
             ``DEFAULT_FINDING_WEIGHTS``; categories left out get 0).
@@ -61,7 +79,8 @@ class PhantomConfig:
     num_train: int = 2000
     num_test: int = 400
     seed: int = 0
-    use_real_anatomy: bool | None = None
+    grounding: bool = False
+    use_real_anatomy: bool = False
     finding_count_probs: tuple[float, float, float] = (0.2, 0.4, 0.4)
     finding_weights: Mapping[str, float] | None = None
     negation_prob: float = 0.6
@@ -80,13 +99,18 @@ class PhantomConfig:
     }
 
     @classmethod
-    def preset(cls, name: str, seed: int = 0, **overrides) -> PhantomConfig:
-        """The named size ("small" for the CPU demo, "medium"), with any field overridden."""
+    def preset(cls, name: str, seed: int = 0, grounding: bool = False, **overrides) -> PhantomConfig:
+        """The named size ("small" for the CPU demo, "medium"), with any field overridden;
+        ``grounding=True``: the grounding layout (``GROUNDING_DEFAULTS`` below the overrides)."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown phantom preset {name!r}; choose from {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], "seed": seed, **overrides})
+        layout = {**GROUNDING_DEFAULTS, "grounding": True} if grounding else {}
+        return cls(**{**cls.PRESETS[name], **layout, "seed": seed, **overrides})
 
     def __post_init__(self) -> None:
+        if self.use_real_anatomy is None:
+            raise ValueError("use_real_anatomy=None (the CR study when installed) is gone: the data must not depend "
+                             "on an optional package; pass False (procedural, the default) or True")
         if self.image_size < 32:
             raise ValueError(f"image_size={self.image_size}: findings are not drawable below 32 px")
         if self.num_train < 1 or self.num_test < 1:
@@ -108,10 +132,8 @@ class PhantomConfig:
         return {name: float(given.get(name, 0.0)) for name in FINDING_NAMES}
 
     def real_anatomy(self) -> bool:
-        """Whether samples use the pydicom-data CR study (resolves ``use_real_anatomy=None``)."""
-        if self.use_real_anatomy is None:
-            return anatomy.real_anatomy_path() is not None
-        return self.use_real_anatomy
+        """Whether samples use the pydicom-data CR study (only when asked for)."""
+        return bool(self.use_real_anatomy)
 
 
 @dataclass(frozen=True)
@@ -158,7 +180,7 @@ def sample_sites(rng: np.random.Generator, config: PhantomConfig) -> tuple[Site,
     weights = config.weights()
     chosen: list[Site] = []
     for _ in range(count):
-        open_sites = {name: [s for s in FINDINGS_BY_NAME[name].sites if all(compatible(s, c) for c in chosen)]
+        open_sites = {name: [s for s in sites_of(name, config.grounding) if all(compatible(s, c) for c in chosen)]
                       for name in FINDING_NAMES}
         w = np.array([weights[name] * bool(open_sites[name]) for name in FINDING_NAMES], dtype=np.float64)
         if w.sum() <= 0:
@@ -184,7 +206,7 @@ def plan_sample(rng: np.random.Generator, config: PhantomConfig) -> SamplePlan:
         low, high = spec.severities[severity]
         unnamed = PlannedFinding(site.name, site.side, site.zone, severity, float(rng.uniform(low, high)),
                                  float(rng.uniform(*spec.density)), int(rng.integers(2**31)), phrase="")
-        findings.append(dataclasses.replace(unnamed, phrase=reports.pick_phrase(rng, unnamed)))
+        findings.append(dataclasses.replace(unnamed, phrase=reports.pick_phrase(rng, unnamed, config.grounding)))
     transform = (
         float(1.0 + rng.uniform(-config.max_scale, config.max_scale)),
         float(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg)),
@@ -194,7 +216,8 @@ def plan_sample(rng: np.random.Generator, config: PhantomConfig) -> SamplePlan:
     tone = (float(np.exp(rng.uniform(-0.2, 0.2))), float(rng.uniform(0.9, 1.1)), float(rng.uniform(-0.05, 0.05)))
     noise_std = float(config.noise_std * rng.uniform(0.6, 1.4))
     noise_seed = int(rng.integers(2**31))
-    caption = " ".join(s.text for s in reports.report_sentences(rng, findings, config.negation_prob))
+    caption = " ".join(s.text for s in reports.report_sentences(rng, findings, config.negation_prob,
+                                                                bare=config.grounding))
     return SamplePlan(tuple(findings), transform, tone, noise_std, noise_seed, caption)
 
 
@@ -248,7 +271,7 @@ def split_labels(config: PhantomConfig, split: str) -> np.ndarray:
 
 
 def prior_pointing(train: Iterable[tuple[str, Box]], test: Iterable[tuple[str, Box]], image_size: int,
-                   grid: int = 8) -> dict:
+                   grid: int = 8, exclude: Iterable[str] = ()) -> dict:
     """Pointing game of a model that never looks at the image: for each category, point at the
     patch (of a ``grid`` x ``grid`` grid over the image: TIER-tiny's 8x8 over 64 px) whose centre
     the most ``train`` boxes of that category contain; a ``test`` box is hit when it contains
@@ -257,9 +280,12 @@ def prior_pointing(train: Iterable[tuple[str, Box]], test: Iterable[tuple[str, B
     tier_openclip.grounding scores tied maxima. A category without training boxes has no prior:
     its test boxes count as misses. ``grid=image_size`` points at pixels instead of patches.
 
-    Returns {"overall": hit rate over all test boxes, "per_finding": {category: hit rate},
-    "boxes": number of test boxes, "grid": grid}; "overall" is None without test boxes.
+    Returns {"overall": hit rate over the test boxes of every category not in ``exclude``,
+    "per_finding": {category: hit rate} (all categories), "boxes": number of test boxes in
+    "overall", "grid": grid, "excluded": the categories left out of "overall"}; "overall" is None
+    without such test boxes.
     """
+    exclude = sorted(set(exclude))
     centres = (np.arange(grid) + 0.5) * image_size / grid
     cx, cy = np.meshgrid(centres, centres)  # [row, column] = patch (y, x)
 
@@ -275,12 +301,13 @@ def prior_pointing(train: Iterable[tuple[str, Box]], test: Iterable[tuple[str, B
     for name, box in test:
         top = pointed.get(name)
         hits.setdefault(name, []).append(0.0 if top is None else float((top & inside(box)).sum() / top.sum()))
-    every = [h for values in hits.values() for h in values]
+    every = [h for name, values in hits.items() if name not in exclude for h in values]
     return {
         "overall": float(np.mean(every)) if every else None,
         "per_finding": {name: float(np.mean(hits[name])) for name in sorted(hits, key=_category_order)},
         "boxes": len(every),
         "grid": grid,
+        "excluded": exclude,
     }
 
 
@@ -298,8 +325,9 @@ def split_boxes(config: PhantomConfig, split: str, count: int | None = None) -> 
 
 
 def prior_pointing_baseline(config: PhantomConfig, num_train: int | None = None, num_test: int | None = None,
-                            grid: int = 8) -> dict:
+                            grid: int = 8, exclude: Iterable[str] = ()) -> dict:
     """:func:`prior_pointing` of ``config``'s train boxes on its test boxes (optionally of the
-    first ``num_train`` / ``num_test`` samples only), without writing anything."""
+    first ``num_train`` / ``num_test`` samples only), without writing anything. The grounding
+    summary's figure is ``exclude=SUMMARY_EXCLUDES``."""
     return prior_pointing(split_boxes(config, "train", num_train), split_boxes(config, "test", num_test),
-                          config.image_size, grid)
+                          config.image_size, grid, exclude)

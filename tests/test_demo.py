@@ -172,9 +172,72 @@ def test_unknown_loss_and_missing_control_are_refused(tmp_path):
     assert not (tmp_path / "data").exists()  # refused before any work
 
 
+# --- the data fingerprint and the environment record -------------------------------------------
+
+
+def _tiny_data(folder: Path) -> dict:
+    from tier_openclip import phantom
+    from tier_openclip.demo.runs import write_training_csv
+
+    config = phantom.PhantomConfig.preset("small", grounding=True, num_train=12, num_test=8, shard_size=8)
+    data = phantom.write_phantom_dataset(folder, config, progress=False, seg_max_train=6)
+    data["train_csv"] = str(write_training_csv(data, folder / "train_csv"))
+    return data
+
+
+def test_fingerprint_names_the_data_not_where_or_when_they_were_written(tmp_path):
+    from tier_openclip.demo.environment import data_fingerprint
+
+    first, second = _tiny_data(tmp_path / "a" / "data"), _tiny_data(tmp_path / "b" / "data")
+    print_a, print_b = data_fingerprint(first), data_fingerprint(second)
+    assert print_a == print_b and len(print_a["sha256"]) == 64  # same data in another folder, written later
+    # One caption changed: the training part and the whole change, the test part does not.
+    table = Path(second["train_csv"])
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1] + " extra"
+    table.write_text("\n".join(lines) + "\n")
+    changed = data_fingerprint(second)
+    assert changed["train"] != print_a["train"] and changed["test"] == print_a["test"]
+    assert changed["sha256"] != print_a["sha256"]
+    # One test label changed: the test part changes.
+    labels = Path(first["eval_dir"]) / "labels.csv"
+    labels.write_text(labels.read_text().replace(",1", ",0", 1))
+    assert data_fingerprint(first)["test"] != print_a["test"]
+    # A training image's bytes changed, its name and caption kept.
+    image = Path(table.read_text().splitlines()[2].split("\t")[0])
+    image.write_bytes(image.read_bytes()[:-1] + bytes([image.read_bytes()[-1] ^ 1]))
+    assert data_fingerprint(second)["train"] != changed["train"]
+
+
+def test_cpu_description_reads_model_and_vector_extensions():
+    from tier_openclip.demo.environment import cpu_description
+
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse4_1 sse4_2 avx avx2 fma avx512f avx512bw\n\n"
+               "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    assert cpu_description(cpuinfo) == {"model": "AMD EPYC 9R14",
+                                        "vector_extensions": ["sse4_1", "sse4_2", "avx", "avx2", "fma", "avx512f",
+                                                              "avx512bw"]}
+
+
+def test_comparison_needs_the_same_data_and_environment():
+    from tier_openclip.demo.environment import PINS, comparison, environment
+
+    env = environment(PINS)
+    assert env["pins"] == PINS and env["torch_threads"] >= 1 and env["cpu"]
+    run = {"data_fingerprint": {"sha256": "a" * 64}, "environment": env}
+    assert comparison(run, run)["reading"].startswith("comparable")
+    other_cpu = {**run, "environment": {**env, "cpu": "Intel Xeon", "vector_extensions": ["avx2"]}}
+    reading = comparison(run, other_cpu)
+    assert reading["same_data"] and set(reading["environment_differences"]) == {"cpu", "vector_extensions"}
+    assert reading["reading"].startswith("same data, different environment")
+    other_data = {**run, "data_fingerprint": {"sha256": "b" * 64}}
+    assert comparison(run, other_data)["reading"].startswith("not comparable")
+    assert not comparison({}, {})["same_data"]  # no fingerprints: nothing says the data agree
+
+
 # --- end to end (slow) ------------------------------------------------------------------------
 
-TINY = dict(seeds=2, bootstrap=5, heatmap_images=1, progress=False, pretrain_epochs=1, finetune_epochs=1,
+TINY = dict(starts=2, bootstrap=5, heatmap_images=1, progress=False, pretrain_epochs=1, finetune_epochs=1,
             render_workers=0, phantom_overrides={"num_train": 96, "num_test": 48, "shard_size": 48})
 
 
@@ -182,104 +245,117 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.slow
-def test_reduced_demo_pairs_its_arms_and_reports_their_differences(tmp_path):
-    out = tmp_path / "demo"
-    result = run_demo(DemoOptions(out=out, losses=("clip", "tier"), **TINY))
-
-    runs = out / "runs"
-    start = runs / "pretrain" / "checkpoints" / "epoch_1.pt"
-    assert start.is_file()
-    for arm in ("clip", "tier-l0.1-s1"):
-        for seed in (0, 1):
-            params = (runs / f"{arm}-seed{seed}" / "params.txt").read_text()
-            assert f"pretrained: {start}\n" in params and f"seed: {seed}\n" in params
-    assert "loss: tier\n" in (runs / "tier-l0.1-s1-seed0" / "params.txt").read_text()
-    # Fine-tuning moved the weights away from the shared start, differently per loss.
-    start_state = _state(start)
-    clip0, tier0 = _state(runs / "clip-seed0" / "checkpoints" / "epoch_1.pt"), _state(runs / "tier-l0.1-s1-seed0" / "checkpoints" / "epoch_1.pt")
-    for key in ("visual.trunk.stem.conv.weight", "visual.head.proj.weight"):  # TIER-tiny-ResNet's first and last
-        assert not torch.equal(clip0[key], start_state[key]) and not torch.equal(clip0[key], tier0[key])
-
-    saved = json.loads((out / "demo.json").read_text())
-    assert set(saved["summary"]) == {"clip", "tier"}
-    rows = saved["rows"]
-    difference = saved["differences"]["tier"]["auc"]
-    assert difference["values"] == pytest.approx([rows["tier"][s]["auc"] - rows["clip"][s]["auc"] for s in (0, 1)])
-    for metric in ("auc", "cnr", "pointing_game", "miou", "pointing_game_pooled", "pointing_game_cam", "entropy_token_to_patch",
-                   "entropy_patch_to_token", "probe_dice", "cos_patches"):
-        assert len(saved["summary"]["tier"][metric]["values"]) == 2
-    prior = saved["baselines"]["prior"]
-    assert 0 <= prior["pointing_game"] <= 1 and prior["source"] == "train boxes"
-    assert result["timings"]["total_seconds"] > 0
-
-    report = (out / "report.md").read_text()
-    assert "## Paired differences: tier − clip, seed by seed" in report and "Rule: a paired difference" in report
-    assert "| zero-shot AUC (mean over findings) |" in report and "image-free prior" in report
-    assert Image.open(out / "sparsity.png").size[0] > 500
-    assert (out / "heatmaps" / "heatmap-0.png").is_file() and "heatmaps/heatmap-0.png" in report
-
-    # The sweep in the same folder reuses the data, the pre-training and the clip controls.
-    reused = {path: path.stat().st_mtime_ns for path in (start, runs / "clip-seed0" / "checkpoints" / "epoch_1.pt")}
-    sweep = run_sweep(DemoOptions(out=out, **TINY), lambdas=(0.5,), scales=("logit",))
-    assert all(path.stat().st_mtime_ns == mtime for path, mtime in reused.items())
-    assert sweep["timings"]["runs"]["pretrain"]["reused"] and sweep["timings"]["runs"]["clip-seed1"]["reused"]
-    assert "tier_scale: logit\n" in (runs / "tier-l0.5-slogit-seed0" / "params.txt").read_text()
-    saved = json.loads((out / "sweep.json").read_text())
-    (row,) = saved["grid"]
-    assert (row["lambda"], row["scale"]) == (0.5, "logit")
-    assert row["differences"]["cnr"]["values"] == pytest.approx(
-        [saved["rows"][row["arm"]][s]["cnr"] - saved["rows"]["clip"][s]["cnr"] for s in (0, 1)])
-    assert "| 0.5 | logit |" in (out / "sweep.md").read_text() and Image.open(out / "sweep.png").size[0] > 500
-
-
-def test_goals_script_reads_a_demo_json(tmp_path):
+def _goals_module():
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_goals.py"
     spec = importlib.util.spec_from_file_location("demo_goals", path)
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
-    result = {"timings": {"total_seconds": 540.0},
-              "baselines": {"prior": {"pointing_game": 0.30}, "located_prior": {"pointing_game": 0.28},
-                            "unlocated": {"prior": 0.40, "located_prior": 0.40, "random": 0.1}},
-              # the goal reads the CAM maps, not the token or pooled-cosine maps
-              "summary": {"clip": {"auc": spread([0.82, 0.80, 0.81]), "pointing_game": spread([0.1, 0.1, 0.1]),
-                                   "pointing_game_pooled": spread([0.1, 0.1, 0.1]),
-                                   "pointing_game_cam": spread([0.25, 0.35, 0.33]),
-                                   "pointing_game_cam_unlocated": spread([0.5, 0.5, 0.5])}}}
-    assert [met for _, met, _ in goals.check_goals(result)] == [True] * 5  # 0.31 > 0.30, 0.28; 0.5 > 0.4
-    result["baselines"]["located_prior"]["pointing_game"] = 0.32  # reading the phrase would beat the model
-    assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True, False, True]
-    result["summary"]["clip"]["pointing_game_cam_unlocated"] = spread([0.3, 0.4, 0.4])
-    assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True, False, False]
-    result["summary"]["clip"]["auc"] = spread([0.82, 0.70, 0.81])
-    result["timings"]["total_seconds"] = 601.0
-    result["summary"]["clip"]["pointing_game_cam"] = spread([0.25, 0.30, 0.33])  # 0.293
-    result["summary"]["clip"]["pointing_game_pooled"] = spread([0.5, 0.5, 0.5])
-    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 5
-    result["summary"]["local-uniformity"] = {"cos_patches": spread([0.95, 0.97, 0.99])}
-    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 6
-    result["summary"]["local-uniformity"] = {"cos_patches": spread([0.05, 0.1, 0.2])}
-    assert goals.check_goals(result)[-1][1]
+    return goals
 
 
 @pytest.mark.slow
-def test_same_seed_and_start_give_the_same_run(tmp_path):
-    """The pairing rests on this: one command, run twice, trains the same weights (same batches,
-    same order, same augmentation). open_clip's WebDataset loader would fail it."""
-    out = tmp_path / "demo"
-    run_demo(DemoOptions(out=out, losses=("clip",), **{**TINY, "seeds": 1}))
-    runs = out / "runs"
-    command = json.loads((runs / "clip-seed0" / "demo-command.json").read_text())["command"]
-    first = _state(runs / "clip-seed0" / "checkpoints" / "epoch_1.pt")
-    import subprocess
+def test_reduced_demo_twice_gives_the_same_numbers_and_the_sweep_reuses_it(tmp_path):
+    arms = ("clip", "tier-calibrated")
+    out, again = tmp_path / "demo", tmp_path / "again"
+    result = run_demo(DemoOptions(out=out, losses=arms, **TINY))
 
-    again = [sys.executable, *[f"--logs={tmp_path / 'again'}" if arg.startswith("--logs=") else arg for arg in command]]
-    subprocess.run(again, check=True, capture_output=True)
-    second = _state(tmp_path / "again" / "clip-seed0" / "checkpoints" / "epoch_1.pt")
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    runs = out / "runs"
+    for seed in (0, 1):
+        start = runs / f"pretrain-start{seed}" / "checkpoints" / "epoch_1.pt"
+        assert f"seed: {seed}\n" in (runs / f"pretrain-start{seed}" / "params.txt").read_text()
+        for arm in ("clip", "tier-calibrated-r0.1-s10"):
+            params = (runs / f"{arm}-start{seed}" / "params.txt").read_text()
+            assert f"pretrained: {start}\n" in params and f"seed: {seed}\n" in params
+    # The starts differ (each its own seed); fine-tuning moved the weights, differently per loss.
+    start0, start1 = _state(runs / "pretrain-start0/checkpoints/epoch_1.pt"), _state(runs / "pretrain-start1/checkpoints/epoch_1.pt")
+    clip0, tier0 = _state(runs / "clip-start0/checkpoints/epoch_1.pt"), _state(runs / "tier-calibrated-r0.1-s10-start0/checkpoints/epoch_1.pt")
+    for key in ("visual.trunk.stem.conv.weight", "visual.head.proj.weight"):  # TIER-tiny-ResNet's first and last
+        assert not torch.equal(start0[key], start1[key])
+        assert not torch.equal(clip0[key], start0[key]) and not torch.equal(clip0[key], tier0[key])
+    lambdas = result["setup"]["arms"][1]["tier_lambda_per_start"]
+    assert all(lam > 0 for lam in lambdas) and f"tier_lambda_text: {lambdas[0]:g}" in (
+        runs / "tier-calibrated-r0.1-s10-start0" / "params.txt").read_text()
+    assert result["manipulation"]["tier-calibrated"]["ratio_on_start"] == pytest.approx([0.1, 0.1], rel=0.05)
+
+    saved = json.loads((out / "demo.json").read_text())
+    difference = saved["differences"]["tier-calibrated"]["auc"]
+    assert difference["values"] == pytest.approx([saved["rows"]["tier-calibrated"][s]["auc"] - saved["rows"]["clip"][s]["auc"]
+                                                  for s in (0, 1)])
+    assert len(difference["ci"]) == 2 and saved["environment"]["cpu_capability"] == "AVX2"
+    assert saved["data"]["background"] == "procedural" and saved["data"]["grounding"] is True
+    assert saved["baselines"]["summary_excludes"] == ["cardiomegaly"]
+    assert set(saved["decisions"]) == {"tier-calibrated"} and len(saved["starts"]) == 2
+    report = (out / "report.md").read_text()
+    assert "## Paired differences: tier-calibrated − clip, start by start" in report
+    assert saved["data_fingerprint"]["sha256"] in report and Image.open(out / "sparsity.png").size[0] > 500
+
+    # The same demo again, every run retrained and re-evaluated in another folder: the same numbers.
+    run_demo(DemoOptions(out=again, losses=arms, **TINY))
+    goals = _goals_module()
+    same, lines = goals.compare(saved, json.loads((again / "demo.json").read_text()))
+    assert same, "\n".join(lines)
+
+    # The sweep in the first folder reuses the data, the starts and the clip controls.
+    reused = {path: path.stat().st_mtime_ns for path in (runs / "pretrain-start0/checkpoints/epoch_1.pt",
+                                                         runs / "clip-start1/checkpoints/epoch_1.pt")}
+    sweep = run_sweep(DemoOptions(out=out, **TINY), lambdas=(0.5,), scales=("logit",))
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in reused.items())
+    assert sweep["timings"]["runs"]["pretrain-start0"]["reused"] and sweep["timings"]["runs"]["clip-start1"]["reused"]
+    saved = json.loads((out / "sweep.json").read_text())
+    (row,) = saved["grid"]
+    assert (row["lambda"], row["scale"]) == (0.5, "logit") and row["decision"]["reading"] in (
+        "not tested", "inert", "supported", "falsified", "inconclusive")
+    assert row["differences"]["cnr"]["values"] == pytest.approx(
+        [saved["rows"][row["arm"]][s]["cnr"] - saved["rows"]["clip"][s]["cnr"] for s in (0, 1)])
+    assert "| 0.5 | logit |" in (out / "sweep.md").read_text() and Image.open(out / "sweep.png").size[0] > 500
+
+
+def _goal_result(**changes) -> dict:
+    starts = [{"seed": s, "precondition": {"pointing": 0.3, "prior": 0.12, "held": True, "phrases": 40},
+               "metrics": {"auc": 0.8}} for s in range(3)]
+    result = {"timings": {"total_seconds": 540.0}, "starts": starts,
+              "baselines": {"prior": {"pointing_game": 0.12}},
+              "per_finding_auc": {"clip": {"opacity": spread([0.8, 0.82, 0.81]), "pneumothorax": spread([0.71, 0.75, 0.72])}},
+              "data_fingerprint": {"sha256": "f" * 64},
+              "environment": {"package": {"version": "0.1.0", "commit": None}, "torch": "2.14", "numpy": "2.4",
+                              "open_clip": "3.3", "cpu": "AMD EPYC", "vector_extensions": ["avx2"], "torch_threads": 2,
+                              "pins": {}},
+              "summary": {"clip": {}}}
+    result.update(changes)
+    return result
+
+
+def test_goals_script_reads_a_demo_json():
+    goals = _goals_module()
+    assert [met for _, met, _ in goals.check_goals(_goal_result(), "… " + "f" * 64 + " AMD EPYC …")] == [True] * 6
+    result = _goal_result(timings={"total_seconds": 601.0}, starts=_goal_result()["starts"][:2],
+                          baselines={"prior": {"pointing_game": 0.33}},
+                          per_finding_auc={"clip": {"opacity": spread([0.99, 0.99, 0.98]), "x": spread([0.8] * 3)}},
+                          data_fingerprint={})
+    result["starts"][1] = {**result["starts"][1], "precondition": {"pointing": 0.1, "prior": 0.12, "held": False}}
+    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 6
+    # a report without the fingerprint fails the last goal alone
+    assert [met for _, met, _ in goals.check_goals(_goal_result(), "no names here")] == [True] * 5 + [False]
+    result = _goal_result(summary={"clip": {}, "local-uniformity": {"cos_patches": spread([0.95, 0.97, 0.99])}})
+    assert [met for _, met, _ in goals.check_goals(result)] == [True] * 6 + [False]
+
+
+def test_goals_compare_says_whether_runs_are_comparable_before_the_numbers():
+    goals = _goals_module()
+    first = {**_goal_result(), "starts": [{"seed": 0, "metrics": {"auc": 0.8}, "precondition": {}}],
+             "rows": {"clip": [{"auc": 0.81, "cnr": math.nan}]}}
+    same, lines = goals.compare(first, json.loads(json.dumps(first)))
+    assert same and lines[0].startswith("comparability: comparable") and "0 differ" in lines[1]
+    second = json.loads(json.dumps(first))
+    second["rows"]["clip"][0]["auc"] = 0.8100001
+    same, lines = goals.compare(first, second)
+    assert not same and "1 differ" in lines[1] and "clip (start 0)/auc: 0.81 | 0.8100001" in lines[2]
+    other = {**second, "data_fingerprint": {"sha256": "e" * 64}}
+    same, lines = goals.compare(first, other)
+    assert not same and lines == ["comparability: not comparable: different data (or a record without a fingerprint); "
+                                  "the numbers measure different inputs"]
 
 
 # --- the linear probe and the collapse measure in every checkpoint's evaluation ---------------

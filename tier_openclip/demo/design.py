@@ -164,6 +164,10 @@ class DemoOptions:
     calibrated_ratio: float = CALIBRATED_RATIO
     calibrated_scale: str = CALIBRATED_SCALE
     pin: bool = True  # environment.PINS in the training and evaluation processes
+    # The phantom's grounding layout (PhantomConfig.preset(..., grounding=True)): bare finding terms,
+    # lung findings anywhere in the lungs, one or two different findings per image, so that only the
+    # image says where (image-free prior pointing ≤ 0.15) and the own-lesion rate is defined.
+    grounding: bool = True
     bootstrap: int = 200
     heatmap_images: int = 3
     progress: bool = True

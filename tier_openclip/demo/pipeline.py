@@ -41,7 +41,8 @@ def prepare_data(options: DemoOptions, progress: bool) -> tuple[dict, float]:
 
     started = time.time()
     preset = options.preset()
-    config = PhantomConfig.preset(preset.phantom, seed=0, **{**dict(preset.phantom_overrides), **options.phantom_overrides})
+    config = PhantomConfig.preset(preset.phantom, seed=0, grounding=options.grounding,
+                                  **{**dict(preset.phantom_overrides), **options.phantom_overrides})
     workers = options.render_workers if options.render_workers is not None else min(4, os.cpu_count() or 1)
     data = write_phantom_dataset(options.out / "data", config, progress=progress, workers=workers,
                                  seg_max_train=SEG_TRAIN_IMAGES)

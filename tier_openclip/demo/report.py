@@ -90,6 +90,9 @@ def format_report(result: Mapping) -> str:
         if metric in ("pointing_game_cam_unlocated", "pointing_game_unlocated"):  # the baselines on the same phrases
             prior_cell, located_cell, random_cell = (_baseline(base.get("unlocated", {}).get(name))
                                                      for name in ("prior", "located_prior", "random"))
+        if metric in ("own_lesion", "own_lesion_cam"):
+            prior_cell, located_cell, random_cell = (_baseline(base.get("own_lesion", {}).get(name))
+                                                     for name in ("prior", "located_prior", "random"))
         lines.append(f"| {label} | {_cell(result['start_summary'][metric])} | " + " | ".join(cells)
                      + f" | {prior_cell} | {located_cell} | {random_cell} |")
     max_entropy = result["start"]["max_entropy_token_to_patch"]
@@ -106,6 +109,11 @@ def format_report(result: Mapping) -> str:
         f"({prior.get('source', '?')}); the located prior reads the phrase but not the image: it points where "
         "that finding's training boxes named with the same location words (\"left\", \"upper\", \"apical\"...) "
         "usually are, the finding's prior for a phrase without them. The random patch is chance. "
+        + (f"Left out of the grounding summaries (their image-free prior is already right): "
+           f"{', '.join(base['summary_excludes'])}. " if base.get("summary_excludes") else "")
+        + "Own lesion: on images with two different findings, whether a phrase's map peaks on its own finding "
+        "rather than on the other one (pixels in exactly one of the two regions); its random-patch column is "
+        "chance, the own region's share. "
         "Entropies at scale 1 over "
         f"{result['start']['patches']} patches (at most ln {result['start']['patches']} = {max_entropy:.3f}); "
         "lower means sparser token→patch maps.",

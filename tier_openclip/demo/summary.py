@@ -26,6 +26,7 @@ METRICS: dict[str, str] = {
     "pointing_game": "pointing game (token maps)",
     "miou": "grounding mIoU (token maps)",
     "pointing_game_unlocated": "pointing game (token maps), phrases without location words",
+    "own_lesion": "own lesion (token maps), images with two different findings",
     "cnr_pooled": "grounding CNR (pooled-phrase maps)",
     "pointing_game_pooled": "pointing game (pooled-phrase maps)",
     "miou_pooled": "grounding mIoU (pooled-phrase maps)",
@@ -33,6 +34,7 @@ METRICS: dict[str, str] = {
     "pointing_game_cam": "pointing game (CAM maps)",
     "miou_cam": "grounding mIoU (CAM maps)",
     "pointing_game_cam_unlocated": "pointing game (CAM maps), phrases without location words",
+    "own_lesion_cam": "own lesion (CAM maps), images with two different findings",
     "entropy_token_to_patch": "H token→patch",
     "entropy_patch_to_token": "H patch→token",
     "probe_dice": "linear-probe Dice",
@@ -78,6 +80,8 @@ def metric_values(result: Mapping) -> dict[str, float]:
         **{f"{metric}_{maps}": float(result[f"grounding_{maps}"]["overall"][metric]["value"])
            for maps in ("pooled", "cam") for metric in GROUNDING_METRICS},
         "pointing_game_cam_unlocated": _unlocated(result["grounding_cam"]).get("pointing_game", {}).get("value", math.nan),
+        "own_lesion": _own_lesion(result["grounding"]),
+        "own_lesion_cam": _own_lesion(result["grounding_cam"]),
         "entropy_token_to_patch": float(similarity["entropy_token_to_patch"]),
         "entropy_patch_to_token": float(similarity["entropy_patch_to_token"]),
         **{metric: float(result["segmentation"]["probe"][name]["value"]) for metric, name in PROBE_METRICS.items()},
@@ -85,6 +89,12 @@ def metric_values(result: Mapping) -> dict[str, float]:
         **{f"cos_{unit}": math.nan if cosines[unit] is None else float(cosines[unit]) for unit in ("patches", "tokens",
                                                                                                    "sentences")},
     }
+
+
+def _own_lesion(grounding: Mapping) -> float:
+    """The own-lesion rate (grounding's "own_lesion"; NaN where no image has two different findings)."""
+    value = grounding.get("own_lesion", {}).get("value")
+    return math.nan if value is None else float(value)
 
 
 def _unlocated(grounding: Mapping) -> Mapping:
@@ -238,4 +248,8 @@ def baselines(result: Mapping) -> dict:
     out["unlocated"] = {name: entry.get("pointing_game")
                         for name, entry in _unlocated(result["grounding"]).get("baselines", {}).items()}
     out["unlocated_phrases"] = _unlocated(result["grounding"]).get("phrases")
+    # the own-lesion rate's model-free baselines (chance: the own region's share of the two)
+    own = result["grounding"].get("own_lesion", {})
+    out["own_lesion"] = {**own.get("baselines", {}), "phrases": own.get("phrases")}
+    out["summary_excludes"] = result["grounding"].get("summary_excludes", [])
     return out

@@ -199,17 +199,20 @@ def plot_sweep(result: Mapping, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SWEEP_COLUMNS), figsize=(3.6 * len(SWEEP_COLUMNS), 3.4))
+    panels = [(METRICS[m], lambda row, m=m: row["differences"][m]) for m in SWEEP_COLUMNS]
+    # the manipulation check's measure, at each arm's own training scale (the entropy column above is at 1)
+    panels.append(("top-1 mass at the training scale", lambda row: row["manipulation"]["top1_mass"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
     scales = list(dict.fromkeys(row["scale"] for row in result["grid"]))
-    for ax, metric in zip(axes, SWEEP_COLUMNS):
+    for ax, (title, entry_of) in zip(axes, panels):
         for index, scale in enumerate(scales):
             rows = sorted((r for r in result["grid"] if r["scale"] == scale), key=lambda r: r["lambda"])
             lambdas = [r["lambda"] * (1 + 0.06 * (index - 1)) for r in rows]  # side by side, not on top
-            ax.errorbar(lambdas, [r["differences"][metric]["mean"] for r in rows],
-                        yerr=[r["differences"][metric]["sd"] for r in rows], marker="o", capsize=3, label=f"scale {scale}")
+            ax.errorbar(lambdas, [entry_of(r)["mean"] for r in rows], yerr=[entry_of(r)["sd"] for r in rows],
+                        marker="o", capsize=3, label=f"scale {scale}")
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set(title=f"Δ {METRICS[metric]}", xlabel="TIER λ (both directions)")
+        ax.set(title=f"Δ {title}", xlabel="TIER λ (both directions)")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("tier − clip (paired by start)")

@@ -80,16 +80,17 @@ def package_version() -> dict:
     return {"version": installed, "commit": commit}
 
 
-def environment(pins: Mapping[str, str] | None, process: Mapping | None = None) -> dict:
+def environment(pins: Mapping[str, str] | None, process: Mapping | None = None, package: Mapping | None = None) -> dict:
     """The record of demo.json's "environment". ``process``: what the (pinned) evaluation process
-    saw of itself (``process_view``): torch's thread count and the code path ATen chose."""
+    saw of itself (``process_view``): torch's thread count and the code path ATen chose;
+    ``package``: package_version() as read when the run started (default: now)."""
     import numpy
     import open_clip
     import torch
 
     cpu = cpu_description()
     process = process or process_view()
-    return {"package": package_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+    return {"package": dict(package or package_version()), "torch": torch.__version__, "numpy": numpy.__version__,
             "open_clip": open_clip.__version__, "python": platform.python_version(), "cpu": cpu["model"],
             "vector_extensions": cpu["vector_extensions"], "cores": os.cpu_count(),
             "torch_threads": process["torch_threads"], "cpu_capability": process["cpu_capability"],

@@ -61,6 +61,7 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
 
     check_options(options, arms)
     started = time.time()
+    package = environment.package_version()  # the code that runs, whatever is committed meanwhile
     options.out.mkdir(parents=True, exist_ok=True)
     data, data_seconds = prepare_data(options, options.progress)
     clock = time.time()
@@ -132,7 +133,7 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
                   "arms": [_arm_setup(arm, [runs_by_start[s][arm.name] for s in range(options.starts)]) for arm in arms]},
         "data": {k: v for k, v in data.items() if k != "prompts"},
         "data_fingerprint": fingerprint,
-        "environment": environment.environment(pins, evaluated["process"]),
+        "environment": environment.environment(pins, evaluated["process"], package),
         "starts": [{k: v for k, v in start.items() if k != "evaluation"} for start in starts],
         "start": {"patches": first["similarity"]["patches"],
                   "max_entropy_token_to_patch": first["similarity"]["max_entropy_token_to_patch"]},

@@ -124,6 +124,14 @@ def test_gradient_ratio_equals_separate_backward_passes(token_mask):
     assert 0 < ratio["tier_grad_ratio"] < ratio["tier_grad_ratio_text"] + ratio["tier_grad_ratio_image"]
 
 
+def test_a_loss_scale_changes_no_figure():
+    model, loss = Towers(), TierLoss(0.1, 0.1, impl="torch")
+    losses = loss(**model(), output_dict=True)
+    plain = gradient_ratio_of_terms(losses, list(model.parameters()))
+    scaled = gradient_ratio_of_terms(losses, list(model.parameters()), loss_scale=2.0 ** 16)
+    assert scaled == pytest.approx(plain, rel=1e-12)
+
+
 def test_the_ratio_writes_no_grad_and_leaves_the_graph_for_training():
     model, loss = Towers(), TierLoss(0.1, 0.1, impl="torch")
     losses = loss(**model(), output_dict=True)
@@ -169,9 +177,12 @@ def test_manipulation_check_on_an_open_clip_model_matches_its_parts():
     loss = TierLoss(0.1, 0.1, scale="logit", impl="torch")
     hook_calls = []
     loss.metrics_hook = hook_calls.append
+    loss.lambda_calibration = lambda *args: hook_calls.append(args)  # a pending auto λ: not set from this batch
     check = manipulation_check(model, loss, images, texts, top_k=3)
 
     assert hook_calls == [] and all(p.grad is None for p in model.parameters())
+    assert loss.metrics_hook is not None and loss.lambda_calibration is not None  # restored
+    loss.metrics_hook = loss.lambda_calibration = None
     out = token_features(model, images, texts)
     scale = model.logit_scale.exp().detach()
     assert check["top1_mass"] == pytest.approx(

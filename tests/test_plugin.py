@@ -212,3 +212,22 @@ def test_auto_lambda_is_measured_once_or_read_back_on_resume(params, tmp_path):
     (tmp_path / RECORD).write_text(json.dumps({"lambda": 7.5}))
     resumed = open_clip.create_loss(args)
     assert resumed.lambda_calibration is None and (resumed.lambda_text, resumed.lambda_image) == (0.3, 7.5)
+
+
+def test_a_diagnostic_that_cannot_be_measured_is_skipped_with_a_warning(tmp_path, caplog):
+    import torch
+    import torch.nn.functional as F
+
+    from tier_openclip.loss import TierLoss
+
+    unrelated = torch.nn.Parameter(torch.ones(3))  # no term reaches it: the ratio is undefined
+    args = argparse.Namespace(accum_freq=1, log_every_n_steps=1, tier_diagnostics_every=1, rank=0,
+                              save_logs=True, checkpoint_path=str(tmp_path), wandb=False)
+    loss = TierLoss(impl="torch")
+    loss.diagnostics_hook = plugin.TierDiagnosticsLogger(args, None, epoch=0, num_batches=1, params=[unrelated])
+    tokens = F.normalize(torch.randn(2, 3, 4, requires_grad=True), dim=-1)
+    features = F.normalize(torch.randn(2, 4, requires_grad=True), dim=-1)
+    total = loss(features, features, torch.tensor(10.0), image_tokens=tokens, text_tokens=tokens)
+    assert torch.isfinite(total)
+    assert "tier-openclip diagnostics step 0 skipped: the contrastive loss has a zero gradient" in caplog.text
+    assert not (tmp_path / "results.jsonl").exists()

@@ -5,8 +5,9 @@
   how much room the maps have to move.
 - ``gradient_norm_ratio`` / ``gradient_ratio_of_terms``: ‖∇ TIER's terms‖ / ‖∇ contrastive term‖
   with respect to given tensors, e.g. the trainable parameters. At the paper's setting (λ 0.1,
-  scale 1) it was 0.36% on the parameters: TIER then barely moves the model, and a null result
-  says nothing about the hypothesis.
+  scale 1) it is a fraction of a percent (0.03% for the demo's model at initialisation,
+  benchmarks/results/diagnostics-amd-epyc-2cpu.json): TIER then barely moves the model, and a
+  null result says nothing about the hypothesis.
 
 Where to measure the ratio: on the parameters (what the optimizer sees), or on a tensor that both
 the pooled features and the tokens are computed from. Not on the model's ``image_tokens`` /
@@ -80,43 +81,46 @@ def token_map_stats(
         }
 
 
-def _grad_norm(term: Tensor, wrt: Sequence[Tensor]) -> tuple[float, list[Tensor | None]]:
+def _grad_norm(term: Tensor, wrt: Sequence[Tensor], loss_scale: float) -> tuple[float, list[Tensor | None]]:
     """‖∂term/∂wrt‖ over all of ``wrt`` together, and the gradients (None where term does not reach)."""
     if not term.requires_grad:
         return 0.0, [None] * len(wrt)
     # retain_graph: training's own backward still needs this graph. autograd.grad returns the
     # gradients without touching any .grad, so the training step is unchanged.
-    grads = list(torch.autograd.grad(term, wrt, retain_graph=True, allow_unused=True))
-    return _norm(grads), grads
+    grads = list(torch.autograd.grad(term * loss_scale, wrt, retain_graph=True, allow_unused=True))
+    return _norm(grads, loss_scale), grads
 
 
-def _norm(grads: Sequence[Tensor | None]) -> float:
+def _norm(grads: Sequence[Tensor | None], loss_scale: float) -> float:
     squares = [g.detach().double().square().sum() for g in grads if g is not None]
-    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    return float(torch.stack(squares).sum().sqrt()) / loss_scale if squares else 0.0
 
 
-def gradient_ratio_of_terms(losses: Mapping[str, Tensor], wrt: Sequence[Tensor]) -> dict[str, float]:
+def gradient_ratio_of_terms(losses: Mapping[str, Tensor], wrt: Sequence[Tensor],
+                            loss_scale: float = 1.0) -> dict[str, float]:
     """Gradient norms of TIER's and the contrastive terms of a TierLoss output dict, and their ratios.
 
     ``losses``: ``TierLoss(..., output_dict=True)``'s dict, its graph still attached; ``wrt``: the
     tensors to differentiate with respect to (a list of parameters, or intermediate tensors).
     Returns grad_norm_contrastive, grad_norm_tier (of tier_text_loss + tier_image_loss),
     grad_norm_tier_text, grad_norm_tier_image, and tier_grad_ratio, tier_grad_ratio_text,
-    tier_grad_ratio_image (each TIER norm over the contrastive norm).
+    tier_grad_ratio_image (each TIER norm over the contrastive norm). ``loss_scale``: multiplies the
+    terms before differentiating and divides the norms after, as a GradScaler does, so that a small
+    term's gradient does not underflow in float16 (pass the scaler's get_scale()).
     """
     missing = [name for name in (*TIER_TERMS, CONTRASTIVE_TERM) if name not in losses]
     if missing:
         raise ValueError(f"the loss dict has no {', '.join(missing)}: pass the output of TierLoss(..., output_dict=True)")
     wrt = list(wrt)
-    contrastive, _ = _grad_norm(losses[CONTRASTIVE_TERM], wrt)
+    contrastive, _ = _grad_norm(losses[CONTRASTIVE_TERM], wrt, loss_scale)
     if contrastive == 0.0:
         raise ValueError("the contrastive loss has a zero gradient on these tensors (it does not reach them, e.g. the "
                          "model's token outputs): measure on the parameters instead")
-    text, text_grads = _grad_norm(losses[TIER_TERMS[0]], wrt)
-    image, image_grads = _grad_norm(losses[TIER_TERMS[1]], wrt)
+    text, text_grads = _grad_norm(losses[TIER_TERMS[0]], wrt, loss_scale)
+    image, image_grads = _grad_norm(losses[TIER_TERMS[1]], wrt, loss_scale)
     # The gradient of a sum is the sum of the gradients: no third pass through the graph.
     both = [a if b is None else b if a is None else a + b for a, b in zip(text_grads, image_grads)]
-    tier = _norm(both)
+    tier = _norm(both, loss_scale)
     return {
         "grad_norm_contrastive": contrastive,
         "grad_norm_tier": tier,
@@ -132,17 +136,19 @@ def tier_call(loss: ContrastiveTokenLoss, model_out: Mapping[str, Tensor]) -> tu
     """``loss(**model_out, output_dict=True)`` and TIER's inputs as TIER saw them (text_tokens,
     image_tokens, text_mask, scale: windowed by --tier-token-mask all, the detached logit scale).
 
-    The loss's own hooks are paused for the call, so a training logger attached to it counts nothing.
+    The loss's own hooks (and a pending --tier-lambda-* auto calibration) are paused for the call,
+    so a training logger attached to it counts nothing and no λ is set from this batch.
     """
     if not getattr(loss, "with_tier", False):
         raise ValueError(f"the TIER diagnostics need a TierLoss (--loss tier), got {type(loss).__name__}")
     seen: list[dict] = []
-    hooks = loss.metrics_hook, loss.diagnostics_hook
-    loss.metrics_hook, loss.diagnostics_hook = None, lambda _losses, tier_inputs: seen.append(tier_inputs)
+    hooks = loss.metrics_hook, loss.diagnostics_hook, loss.lambda_calibration
+    loss.metrics_hook, loss.lambda_calibration = None, None
+    loss.diagnostics_hook = lambda _losses, tier_inputs: seen.append(tier_inputs)
     try:
         losses = loss(**model_out, output_dict=True)
     finally:
-        loss.metrics_hook, loss.diagnostics_hook = hooks
+        loss.metrics_hook, loss.diagnostics_hook, loss.lambda_calibration = hooks
     return losses, seen[0]
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import importlib
 import logging
+import math
 import sys
 from typing import Any, Callable
 
@@ -275,9 +276,11 @@ class TierDiagnosticsLogger(TrainMetricsLogger):
     and autograd.grad leaves every .grad alone, so the training step is unchanged. Logged with the
     token metrics (prefix diag_), and as a line {"step": ..., "diag_...": ...} in results.jsonl."""
 
-    def __init__(self, args: argparse.Namespace, tb_writer: Any, epoch: int, num_batches: int, params: list):
+    def __init__(self, args: argparse.Namespace, tb_writer: Any, epoch: int, num_batches: int, params: list,
+                 scaler: Any = None):
         super().__init__(args, tb_writer, epoch, num_batches, every=args.tier_diagnostics_every)
         self.params = params
+        self.scaler = scaler  # --precision amp's GradScaler: its scale keeps float16 gradients from underflowing
 
     def __call__(self, losses: dict, tier_inputs: dict) -> None:
         from tier_openclip.diagnostics import gradient_ratio_of_terms, token_map_stats
@@ -287,7 +290,15 @@ class TierDiagnosticsLogger(TrainMetricsLogger):
         if step is None:
             return
         # Every rank computes: with --gather-with-grad the contrastive gradient crosses ranks.
-        values = {**token_map_stats(**tier_inputs), **gradient_ratio_of_terms(losses, self.params)}
+        loss_scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+        try:
+            ratio = gradient_ratio_of_terms(losses, self.params, loss_scale)
+            if loss_scale != 1.0 and not all(math.isfinite(value) for value in ratio.values()):
+                ratio = gradient_ratio_of_terms(losses, self.params)  # the scale overflowed (the scaler skips this step)
+        except ValueError as exc:  # a diagnostic must never stop a training run
+            logging.warning("tier-openclip diagnostics step %d skipped: %s", step, exc)
+            return
+        values = {**token_map_stats(**tier_inputs), **ratio}
         if self.args.rank == 0:
             values = {f"diag_{name}": value for name, value in values.items()}
             self._log(values, step, what="diagnostics step", fmt=".5g")
@@ -308,7 +319,7 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
                 loss.lambda_calibration.params = params
             if getattr(args, "tier_diagnostics_every", 0) and loss.with_tier:
                 loss.diagnostics_hook = TierDiagnosticsLogger(
-                    args, tb_writer, epoch, data["train"].dataloader.num_batches, params)
+                    args, tb_writer, epoch, data["train"].dataloader.num_batches, params, scaler)
         result = original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
         if getattr(args, "tier_zeroshot_chexpert", None) or getattr(args, "tier_zeroshot_padchest", None):
             from tier_openclip.evaluate import zeroshot_during_training

@@ -299,12 +299,14 @@ def test_each_box_holds_its_drawing(real, size):
             x0, y0, x1, y1 = box = with_it.boxes[site.name]
             assert with_it.findings[0].phrase == finding.phrase and with_it.findings[0].side == site.side
             assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size, (site, box)
-            # Every lesion spans at least one 8x8 ViT patch's worth of pixels at 64 px; sizes scale.
-            assert min(x1 - x0, y1 - y0) >= 8 * size / 64, (site, box)
+            # Every lesion spans most of an 8x8 patch at 64 px, also where the pleura cuts it; sizes scale.
+            assert min(x1 - x0, y1 - y0) >= 6 * size / 64, (site, box)
             diff = np.abs(with_it.image.astype(int) - without.image.astype(int))
             inside = np.zeros_like(diff, dtype=bool)
             inside[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] = True
-            assert np.percentile(diff[y0:y1, x0:x1], 90) >= 20, (site, box)  # visibly drawn there
+            # Visibly drawn there: the faintest finding (opacity, tuned down from AUC 0.99) still
+            # changes its box by ~5% of the 8-bit range, four times the noise (0.012 * 255).
+            assert np.percentile(diff[y0:y1, x0:x1], 90) >= 12, (site, box)
             assert diff[inside].sum() >= 0.9 * diff.sum(), (site, box)  # and (almost) only there
 
 
@@ -324,7 +326,10 @@ def test_each_mask_is_its_drawings_footprint(real):
     for site in SITES:
         for i in range(2):
             plan = phantom.plan_sample(phantom.sample_rng(7, "train", i), config)
-            with_it, without = render(config, background, plan, planned(site, i)), render(config, background, plan)
+            # At full density: the footprint does not depend on it, and every pixel it covers then
+            # changes by more than the 8-bit rounding (the faint opacity's lowest densities do not).
+            full = dataclasses.replace(planned(site, i), density=1.0)
+            with_it, without = render(config, background, plan, full), render(config, background, plan)
             mask = with_it.masks[site.name]
             assert mask.dtype == bool and mask.shape == (64, 64) and set(with_it.masks) == {site.name}
             x0, y0, x1, y1 = with_it.boxes[site.name]
@@ -336,7 +341,9 @@ def test_each_mask_is_its_drawings_footprint(real):
             assert diff[near].sum() >= 0.95 * diff.sum(), site
             assert diff[mask].mean() >= 10 * diff[~near].mean(), site
             if site.name != "cardiomegaly":  # the enlarged silhouette holds the normal heart, unchanged
-                assert np.mean(diff[mask] > 0) >= 0.7, site  # inside: drawn nearly everywhere
+                # Inside: drawn nearly everywhere (a small opacity leaves its any-pooled rim and the
+                # ribs brighter than its level unchanged).
+                assert np.mean(diff[mask] > 0) >= (0.6 if site.name == "opacity" else 0.7), site
                 assert np.median(diff[mask]) >= 8, site
             if site.name in LUNG:  # round lesions: the footprint is well inside its box
                 # (a 9-px disc pixelised by any-pooling fills ~86% of its box, a circle pi/4)

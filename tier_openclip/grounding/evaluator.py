@@ -178,9 +178,10 @@ def grounding_evaluate(
                 for k, saliency, region, rival in zip(phrase_indices, maps, regions, rivals):
                     phrase = gset.phrases[k]
                     other = None if rival is None else regions[rival]
+                    rival_finding = None if rival is None else gset.phrases[phrase_indices[rival]].finding
                     row: dict[str, Any] = {"image": phrase.image, "finding": phrase.finding, "phrase": phrase.phrase,
                                            "boxes": len(phrase.boxes), **grounding_metrics(saliency, region),
-                                           "competitor": None if rival is None else gset.phrases[phrase_indices[rival]].finding,
+                                           "competitor": rival_finding,
                                            OWN_LESION: None if other is None else own_lesion(saliency, region, other)}
                     row["random"] = {"pointing_game": chance_pointing(region, geometry),
                                      **random_map_metrics(region, geometry, random_draws, rng),

@@ -1,5 +1,6 @@
-"""`tier-openclip demo`: the pure summary functions on hand-made numbers, the paired design of the
-training commands, and (slow) a reduced demo end to end."""
+"""`tier-openclip demo`: the pure summary functions on hand-made numbers (t-interval against
+scipy.stats, the decision rule, the precondition), the data fingerprint and environment record,
+the paired design of the training commands, and (slow) a reduced demo end to end, run twice."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,7 +17,8 @@ from PIL import Image
 from tier_openclip.demo import DemoOptions, run_demo, run_sweep, sweep_arms
 from tier_openclip.demo.design import Stage, make_arm, training_command
 from tier_openclip.demo.runs import parse_step_times
-from tier_openclip.demo.summary import arm_summary, paired_differences, spread, verdict
+from tier_openclip.demo.summary import (arm_summary, decide, paired_differences, precondition, spread, t_interval,
+                                        t_quantile, verdict)
 from tier_openclip.errors import UsageError
 
 # --- pure summaries ---------------------------------------------------------------------------
@@ -28,32 +31,82 @@ def test_spread_is_mean_and_sample_sd():
     assert spread([0.5]) == {"mean": 0.5, "sd": 0.0, "values": [0.5]}
 
 
-def test_paired_differences_are_arm_minus_control_seed_by_seed():
+def test_paired_differences_are_arm_minus_control_start_by_start():
     control = [{"auc": 0.80, "cnr": 1.0}, {"auc": 0.70, "cnr": 2.0}, {"auc": 0.90, "cnr": 0.5}]
-    arm = [{"auc": 0.82, "cnr": 0.0}, {"auc": 0.73, "cnr": 2.5}, {"auc": 0.91, "cnr": 0.4}]
+    arm = [{"auc": 0.85, "cnr": 0.0}, {"auc": 0.76, "cnr": 2.5}, {"auc": 0.94, "cnr": 0.4}]
     out = paired_differences(arm, control)
-    assert out["auc"]["values"] == pytest.approx([0.02, 0.03, 0.01])
-    assert out["auc"]["mean"] == pytest.approx(0.02) and out["auc"]["sd"] == pytest.approx(0.01)
+    assert out["auc"]["values"] == pytest.approx([0.05, 0.06, 0.04])
+    assert out["auc"]["mean"] == pytest.approx(0.05) and out["auc"]["sd"] == pytest.approx(0.01)
     assert out["auc"]["n"] == 3
-    # mean 0.02 >= 2 * 0.01 / sqrt(3) = 0.0115 and all positive: an effect
+    # t(0.975, 2) = 4.303: 0.05 ± 4.303 * 0.01 / √3 = [0.0252, 0.0748], above 0
+    assert out["auc"]["ci"] == pytest.approx([0.05 - 4.3027 * 0.01 / math.sqrt(3), 0.05 + 4.3027 * 0.01 / math.sqrt(3)],
+                                             abs=1e-4)
     assert out["auc"]["verdict"] == "higher"
     assert out["cnr"]["values"] == pytest.approx([-1.0, 0.5, -0.1])
-    assert out["cnr"]["verdict"] == "within noise"  # signs disagree
+    assert out["cnr"]["verdict"] == "within noise"  # the interval covers 0
     # The unpaired means would hide the pairing: arm_summary gives each arm's own spread.
-    assert arm_summary(arm)["auc"]["mean"] == pytest.approx((0.82 + 0.73 + 0.91) / 3)
+    assert arm_summary(arm)["auc"]["mean"] == pytest.approx((0.85 + 0.76 + 0.94) / 3)
+
+
+def test_t_interval_matches_scipy():
+    from scipy import stats
+
+    for df in (1, 2, 3, 4, 9, 29):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-7)
+    assert t_quantile(0.9, 5) == pytest.approx(stats.t.ppf(0.9, 5), rel=1e-7)
+    for values in ([0.02, 0.03, 0.04], [0.1, -0.3, 0.05, 0.2], [1.0, 3.0]):
+        mean, sem = float(np.mean(values)), float(stats.sem(values))
+        expected = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
+        assert t_interval(values) == pytest.approx(list(expected), rel=1e-7)
+    assert t_interval([0.5]) is None
+    with pytest.raises(ValueError, match="0.5 < p < 1"):
+        t_quantile(0.3, 2)
 
 
 def test_verdict_rule():
-    assert verdict([-0.05, -0.04, -0.06]) == "lower"
-    # same signs, but the mean is below 2·sd/√n: 0.03 < 2 * 0.0265 / 1.732 = 0.0306
+    assert verdict([-0.05, -0.04, -0.06]) == "lower"  # [-0.075, -0.025]
+    # same signs, but the interval covers 0: 0.0297 ± 4.303 * 0.0285 / √3
     assert verdict([0.001, 0.03, 0.058]) == "within noise"
-    assert verdict([0.02, 0.03, 0.04]) == "higher"  # 0.03 >= 2 * 0.01 / 1.732 = 0.0115
-    assert verdict([0.1]) == "within noise"  # one seed tells nothing
-    assert verdict([0.0, 0.1, 0.1]) == "within noise"  # a zero difference is no sign
+    assert verdict([0.02, 0.03, 0.04]) == "higher"  # 0.03 ± 0.0248
+    assert verdict([0.1]) == "within noise"  # one start tells nothing
+    assert verdict([0.0, 0.0, 0.0]) == "within noise"  # an interval of one point at 0 covers it
+
+
+def _difference(values):
+    return paired_differences([{"m": v} for v in values], [{"m": 0.0} for _ in values])["m"]
+
+
+def test_decision_rule_on_hand_made_numbers():
+    moved, still = _difference([0.30, 0.25, 0.35]), _difference([0.02, 0.01, 0.03])
+    small_rise = _difference([0.06, 0.08, 0.05])  # above 0, but by less than the rule's 0.1
+    assert decide(still, _difference([0.2, 0.2, 0.21]), True) == {"reading": "inert", "rule": "inert",
+                                                                   "manipulation_passed": False}
+    assert decide(small_rise, _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"
+    assert decide(_difference([0.5, -0.1, 0.4]), _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"  # CI covers 0
+    assert decide(moved, _difference([0.07, 0.06, 0.08]), True)["reading"] == "supported"
+    assert decide(moved, _difference([0.04, 0.05, 0.03]), True)["reading"] == "inconclusive"  # mean below +0.05
+    assert decide(moved, _difference([0.07, -0.02, 0.12]), True)["reading"] == "inconclusive"  # CI covers 0
+    assert decide(moved, _difference([-0.10, -0.12, -0.09]), True)["reading"] == "falsified"  # upper bound < +0.02
+    # mean 0, sd 0.01, half-width 0.0248: the upper bound +0.0248 is not below +0.02
+    assert decide(moved, _difference([0.0, 0.01, -0.01]), True)["rule"] == "inconclusive"
+    assert decide(moved, _difference([-0.01, 0.0, -0.005]), True)["rule"] == "falsified"  # [-0.0174, +0.0074]
+    blocked = decide(moved, _difference([0.07, 0.06, 0.08]), False)
+    assert blocked == {"reading": "not tested", "rule": "supported", "manipulation_passed": True}
+
+
+def test_precondition_compares_token_maps_with_the_prior_on_phrases_without_location_words():
+    def start(pointing, prior):
+        return {"grounding": {"by_location_words": {"without": {
+            "pointing_game": {"value": pointing}, "phrases": 40, "baselines": {"prior": {"pointing_game": prior}}}}}}
+
+    assert precondition(start(0.30, 0.12)) == {"pointing": 0.30, "prior": 0.12, "phrases": 40, "held": True}
+    assert precondition(start(0.10, 0.12))["held"] is False
+    assert precondition(start(0.12, 0.12))["held"] is False  # a tie is not beating the prior
+    assert precondition({"grounding": {"by_location_words": {}}})["held"] is None  # no such phrases: not tested
 
 
 def test_unpaired_rows_are_refused():
-    with pytest.raises(ValueError, match="pairs need one of each per seed"):
+    with pytest.raises(ValueError, match="pairs need one of each per start"):
         paired_differences([{"auc": 1.0}], [{"auc": 1.0}, {"auc": 0.5}])
 
 
@@ -119,9 +172,72 @@ def test_unknown_loss_and_missing_control_are_refused(tmp_path):
     assert not (tmp_path / "data").exists()  # refused before any work
 
 
+# --- the data fingerprint and the environment record -------------------------------------------
+
+
+def _tiny_data(folder: Path) -> dict:
+    from tier_openclip import phantom
+    from tier_openclip.demo.runs import write_training_csv
+
+    config = phantom.PhantomConfig.preset("small", grounding=True, num_train=12, num_test=8, shard_size=8)
+    data = phantom.write_phantom_dataset(folder, config, progress=False, seg_max_train=6)
+    data["train_csv"] = str(write_training_csv(data, folder / "train_csv"))
+    return data
+
+
+def test_fingerprint_names_the_data_not_where_or_when_they_were_written(tmp_path):
+    from tier_openclip.demo.environment import data_fingerprint
+
+    first, second = _tiny_data(tmp_path / "a" / "data"), _tiny_data(tmp_path / "b" / "data")
+    print_a, print_b = data_fingerprint(first), data_fingerprint(second)
+    assert print_a == print_b and len(print_a["sha256"]) == 64  # same data in another folder, written later
+    # One caption changed: the training part and the whole change, the test part does not.
+    table = Path(second["train_csv"])
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1] + " extra"
+    table.write_text("\n".join(lines) + "\n")
+    changed = data_fingerprint(second)
+    assert changed["train"] != print_a["train"] and changed["test"] == print_a["test"]
+    assert changed["sha256"] != print_a["sha256"]
+    # One test label changed: the test part changes.
+    labels = Path(first["eval_dir"]) / "labels.csv"
+    labels.write_text(labels.read_text().replace(",1", ",0", 1))
+    assert data_fingerprint(first)["test"] != print_a["test"]
+    # A training image's bytes changed, its name and caption kept.
+    image = Path(table.read_text().splitlines()[2].split("\t")[0])
+    image.write_bytes(image.read_bytes()[:-1] + bytes([image.read_bytes()[-1] ^ 1]))
+    assert data_fingerprint(second)["train"] != changed["train"]
+
+
+def test_cpu_description_reads_model_and_vector_extensions():
+    from tier_openclip.demo.environment import cpu_description
+
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse4_1 sse4_2 avx avx2 fma avx512f avx512bw\n\n"
+               "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    assert cpu_description(cpuinfo) == {"model": "AMD EPYC 9R14",
+                                        "vector_extensions": ["sse4_1", "sse4_2", "avx", "avx2", "fma", "avx512f",
+                                                              "avx512bw"]}
+
+
+def test_comparison_needs_the_same_data_and_environment():
+    from tier_openclip.demo.environment import PINS, comparison, environment
+
+    env = environment(PINS)
+    assert env["pins"] == PINS and env["torch_threads"] >= 1 and env["cpu"]
+    run = {"data_fingerprint": {"sha256": "a" * 64}, "environment": env}
+    assert comparison(run, run)["reading"].startswith("comparable")
+    other_cpu = {**run, "environment": {**env, "cpu": "Intel Xeon", "vector_extensions": ["avx2"]}}
+    reading = comparison(run, other_cpu)
+    assert reading["same_data"] and set(reading["environment_differences"]) == {"cpu", "vector_extensions"}
+    assert reading["reading"].startswith("same data, different environment")
+    other_data = {**run, "data_fingerprint": {"sha256": "b" * 64}}
+    assert comparison(run, other_data)["reading"].startswith("not comparable")
+    assert not comparison({}, {})["same_data"]  # no fingerprints: nothing says the data agree
+
+
 # --- end to end (slow) ------------------------------------------------------------------------
 
-TINY = dict(seeds=2, bootstrap=5, heatmap_images=1, progress=False, pretrain_epochs=1, finetune_epochs=1,
+TINY = dict(starts=2, bootstrap=5, heatmap_images=1, progress=False, pretrain_epochs=1, finetune_epochs=1,
             render_workers=0, phantom_overrides={"num_train": 96, "num_test": 48, "shard_size": 48})
 
 
@@ -129,104 +245,117 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.slow
-def test_reduced_demo_pairs_its_arms_and_reports_their_differences(tmp_path):
-    out = tmp_path / "demo"
-    result = run_demo(DemoOptions(out=out, losses=("clip", "tier"), **TINY))
-
-    runs = out / "runs"
-    start = runs / "pretrain" / "checkpoints" / "epoch_1.pt"
-    assert start.is_file()
-    for arm in ("clip", "tier-l0.1-s1"):
-        for seed in (0, 1):
-            params = (runs / f"{arm}-seed{seed}" / "params.txt").read_text()
-            assert f"pretrained: {start}\n" in params and f"seed: {seed}\n" in params
-    assert "loss: tier\n" in (runs / "tier-l0.1-s1-seed0" / "params.txt").read_text()
-    # Fine-tuning moved the weights away from the shared start, differently per loss.
-    start_state = _state(start)
-    clip0, tier0 = _state(runs / "clip-seed0" / "checkpoints" / "epoch_1.pt"), _state(runs / "tier-l0.1-s1-seed0" / "checkpoints" / "epoch_1.pt")
-    for key in ("visual.trunk.stem.conv.weight", "visual.head.proj.weight"):  # TIER-tiny-ResNet's first and last
-        assert not torch.equal(clip0[key], start_state[key]) and not torch.equal(clip0[key], tier0[key])
-
-    saved = json.loads((out / "demo.json").read_text())
-    assert set(saved["summary"]) == {"clip", "tier"}
-    rows = saved["rows"]
-    difference = saved["differences"]["tier"]["auc"]
-    assert difference["values"] == pytest.approx([rows["tier"][s]["auc"] - rows["clip"][s]["auc"] for s in (0, 1)])
-    for metric in ("auc", "cnr", "pointing_game", "miou", "pointing_game_pooled", "pointing_game_cam", "entropy_token_to_patch",
-                   "entropy_patch_to_token", "probe_dice", "cos_patches"):
-        assert len(saved["summary"]["tier"][metric]["values"]) == 2
-    prior = saved["baselines"]["prior"]
-    assert 0 <= prior["pointing_game"] <= 1 and prior["source"] == "train boxes"
-    assert result["timings"]["total_seconds"] > 0
-
-    report = (out / "report.md").read_text()
-    assert "## Paired differences: tier − clip, seed by seed" in report and "Rule: a paired difference" in report
-    assert "| zero-shot AUC (mean over findings) |" in report and "image-free prior" in report
-    assert Image.open(out / "sparsity.png").size[0] > 500
-    assert (out / "heatmaps" / "heatmap-0.png").is_file() and "heatmaps/heatmap-0.png" in report
-
-    # The sweep in the same folder reuses the data, the pre-training and the clip controls.
-    reused = {path: path.stat().st_mtime_ns for path in (start, runs / "clip-seed0" / "checkpoints" / "epoch_1.pt")}
-    sweep = run_sweep(DemoOptions(out=out, **TINY), lambdas=(0.5,), scales=("logit",))
-    assert all(path.stat().st_mtime_ns == mtime for path, mtime in reused.items())
-    assert sweep["timings"]["runs"]["pretrain"]["reused"] and sweep["timings"]["runs"]["clip-seed1"]["reused"]
-    assert "tier_scale: logit\n" in (runs / "tier-l0.5-slogit-seed0" / "params.txt").read_text()
-    saved = json.loads((out / "sweep.json").read_text())
-    (row,) = saved["grid"]
-    assert (row["lambda"], row["scale"]) == (0.5, "logit")
-    assert row["differences"]["cnr"]["values"] == pytest.approx(
-        [saved["rows"][row["arm"]][s]["cnr"] - saved["rows"]["clip"][s]["cnr"] for s in (0, 1)])
-    assert "| 0.5 | logit |" in (out / "sweep.md").read_text() and Image.open(out / "sweep.png").size[0] > 500
-
-
-def test_goals_script_reads_a_demo_json(tmp_path):
+def _goals_module():
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_goals.py"
     spec = importlib.util.spec_from_file_location("demo_goals", path)
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
-    result = {"timings": {"total_seconds": 540.0},
-              "baselines": {"prior": {"pointing_game": 0.30}, "located_prior": {"pointing_game": 0.28},
-                            "unlocated": {"prior": 0.40, "located_prior": 0.40, "random": 0.1}},
-              # the goal reads the CAM maps, not the token or pooled-cosine maps
-              "summary": {"clip": {"auc": spread([0.82, 0.80, 0.81]), "pointing_game": spread([0.1, 0.1, 0.1]),
-                                   "pointing_game_pooled": spread([0.1, 0.1, 0.1]),
-                                   "pointing_game_cam": spread([0.25, 0.35, 0.33]),
-                                   "pointing_game_cam_unlocated": spread([0.5, 0.5, 0.5])}}}
-    assert [met for _, met, _ in goals.check_goals(result)] == [True] * 5  # 0.31 > 0.30, 0.28; 0.5 > 0.4
-    result["baselines"]["located_prior"]["pointing_game"] = 0.32  # reading the phrase would beat the model
-    assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True, False, True]
-    result["summary"]["clip"]["pointing_game_cam_unlocated"] = spread([0.3, 0.4, 0.4])
-    assert [met for _, met, _ in goals.check_goals(result)] == [True, True, True, False, False]
-    result["summary"]["clip"]["auc"] = spread([0.82, 0.70, 0.81])
-    result["timings"]["total_seconds"] = 601.0
-    result["summary"]["clip"]["pointing_game_cam"] = spread([0.25, 0.30, 0.33])  # 0.293
-    result["summary"]["clip"]["pointing_game_pooled"] = spread([0.5, 0.5, 0.5])
-    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 5
-    result["summary"]["local-uniformity"] = {"cos_patches": spread([0.95, 0.97, 0.99])}
-    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 6
-    result["summary"]["local-uniformity"] = {"cos_patches": spread([0.05, 0.1, 0.2])}
-    assert goals.check_goals(result)[-1][1]
+    return goals
 
 
 @pytest.mark.slow
-def test_same_seed_and_start_give_the_same_run(tmp_path):
-    """The pairing rests on this: one command, run twice, trains the same weights (same batches,
-    same order, same augmentation). open_clip's WebDataset loader would fail it."""
-    out = tmp_path / "demo"
-    run_demo(DemoOptions(out=out, losses=("clip",), **{**TINY, "seeds": 1}))
-    runs = out / "runs"
-    command = json.loads((runs / "clip-seed0" / "demo-command.json").read_text())["command"]
-    first = _state(runs / "clip-seed0" / "checkpoints" / "epoch_1.pt")
-    import subprocess
+def test_reduced_demo_twice_gives_the_same_numbers_and_the_sweep_reuses_it(tmp_path):
+    arms = ("clip", "tier-calibrated")
+    out, again = tmp_path / "demo", tmp_path / "again"
+    result = run_demo(DemoOptions(out=out, losses=arms, **TINY))
 
-    again = [sys.executable, *[f"--logs={tmp_path / 'again'}" if arg.startswith("--logs=") else arg for arg in command]]
-    subprocess.run(again, check=True, capture_output=True)
-    second = _state(tmp_path / "again" / "clip-seed0" / "checkpoints" / "epoch_1.pt")
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    runs = out / "runs"
+    for seed in (0, 1):
+        start = runs / f"pretrain-start{seed}" / "checkpoints" / "epoch_1.pt"
+        assert f"seed: {seed}\n" in (runs / f"pretrain-start{seed}" / "params.txt").read_text()
+        for arm in ("clip", "tier-calibrated-r0.1-s10"):
+            params = (runs / f"{arm}-start{seed}" / "params.txt").read_text()
+            assert f"pretrained: {start}\n" in params and f"seed: {seed}\n" in params
+    # The starts differ (each its own seed); fine-tuning moved the weights, differently per loss.
+    start0, start1 = _state(runs / "pretrain-start0/checkpoints/epoch_1.pt"), _state(runs / "pretrain-start1/checkpoints/epoch_1.pt")
+    clip0, tier0 = _state(runs / "clip-start0/checkpoints/epoch_1.pt"), _state(runs / "tier-calibrated-r0.1-s10-start0/checkpoints/epoch_1.pt")
+    for key in ("visual.trunk.stem.conv.weight", "visual.head.proj.weight"):  # TIER-tiny-ResNet's first and last
+        assert not torch.equal(start0[key], start1[key])
+        assert not torch.equal(clip0[key], start0[key]) and not torch.equal(clip0[key], tier0[key])
+    lambdas = result["setup"]["arms"][1]["tier_lambda_per_start"]
+    assert all(lam > 0 for lam in lambdas) and f"tier_lambda_text: {lambdas[0]:g}" in (
+        runs / "tier-calibrated-r0.1-s10-start0" / "params.txt").read_text()
+    assert result["manipulation"]["tier-calibrated"]["ratio_on_start"] == pytest.approx([0.1, 0.1], rel=0.05)
+
+    saved = json.loads((out / "demo.json").read_text())
+    difference = saved["differences"]["tier-calibrated"]["auc"]
+    assert difference["values"] == pytest.approx([saved["rows"]["tier-calibrated"][s]["auc"] - saved["rows"]["clip"][s]["auc"]
+                                                  for s in (0, 1)])
+    assert len(difference["ci"]) == 2 and saved["environment"]["cpu_capability"] == "AVX2"
+    assert saved["data"]["background"] == "procedural" and saved["data"]["grounding"] is True
+    assert saved["baselines"]["summary_excludes"] == ["cardiomegaly"]
+    assert set(saved["decisions"]) == {"tier-calibrated"} and len(saved["starts"]) == 2
+    report = (out / "report.md").read_text()
+    assert "## Paired differences: tier-calibrated − clip, start by start" in report
+    assert saved["data_fingerprint"]["sha256"] in report and Image.open(out / "sparsity.png").size[0] > 500
+
+    # The same demo again, every run retrained and re-evaluated in another folder: the same numbers.
+    run_demo(DemoOptions(out=again, losses=arms, **TINY))
+    goals = _goals_module()
+    same, lines = goals.compare(saved, json.loads((again / "demo.json").read_text()))
+    assert same, "\n".join(lines)
+
+    # The sweep in the first folder reuses the data, the starts and the clip controls.
+    reused = {path: path.stat().st_mtime_ns for path in (runs / "pretrain-start0/checkpoints/epoch_1.pt",
+                                                         runs / "clip-start1/checkpoints/epoch_1.pt")}
+    sweep = run_sweep(DemoOptions(out=out, **TINY), lambdas=(0.5,), scales=("logit",))
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in reused.items())
+    assert sweep["timings"]["runs"]["pretrain-start0"]["reused"] and sweep["timings"]["runs"]["clip-start1"]["reused"]
+    saved = json.loads((out / "sweep.json").read_text())
+    (row,) = saved["grid"]
+    assert (row["lambda"], row["scale"]) == (0.5, "logit") and row["decision"]["reading"] in (
+        "not tested", "inert", "supported", "falsified", "inconclusive")
+    assert row["differences"]["cnr"]["values"] == pytest.approx(
+        [saved["rows"][row["arm"]][s]["cnr"] - saved["rows"]["clip"][s]["cnr"] for s in (0, 1)])
+    assert "| 0.5 | logit |" in (out / "sweep.md").read_text() and Image.open(out / "sweep.png").size[0] > 500
+
+
+def _goal_result(**changes) -> dict:
+    starts = [{"seed": s, "precondition": {"pointing": 0.3, "prior": 0.12, "held": True, "phrases": 40},
+               "metrics": {"auc": 0.8}} for s in range(3)]
+    result = {"timings": {"total_seconds": 540.0}, "starts": starts,
+              "baselines": {"prior": {"pointing_game": 0.12}},
+              "per_finding_auc": {"clip": {"opacity": spread([0.8, 0.82, 0.81]), "pneumothorax": spread([0.71, 0.75, 0.72])}},
+              "data_fingerprint": {"sha256": "f" * 64},
+              "environment": {"package": {"version": "0.1.0", "commit": None}, "torch": "2.14", "numpy": "2.4",
+                              "open_clip": "3.3", "cpu": "AMD EPYC", "vector_extensions": ["avx2"], "torch_threads": 2,
+                              "pins": {}},
+              "summary": {"clip": {}}}
+    result.update(changes)
+    return result
+
+
+def test_goals_script_reads_a_demo_json():
+    goals = _goals_module()
+    assert [met for _, met, _ in goals.check_goals(_goal_result(), "… " + "f" * 64 + " AMD EPYC …")] == [True] * 6
+    result = _goal_result(timings={"total_seconds": 601.0}, starts=_goal_result()["starts"][:2],
+                          baselines={"prior": {"pointing_game": 0.33}},
+                          per_finding_auc={"clip": {"opacity": spread([0.99, 0.99, 0.98]), "x": spread([0.8] * 3)}},
+                          data_fingerprint={})
+    result["starts"][1] = {**result["starts"][1], "precondition": {"pointing": 0.1, "prior": 0.12, "held": False}}
+    assert [met for _, met, _ in goals.check_goals(result)] == [False] * 6
+    # a report without the fingerprint fails the last goal alone
+    assert [met for _, met, _ in goals.check_goals(_goal_result(), "no names here")] == [True] * 5 + [False]
+    result = _goal_result(summary={"clip": {}, "local-uniformity": {"cos_patches": spread([0.95, 0.97, 0.99])}})
+    assert [met for _, met, _ in goals.check_goals(result)] == [True] * 6 + [False]
+
+
+def test_goals_compare_says_whether_runs_are_comparable_before_the_numbers():
+    goals = _goals_module()
+    first = {**_goal_result(), "starts": [{"seed": 0, "metrics": {"auc": 0.8}, "precondition": {}}],
+             "rows": {"clip": [{"auc": 0.81, "cnr": math.nan}]}}
+    same, lines = goals.compare(first, json.loads(json.dumps(first)))
+    assert same and lines[0].startswith("comparability: comparable") and "0 differ" in lines[1]
+    second = json.loads(json.dumps(first))
+    second["rows"]["clip"][0]["auc"] = 0.8100001
+    same, lines = goals.compare(first, second)
+    assert not same and "1 differ" in lines[1] and "clip (start 0)/auc: 0.81 | 0.8100001" in lines[2]
+    other = {**second, "data_fingerprint": {"sha256": "e" * 64}}
+    same, lines = goals.compare(first, other)
+    assert not same and lines == ["comparability: not comparable: different data (or a record without a fingerprint); "
+                                  "the numbers measure different inputs"]
 
 
 # --- the linear probe and the collapse measure in every checkpoint's evaluation ---------------
@@ -286,7 +415,7 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
     """evaluate_checkpoint's result schema with per-run numbers (zero-shot and grounding made up
     here; the segmentation part is a real probe_evaluate)."""
     name = checkpoint.parent.parent.name
-    seed = int(name.rsplit("seed", 1)[1]) if "seed" in name else 0
+    seed = int(name.rsplit("start", 1)[1])
     local = name.startswith("local-uniformity")
     value = {"value": 0.5 + 0.01 * seed}
     return {
@@ -294,7 +423,8 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
         "zeroshot": {"means": {"all": {"mean_auc": 0.7 + 0.01 * seed}}, "labels": {"opacity": {"auc": 0.7}}},
         "grounding": {"overall": {"cnr": value, "pointing_game": value, "miou": value}, "num_phrases": 3,
                       "per_finding": {"opacity": {"pointing_game": value}},
-                      "by_location_words": {"without": {"baselines": {
+                      "by_location_words": {"without": {"pointing_game": {"value": 0.45 + 0.01 * seed}, "phrases": 3,
+                                                        "baselines": {
                           "prior": {"pointing_game": 0.35}, "located_prior": {"pointing_game": 0.35},
                           "random": {"pointing_game": 0.1}}}},
                       "baselines": {"prior": {"cnr": 0.1, "pointing_game": 0.3, "miou": 0.1, "source": "train boxes",
@@ -314,32 +444,96 @@ def _fake_evaluation(checkpoint: Path, data: dict, bootstrap: int) -> dict:
     }
 
 
-def test_report_and_json_carry_probe_dice_and_collapse_for_every_arm(tmp_path, monkeypatch):
-    """The demo with its trainings and model evaluations faked (the probe's numbers are real
-    probe_evaluate results): every arm's probe Dice, mIoU and local cosines reach demo.json and
-    report.md, with the empty-head and prior baselines and the paired differences vs clip."""
+def _fake_maps(checkpoint: str, scales) -> dict:
+    """map_stats' schema: TIER arms' maps sharper than the rest by 0.3 top-1 mass."""
+    name = Path(checkpoint).parent.parent.name
+    top1 = 0.5 if name.startswith("tier") else 0.2
+    return {scale: {"top1_mass": top1, "topk_mass": top1 + 0.2, "entropy_token_patch": 3.0 - top1,
+                    "max_entropy_token_patch": math.log(64), "uniform_top1_mass": 1 / 64, "uniform_topk_mass": 5 / 64,
+                    "top_k": 5.0, "scale_value": float(scale), "max_top1_mass": 0.9} for scale in scales}
+
+
+def _fake_pipeline(tmp_path, monkeypatch) -> None:
+    """The demo's pipeline with its data, trainings and (worker) evaluations faked; every start's
+    TIER/CLIP gradient ratio at λ 1 is 0.02 (so a calibrated λ for 10% is 5)."""
     from tier_openclip import analyze
-    from tier_openclip.demo import pipeline
+    from tier_openclip.demo import environment, pipeline
+    from tier_openclip.demo.runs import ratio_key
 
     monkeypatch.setattr(pipeline, "prepare_data", lambda options, progress: (
-        {"num_train": 64, "num_test": 8, "train_csv": str(tmp_path / "train.csv"), "grounding_dir": "g", "prompts": {}},
-        0.0))
+        {"num_train": 64, "num_test": 8, "train_csv": str(tmp_path / "train.csv"), "grounding_dir": "g", "prompts": {},
+         "background": "RG1_UNCI.dcm"}, 0.0))
+    monkeypatch.setattr(environment, "data_fingerprint", lambda data: {"train": "a" * 64, "test": "b" * 64,
+                                                                      "sha256": "c" * 64})
+    seen = []
 
-    def fake_training(command, run_dir, epochs, steps, inputs, progress=None):
+    def fake_training(command, run_dir, epochs, steps, inputs, progress=None, pins=None):
+        seen.append((run_dir.name, command, pins))
         checkpoint = run_dir / "checkpoints" / f"epoch_{epochs}.pt"
         return {"checkpoint": str(checkpoint), "reused": False, "wall_seconds": 1.0, "steps": steps,
                 "step_seconds": 1.0, "mean_step_seconds": 0.1, "overhead_seconds": 0.0}
 
+    def fake_worker(items, data, bootstrap, pins, work_dir):
+        return {"process": {"torch_threads": 2, "cpu_capability": "AVX2"},
+                "results": [{"evaluation": _fake_evaluation(Path(item["checkpoint"]), data, bootstrap),
+                             "maps": _fake_maps(item["checkpoint"], item["map_scales"]),
+                             "ratios": {ratio_key(r["scale"], r["lambda"]): {"ratio": 0.02 * r["lambda"]}
+                                        for r in item["ratios"]}} for item in items]}
+
     monkeypatch.setattr(pipeline, "run_training", fake_training)
-    monkeypatch.setattr(pipeline, "evaluate_checkpoint", _fake_evaluation)
+    monkeypatch.setattr(pipeline, "evaluate_in_worker", fake_worker)
     monkeypatch.setattr(analyze, "plot_rank_curves", lambda summaries, path: None)
     monkeypatch.setattr(pipeline.report, "draw_heatmaps", lambda *args: [])
+    return seen
+
+
+def test_calibrated_arm_trains_at_its_start_lambda_and_gets_a_reading(tmp_path, monkeypatch):
+    """tier-calibrated's λ comes from its start's measured ratio (0.02 at λ 1 -> 5 for 10%); every
+    TIER arm gets the manipulation check at its own scale and a reading by the decision rule,
+    written in the report after the rules; the environment and fingerprint are recorded."""
+    seen = _fake_pipeline(tmp_path, monkeypatch)
     out = tmp_path / "demo"
-    run_demo(DemoOptions(out=out, losses=("clip", "local-uniformity"), seeds=2, progress=False))
+    run_demo(DemoOptions(out=out, starts=3, progress=False))  # the default arms
+    names = [name for name, _, _ in seen]
+    assert names[:3] == ["pretrain-start0", "pretrain-start1", "pretrain-start2"]
+    assert len(names) == 3 + 3 * 3 and all(pins == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2",
+                                                    "ONEDNN_MAX_CPU_ISA": "AVX2"} for _, _, pins in seen)
+    calibrated = {name: command for name, command, _ in seen if name.startswith("tier-calibrated")}
+    assert set(calibrated) == {f"tier-calibrated-r0.1-s10-start{s}" for s in range(3)}
+    for name, command in calibrated.items():
+        assert _flag(command, "--tier-lambda-text") == "5" and _flag(command, "--tier-scale") == "10"
+        assert _flag(command, "--seed") == name[-1] and _flag(command, "--pretrained").endswith(
+            f"pretrain-start{name[-1]}/checkpoints/epoch_16.pt")
+    saved = json.loads((out / "demo.json").read_text())
+    check = saved["manipulation"]["tier-calibrated"]
+    assert check["scale"] == "10" and check["lambda_per_start"] == [5.0] * 3
+    assert check["ratio_on_start"] == pytest.approx([0.1] * 3)
+    assert saved["manipulation"]["tier-paper"]["ratio_on_start"] == pytest.approx([0.002] * 3)  # 0.02 × λ 0.1
+    assert check["differences"]["top1_mass"]["mean"] == pytest.approx(0.3)
+    # maps moved by 0.3, token-map pointing the same as clip's on every start: falsified
+    assert saved["decisions"]["tier-calibrated"] == {"reading": "falsified", "rule": "falsified",
+                                                     "manipulation_passed": True}
+    assert saved["preconditions_held"] and saved["starts"][1]["precondition"]["pointing"] == pytest.approx(0.46)
+    assert saved["environment"]["pins"]["MKL_CBWR"] == "AVX2" and saved["environment"]["cpu_capability"] == "AVX2"
+    report = (out / "report.md").read_text()
+    assert report.index("## Rules (fixed before the numbers)") < report.index("## Did TIER act?") < report.index(
+        "## Each arm")
+    assert "c" * 64 in report and "RG1_UNCI.dcm" in report and "ONEDNN_MAX_CPU_ISA=AVX2" in report
+    row = next(line for line in report.splitlines() if line.startswith("| tier-calibrated | 10 |"))
+    assert "| 5, 5, 5 |" in row and "+0.300 ± 0.000 [+0.300, +0.300]" in row and "**falsified**" in row
+
+
+def test_report_and_json_carry_probe_dice_and_collapse_for_every_arm(tmp_path, monkeypatch):
+    """The demo with its trainings and model evaluations faked (the probe's numbers are real
+    probe_evaluate results): every arm's probe Dice, mIoU and local cosines reach demo.json and
+    report.md, with the empty-head and prior baselines and the paired differences vs clip."""
+    _fake_pipeline(tmp_path, monkeypatch)
+    out = tmp_path / "demo"
+    run_demo(DemoOptions(out=out, losses=("clip", "local-uniformity"), starts=2, progress=False))
 
     saved = json.loads((out / "demo.json").read_text())
     for arm in ("clip", "local-uniformity"):
-        for seed, row in enumerate(saved["rows"][arm]):
+        for seed, row in enumerate(saved["rows"][arm]):  # seed: the start
             probe = saved["results"][arm][seed]["segmentation"]["probe"]
             assert row["probe_dice"] == probe["dice"]["value"] and row["probe_miou"] == probe["miou"]["value"]
         assert len(saved["summary"][arm]["probe_dice"]["values"]) == 2

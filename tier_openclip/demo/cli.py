@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tier_openclip.demo.design import ARM_NAMES, DEFAULT_ARMS, SIZES, SWEEP_LAMBDAS, SWEEP_SCALES, DemoOptions, check_scale
+from tier_openclip.demo.design import (ARM_NAMES, CALIBRATED_RATIO, CALIBRATED_SCALE, DEFAULT_ARMS, SIZES, SWEEP_LAMBDAS,
+                                       SWEEP_SCALES, DemoOptions, check_scale)
 from tier_openclip.cli_common import add_list_flag
 from tier_openclip.errors import UsageError, writable_folder
 
@@ -32,10 +33,14 @@ def demo(args: argparse.Namespace) -> int:
     from tier_openclip.demo.pipeline import run_demo, run_sweep
 
     losses = _words("--losses", args.losses or list(DEFAULT_ARMS))
+    if args.seeds is not None:
+        raise UsageError(f"--seeds {args.seeds}: the demo now repeats the whole pipeline; give --starts N "
+                         "(N pre-trainings, every arm fine-tuned from each)")
     options = DemoOptions(
-        out=Path(args.out), size=args.size, seeds=args.seeds, losses=losses, tier_lambda=args.tier_lambda,
+        out=Path(args.out), size=args.size, starts=args.starts, losses=losses, tier_lambda=args.tier_lambda,
         tier_scale=check_scale(args.tier_scale), uniform_weight=args.uniform_weight, bootstrap=args.bootstrap,
         pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
+        calibrated_ratio=args.calibrated_ratio, calibrated_scale=check_scale(args.calibrated_scale), pin=not args.no_pin,
     )
     for flag, value in (("--pretrain-epochs", args.pretrain_epochs), ("--finetune-epochs", args.finetune_epochs)):
         if value is not None and value < 1:
@@ -77,13 +82,26 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument("--size", choices=list(SIZES), default="small",
                         help="small: about 10 minutes on 2 CPU cores (default); medium and large: more data and "
                              "steps, for more time.")
-    parser.add_argument("--seeds", type=int, default=3, help="Fine-tuning seeds per arm (default: 3).")
+    parser.add_argument("--starts", type=int, default=3,
+                        help="Pre-trainings, each its own seed; every arm is fine-tuned once from each and compared "
+                             "with clip within it (default: 3).")
+    parser.add_argument("--seeds", type=int, default=None, help=argparse.SUPPRESS)  # replaced by --starts
     add_list_flag(parser, "--losses", "ARM",
                   f"Arms from {', '.join(ARM_NAMES)}; clip is the control and is required "
-                  f"(default: {' '.join(DEFAULT_ARMS)}).")
-    parser.add_argument("--tier-lambda", type=float, default=0.1, help="TIER λ, both directions (default: 0.1).")
+                  f"(default: {' '.join(DEFAULT_ARMS)}). tier-paper: λ 0.1, scale 1; tier-calibrated: see "
+                  "--calibrated-ratio; tier: --tier-lambda and --tier-scale.")
+    parser.add_argument("--tier-lambda", type=float, default=0.1, help="The tier arm's λ, both directions (default: 0.1).")
     parser.add_argument("--tier-scale", default="1",
-                        help="TIER's similarity scale: a positive number or 'logit' (default: 1, the paper's).")
+                        help="The tier arm's similarity scale: a positive number or 'logit' (default: 1, the paper's).")
+    parser.add_argument("--calibrated-ratio", type=float, default=CALIBRATED_RATIO,
+                        help="tier-calibrated: λ is chosen per start so that TIER's gradient norm is this share of "
+                             f"CLIP's on the start checkpoint (default: {CALIBRATED_RATIO:g}).")
+    parser.add_argument("--calibrated-scale", default=CALIBRATED_SCALE,
+                        help=f"tier-calibrated's similarity scale (default: {CALIBRATED_SCALE}; at 1 a map over 64 "
+                             "patches cannot reach a top-1 mass above 0.105).")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="Let torch, MKL and oneDNN pick their code paths by CPU (default: pinned to AVX2 in "
+                             "the training and evaluation processes, recorded in demo.json).")
     parser.add_argument("--uniform-weight", type=float, default=1.0,
                         help="Weight of the within-sample uniformity prior in local-uniformity and "
                              "tier+uniformity (default: 1, the plugin's --lu-uniform-weight).")
@@ -93,7 +111,7 @@ def add_demo_parser(subparsers) -> None:
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--sweep", action="store_true",
                        help="Instead of the arms above: TIER at every λ × scale against the clip control, same "
-                            "paired design (sweep.md, sweep.json, sweep.png).")
+                            "design (starts, pairing, manipulation check; sweep.md, sweep.json, sweep.png).")
     add_list_flag(sweep, "--sweep-lambdas", "λ",
                   f"λ values of the sweep (default: {' '.join(f'{v:g}' for v in SWEEP_LAMBDAS)}).")
     add_list_flag(sweep, "--sweep-scales", "SCALE",

@@ -1,10 +1,11 @@
 """What the demo trains: presets, arms, and the open_clip_train.main command of every run.
 
-The paper's setting: CLIP is trained once (the shared "pretrained" start), then every compared
-loss fine-tunes from that checkpoint (``--pretrained START``: the same weights, a fresh optimiser
-and schedule), once per seed. For a seed s every arm gets ``--seed s`` and reads the same
-training CSV, so all arms of a seed see the same batches in the same order with the same
-augmentation; the difference between two arms of one seed is the loss alone.
+The paper's setting, repeated over N starts: CLIP is pre-trained N times (start s with ``--seed
+s``), then every compared loss fine-tunes from each start's checkpoint (``--pretrained START``: the
+same weights, a fresh optimiser and schedule) with ``--seed s`` and the same training CSV, so all
+arms of a start see the same batches in the same order with the same augmentation: the difference
+between two arms of one start is the loss alone, and the spread over starts is the pipeline's
+whole noise (pre-training included), not only the fine-tuning's.
 
 Why a CSV and not the WebDataset shards: open_clip's WebDataset pipeline shuffles samples with a
 generator seeded from the process id and the clock, so two runs with the same ``--seed`` see
@@ -65,15 +66,25 @@ class Arm:
 
     name: str  # as reports show it
     loss: str  # open_clip_train.main --loss
-    tier_lambda: float | None = None  # both directions; None: not a TIER arm
-    tier_scale: str | None = None  # "1", "10", "logit"
+    tier_lambda: float | None = None  # both directions; None: not a TIER arm (or not yet calibrated)
+    tier_scale: str | None = None  # "1", "10", "logit"; set for every TIER arm
     uniform_weight: float | None = None
+    # A calibrated arm: λ is chosen per start so that TIER's gradient norm is this share of CLIP's
+    # on the start checkpoint (pipeline.calibrate); tier_lambda is then that start's λ.
+    target_ratio: float | None = None
+
+    @property
+    def is_tier(self) -> bool:
+        return self.tier_scale is not None
 
     @property
     def slug(self) -> str:
-        """The run folder's name (a file name: no '=', no spaces)."""
+        """The run folder's name (a file name: no '=', no spaces); a calibrated arm's is the same
+        for every start, whatever λ its start gets."""
         if self.loss == "clip":
             return "clip"
+        if self.target_ratio is not None:
+            return f"tier-calibrated-r{self.target_ratio:g}-s{self.tier_scale}"
         parts = [self.loss if self.uniform_weight is None or self.tier_lambda is None else "tier+uniformity"]
         if self.tier_lambda is not None:
             parts += [f"l{self.tier_lambda:g}", f"s{self.tier_scale}"]
@@ -82,6 +93,8 @@ class Arm:
         return "-".join(parts)
 
     def flags(self) -> list[str]:
+        if self.is_tier and self.tier_lambda is None:
+            raise ValueError(f"arm {self.name}: λ not calibrated yet")
         flags = ["--loss", self.loss]
         if self.tier_lambda is not None:
             flags += ["--tier-lambda-text", f"{self.tier_lambda:g}", "--tier-lambda-image", f"{self.tier_lambda:g}",
@@ -91,16 +104,28 @@ class Arm:
         return flags
 
 
-ARM_NAMES = ("clip", "tier", "local-uniformity", "tier+uniformity")
-DEFAULT_ARMS = ("clip", "tier")
+ARM_NAMES = ("clip", "tier-paper", "tier-calibrated", "tier", "local-uniformity", "tier+uniformity")
+DEFAULT_ARMS = ("clip", "tier-paper", "tier-calibrated")
 SWEEP_LAMBDAS = (0.01, 0.1, 0.5)
 SWEEP_SCALES = ("1", "10", "logit")
+PAPER_LAMBDA, PAPER_SCALE = 0.1, "1"
+# The calibrated arm: TIER's gradient at about 10% of CLIP's (issue 20 §4), at scale 10. Why not
+# scale 1: one patch at cosine +1 and 63 at −1 give a top-1 mass of only 0.105 there
+# (manipulation.max_top1_mass), so a map cannot sharpen by the decision rule's 0.1; at 10 it can
+# reach 1, and the sweep's scale-10 arms did sparsify (top-1 mass 0.20 → 0.68–0.79).
+CALIBRATED_RATIO, CALIBRATED_SCALE = 0.1, "10"
 
 
-def make_arm(name: str, tier_lambda: float, tier_scale: str, uniform_weight: float) -> Arm:
-    """The arm a --losses name stands for, with the demo's TIER and uniformity settings."""
+def make_arm(name: str, tier_lambda: float, tier_scale: str, uniform_weight: float,
+             calibrated_ratio: float = CALIBRATED_RATIO, calibrated_scale: str = CALIBRATED_SCALE) -> Arm:
+    """The arm a --losses name stands for, with the demo's TIER and uniformity settings
+    (``tier``: --tier-lambda and --tier-scale; ``tier-paper``: λ 0.1, scale 1)."""
     if name == "clip":
         return Arm("clip", "clip")
+    if name == "tier-paper":
+        return Arm("tier-paper", "tier", PAPER_LAMBDA, PAPER_SCALE)
+    if name == "tier-calibrated":
+        return Arm("tier-calibrated", "tier", None, calibrated_scale, target_ratio=calibrated_ratio)
     if name == "tier":
         return Arm("tier", "tier", tier_lambda, tier_scale)
     if name == "local-uniformity":
@@ -134,11 +159,18 @@ def check_scale(text: str) -> str:
 class DemoOptions:
     out: Path
     size: str = "small"
-    seeds: int = 3
+    starts: int = 3  # pre-trainings, each its own seed; every arm fine-tunes once from each
     losses: Sequence[str] = DEFAULT_ARMS
     tier_lambda: float = 0.1
     tier_scale: str = "1"
     uniform_weight: float = 1.0  # the plugin's default; 0.1 × t=2 is on the collapse side (README)
+    calibrated_ratio: float = CALIBRATED_RATIO
+    calibrated_scale: str = CALIBRATED_SCALE
+    pin: bool = True  # environment.PINS in the training and evaluation processes
+    # The phantom's grounding layout (PhantomConfig.preset(..., grounding=True)): bare finding terms,
+    # lung findings anywhere in the lungs, one or two different findings per image, so that only the
+    # image says where (image-free prior pointing ≤ 0.15) and the own-lesion rate is defined.
+    grounding: bool = True
     bootstrap: int = 200
     heatmap_images: int = 3
     progress: bool = True
@@ -159,7 +191,8 @@ class DemoOptions:
         return Stage(epochs or stage.epochs, stage.lr, stage.warmup)
 
     def arms(self) -> list[Arm]:
-        return [make_arm(name, self.tier_lambda, self.tier_scale, self.uniform_weight) for name in self.losses]
+        return [make_arm(name, self.tier_lambda, self.tier_scale, self.uniform_weight, self.calibrated_ratio,
+                         self.calibrated_scale) for name in self.losses]
 
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:

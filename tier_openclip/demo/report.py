@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 
 from tier_openclip.demo.collapse import COLLAPSE_LINE
 from tier_openclip.demo.design import MODEL
+from tier_openclip.demo.report_sections import (environment_lines, interval, manipulation_lines, precondition_lines,
+                                                rules_lines)
 from tier_openclip.demo.summary import GROUNDING_METRICS, METRICS, NOISE_RULE, PROBE_METRICS
 
 
@@ -28,29 +30,43 @@ def _baseline(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _arm_text(arm: Mapping) -> str:
+    if "target_ratio" in arm:
+        return (f"**{arm['name']}** (`--loss tier --tier-scale {arm['tier_scale']}`, λ both directions chosen per start "
+                f"so that TIER's gradient norm is {arm['target_ratio']:g} of CLIP's on the start checkpoint: "
+                + ", ".join(f"{v:g}" for v in arm["tier_lambda_per_start"]) + ")")
+    return f"**{arm['name']}** (`{' '.join(arm['flags'])}`)"
+
+
 def _setup_lines(result: Mapping) -> list[str]:
     setup, data = result["setup"], result["data"]
     pre, fine = setup["pretrain"], setup["finetune"]
     return [
-        f"{MODEL} on {data['num_train']} phantom radiographs ({setup['size']} preset; findings at random places "
-        f"inside their regions), evaluated on {data['num_test']} held-out images with known boxes. "
-        f"CLIP pre-trained once ({pre['epochs']} epochs = {pre['steps']} steps at batch {setup['batch_size']}, "
-        f"lr {pre['lr']:g}, {pre['warmup']} warm-up steps), then every arm fine-tuned from that checkpoint "
-        f"({fine['epochs']} epochs = {fine['steps']} steps, lr {fine['lr']:g}, fresh optimiser) once per seed "
-        f"({setup['seeds']} seeds); all arms of a seed see the same batches in the same order.",
+        f"{MODEL} on {data['num_train']} phantom radiographs ({setup['size']} preset), evaluated on "
+        f"{data['num_test']} held-out images with known boxes. CLIP pre-trained {setup['starts']} times, each its own "
+        f"seed ({pre['epochs']} epochs = {pre['steps']} steps at batch {setup['batch_size']}, lr {pre['lr']:g}, "
+        f"{pre['warmup']} warm-up steps): the starts. Every arm fine-tuned once from every start ({fine['epochs']} "
+        f"epochs = {fine['steps']} steps, lr {fine['lr']:g}, fresh optimiser, the start's seed); all arms of a start "
+        "see the same batches in the same order, so a difference within a start is the loss alone and the spread "
+        "over starts is the whole pipeline's.",
         "",
-        "Arms: " + "; ".join(f"**{arm['name']}** (`{' '.join(arm['flags'])}`)" for arm in setup["arms"]) + ".",
+        "Arms: " + "; ".join(_arm_text(arm) for arm in setup["arms"]) + ".",
     ]
 
 
+def _wall_line(result: Mapping) -> str:
+    env = result.get("environment") or result["machine"]
+    return (f"Wall time {result['timings']['total_seconds'] / 60:.1f} min on {env['cpu']} ({env['cores']} cores).")
+
+
 def _collapse_reading(entry: Mapping) -> str:
-    """'collapsed' / 'not collapsed' by the mean over seeds (and 'on some seeds' when they disagree)."""
+    """'collapsed' / 'not collapsed' by the mean over starts (and "on some starts" when they disagree)."""
     values = entry["values"]
     flags = {value >= COLLAPSE_LINE for value in values if value == value}  # NaN: no reading
     if not flags:
         return "–"
     if len(flags) == 2:
-        return f"{entry['mean']:.3f}, collapsed on some seeds"
+        return f"{entry['mean']:.3f}, collapsed on some starts"
     return f"{entry['mean']:.3f}, {'collapsed' if flags == {True} else 'not collapsed'}"
 
 
@@ -59,13 +75,11 @@ def format_report(result: Mapping) -> str:
     arms = list(result["summary"])
     base = result["baselines"]
     prior, located, random = base.get("prior", {}), base.get("located_prior", {}), base.get("random", {})
-    wall = result["timings"]["total_seconds"]
-    lines = ["# tier-openclip demo: phantom chest X-rays", "", *_setup_lines(result),
-             f"Wall time {wall / 60:.1f} min on {result['machine']['cpu']} ({result['machine']['cores']} cores).", "",
-             "## Each arm (mean ± sd over seeds)", "",
-             "| metric | start (pre-trained) | " + " | ".join(arms) + " | image-free prior | located prior | random patch |",
+    lines = ["# tier-openclip demo: phantom chest X-rays", "", *_setup_lines(result), "", _wall_line(result), "",
+             *environment_lines(result), *rules_lines(), *precondition_lines(result), *manipulation_lines(result),
+             "## Each arm (mean ± sd over starts)", "",
+             "| metric | starts (pre-trained) | " + " | ".join(arms) + " | image-free prior | located prior | random patch |",
              "| --- | --- | " + " | ".join("---" for _ in arms) + " | --- | --- | --- |"]
-    start = result["start"]["metrics"]
     seg = base["segmentation"]
     for metric, label in METRICS.items():
         cells = [_cell(result["summary"][arm][metric]) for arm in arms]
@@ -73,10 +87,13 @@ def format_report(result: Mapping) -> str:
         prior_cell = (_baseline(prior.get(grounding)) if grounding
                       else _baseline(seg["prior"][metric]) if metric in PROBE_METRICS else "–")
         located_cell, random_cell = ((_baseline(b.get(grounding)) if grounding else "–") for b in (located, random))
-        if metric == "pointing_game_cam_unlocated":  # the baselines on the same phrases
+        if metric in ("pointing_game_cam_unlocated", "pointing_game_unlocated"):  # the baselines on the same phrases
             prior_cell, located_cell, random_cell = (_baseline(base.get("unlocated", {}).get(name))
                                                      for name in ("prior", "located_prior", "random"))
-        lines.append(f"| {label} | {start[metric]:.3f} | " + " | ".join(cells)
+        if metric in ("own_lesion", "own_lesion_cam"):
+            prior_cell, located_cell, random_cell = (_baseline(base.get("own_lesion", {}).get(name))
+                                                     for name in ("prior", "located_prior", "random"))
+        lines.append(f"| {label} | {_cell(result['start_summary'][metric])} | " + " | ".join(cells)
                      + f" | {prior_cell} | {located_cell} | {random_cell} |")
     max_entropy = result["start"]["max_entropy_token_to_patch"]
     probe = seg["probe_config"]
@@ -92,6 +109,11 @@ def format_report(result: Mapping) -> str:
         f"({prior.get('source', '?')}); the located prior reads the phrase but not the image: it points where "
         "that finding's training boxes named with the same location words (\"left\", \"upper\", \"apical\"...) "
         "usually are, the finding's prior for a phrase without them. The random patch is chance. "
+        + (f"Left out of the grounding summaries (their image-free prior is already right): "
+           f"{', '.join(base['summary_excludes'])}. " if base.get("summary_excludes") else "")
+        + "Own lesion: on images with two different findings, whether a phrase's map peaks on its own finding "
+        "rather than on the other one (pixels in exactly one of the two regions); its random-patch column is "
+        "chance, the own region's share. "
         "Entropies at scale 1 over "
         f"{result['start']['patches']} patches (at most ln {result['start']['patches']} = {max_entropy:.3f}); "
         "lower means sparser token→patch maps.",
@@ -112,20 +134,20 @@ def format_report(result: Mapping) -> str:
         "",
     ]
     for arm, differences in result["differences"].items():
-        lines += [f"## Paired differences: {arm} − clip, seed by seed", "",
-                  "| metric | mean ± sd | per seed | reading |", "| --- | --- | --- | --- |"]
+        lines += [f"## Paired differences: {arm} − clip, start by start", "",
+                  "| metric | mean ± sd | 95% t-interval | per start | reading |", "| --- | --- | --- | --- | --- |"]
         for metric, label in METRICS.items():
             entry = differences[metric]
-            per_seed = ", ".join(f"{v:+.3f}" for v in entry["values"])
-            lines.append(f"| {label} | {_difference(entry)} | {per_seed} | {entry['verdict']} |")
+            per_start = ", ".join(f"{v:+.3f}" for v in entry["values"])
+            lines.append(f"| {label} | {_difference(entry)} | {interval(entry)} | {per_start} | {entry['verdict']} |")
         lines += [""]
-    lines += [f"Rule: {NOISE_RULE}.", "", "## Zero-shot AUC per finding (mean ± sd over seeds)", "",
+    lines += [f"Rule: {NOISE_RULE}.", "", "## Zero-shot AUC per finding (mean ± sd over starts)", "",
               "| finding | " + " | ".join(arms) + " |", "| --- | " + " | ".join("---" for _ in arms) + " |"]
     for finding in result["per_finding_auc"][arms[0]]:
         cells = [_cell(result["per_finding_auc"][arm][finding]) if finding in result["per_finding_auc"][arm] else "–"
                  for arm in arms]
         lines.append(f"| {finding} | " + " | ".join(cells) + " |")
-    lines += ["", "## Pointing game per finding, CAM maps (mean ± sd over seeds)", "",
+    lines += ["", "## Pointing game per finding, CAM maps (mean ± sd over starts)", "",
               "| finding | " + " | ".join(arms) + " | image-free prior | located prior | random patch |",
               "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- | --- |"]
     for finding in result["per_finding_pointing_cam"][arms[0]]:
@@ -139,7 +161,9 @@ def format_report(result: Mapping) -> str:
     if timings.get("mean_step_seconds"):
         lines += ["", "Mean seconds per training step: " + ", ".join(
             f"{name} {value:.3f}" for name, value in timings["mean_step_seconds"].items()) +
-            f"; start-up and checkpoint overhead per run {timings['mean_overhead_seconds']:.1f} s."]
+            f"; start-up and checkpoint overhead per run {timings['mean_overhead_seconds']:.1f} s"
+            + (f"; evaluation {timings['mean_eval_seconds']:.1f} s per fine-tuned checkpoint."
+               if timings.get("mean_eval_seconds") else ".")]
     lines += ["", "![sparsity curves](sparsity.png)", ""]
     lines += [f"![heatmaps]({path})" for path in result.get("heatmaps", [])]
     return "\n".join(lines) + "\n"
@@ -147,22 +171,24 @@ def format_report(result: Mapping) -> str:
 
 def format_sweep(result: Mapping) -> str:
     """sweep.md of a sweep run (run_sweep's result)."""
-    lines = ["# tier-openclip demo --sweep: TIER's λ × scale against the clip control", "", *_setup_lines(result),
-             f"Wall time {result['timings']['total_seconds'] / 60:.1f} min on {result['machine']['cpu']} "
-             f"({result['machine']['cores']} cores).", "",
-             "Paired differences tier − clip (mean ± sd over seeds, with the reading by the rule below). "
+    lines = ["# tier-openclip demo --sweep: TIER's λ × scale against the clip control", "", *_setup_lines(result), "",
+             _wall_line(result), "", *environment_lines(result), *rules_lines(), *precondition_lines(result),
+             *manipulation_lines(result),
+             "## Paired differences", "",
+             "Paired differences tier − clip (mean ± sd over starts, 95% t-interval, the reading by the noise rule). "
              "The clip control: " + ", ".join(f"{METRICS[m]} {_cell(result['control'][m])}"
                                                for m in ("auc", "cnr", "pointing_game", "pointing_game_cam")) + ".", "",
              "| λ | scale | " + " | ".join(METRICS[m] for m in SWEEP_COLUMNS) + " |",
              "| --- | --- | " + " | ".join("---" for _ in SWEEP_COLUMNS) + " |"]
     for row in result["grid"]:
-        cells = [f"{_difference(row['differences'][m])} ({row['differences'][m]['verdict']})" for m in SWEEP_COLUMNS]
+        cells = [f"{_difference(row['differences'][m])} {interval(row['differences'][m])} ({row['differences'][m]['verdict']})"
+                 for m in SWEEP_COLUMNS]
         lines.append(f"| {row['lambda']:g} | {row['scale']} | " + " | ".join(cells) + " |")
     lines += ["", f"Rule: {NOISE_RULE}.", "", "![sweep](sweep.png)", ""]
     return "\n".join(lines) + "\n"
 
 
-SWEEP_COLUMNS = ("auc", "cnr", "pointing_game", "pointing_game_cam", "pointing_game_cam_unlocated",
+SWEEP_COLUMNS = ("auc", "cnr", "pointing_game", "pointing_game_unlocated", "pointing_game_cam",
                  "entropy_token_to_patch")
 
 
@@ -173,20 +199,23 @@ def plot_sweep(result: Mapping, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SWEEP_COLUMNS), figsize=(3.6 * len(SWEEP_COLUMNS), 3.4))
+    panels = [(METRICS[m], lambda row, m=m: row["differences"][m]) for m in SWEEP_COLUMNS]
+    # the manipulation check's measure, at each arm's own training scale (the entropy column above is at 1)
+    panels.append(("top-1 mass at the training scale", lambda row: row["manipulation"]["top1_mass"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
     scales = list(dict.fromkeys(row["scale"] for row in result["grid"]))
-    for ax, metric in zip(axes, SWEEP_COLUMNS):
+    for ax, (title, entry_of) in zip(axes, panels):
         for index, scale in enumerate(scales):
             rows = sorted((r for r in result["grid"] if r["scale"] == scale), key=lambda r: r["lambda"])
             lambdas = [r["lambda"] * (1 + 0.06 * (index - 1)) for r in rows]  # side by side, not on top
-            ax.errorbar(lambdas, [r["differences"][metric]["mean"] for r in rows],
-                        yerr=[r["differences"][metric]["sd"] for r in rows], marker="o", capsize=3, label=f"scale {scale}")
+            ax.errorbar(lambdas, [entry_of(r)["mean"] for r in rows], yerr=[entry_of(r)["sd"] for r in rows],
+                        marker="o", capsize=3, label=f"scale {scale}")
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set(title=f"Δ {METRICS[metric]}", xlabel="TIER λ (both directions)")
+        ax.set(title=f"Δ {title}", xlabel="TIER λ (both directions)")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("tier − clip (paired by seed)")
+    axes[0].set_ylabel("tier − clip (paired by start)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)

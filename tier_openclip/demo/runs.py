@@ -15,17 +15,21 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from tier_openclip.data_prep.atomic import write_csv_atomic
 from tier_openclip.demo.design import MODEL
+from tier_openclip.demo.environment import pinned_environ
 from tier_openclip.errors import CommandError
 from tier_openclip.segmentation import ProbeConfig
 
-COMMAND_FILE, EVAL_FILE = "demo-command.json", "demo-eval.json"
+COMMAND_FILE, EVAL_FILE, MAPS_FILE = "demo-command.json", "demo-eval.json", "demo-maps.json"
 # The linear segmentation probe of every checkpoint (label fraction 1.0, one seed): a short
 # schedule, ~7 s per checkpoint of TIER-tiny on the small preset on the shared 2-core VM.
 SEG_PROBE = ProbeConfig(epochs=10, lr=3e-2, batch_size=32)
@@ -69,12 +73,13 @@ def parse_step_times(log_text: str) -> list[float]:
 
 
 def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inputs: list[Path],
-                 progress=None) -> dict:
-    """Run (or reuse) one training that reads ``inputs``; returns its checkpoint path and timings."""
+                 progress=None, pins: Mapping[str, str] | None = None) -> dict:
+    """Run (or reuse) one training that reads ``inputs``, with the environment variables ``pins``
+    set (environment.PINS: one code path on every CPU); returns its checkpoint path and timings."""
     checkpoint = final_checkpoint(run_dir, epochs)
     stamp = run_dir / COMMAND_FILE
     log_path = run_dir.parent / f"{run_dir.name}.stdout.log"
-    made_by = {"command": command[1:], "inputs": [_file_id(path) for path in inputs]}
+    made_by = {"command": command[1:], "inputs": [_file_id(path) for path in inputs], "pins": dict(pins or {})}
     if checkpoint.is_file() and stamp.is_file() and _made_by(json.loads(stamp.read_text())) == made_by:
         if progress is not None:
             progress.update(steps)
@@ -85,7 +90,7 @@ def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inp
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(log_path, "w") as log, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=pinned_environ(pins)
     ) as process:
         for line in process.stdout:
             log.write(line)
@@ -106,7 +111,7 @@ def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inp
 
 
 def _made_by(saved: dict) -> dict:
-    return {"command": saved.get("command"), "inputs": saved.get("inputs")}
+    return {"command": saved.get("command"), "inputs": saved.get("inputs"), "pins": saved.get("pins", {})}
 
 
 def _file_id(path: Path) -> list:
@@ -163,6 +168,59 @@ def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
               "eval_seconds": time.time() - started}
     cache.write_text(json.dumps({"settings": settings, "result": result}))
     return result
+
+
+def ratio_key(scale: str, tier_lambda: float) -> str:
+    return f"{scale}|{tier_lambda:g}"
+
+
+def checkpoint_diagnostics(checkpoint: Path, data: dict, map_scales: list[str], ratios: list[dict]) -> dict:
+    """{"maps": scale -> manipulation.map_stats on the test pairs, "ratios": ratio_key -> 
+    manipulation.gradient_ratio on the first training batches, for each {"scale", "lambda"} of
+    ``ratios``}; each cached (``demo-maps.json`` beside the checkpoint) while the checkpoint and
+    the data are unchanged."""
+    from tier_openclip.demo import manipulation
+
+    cache = checkpoint.parent.parent / MAPS_FILE
+    stamp = {"checkpoint": _file_id(checkpoint), "test": data["test_shards"], "train": data["train_shards"],
+             "top_k": manipulation.TOP_K, "batches": manipulation.RATIO_BATCHES, "version": 1}
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if saved.get("stamp") != stamp:
+        saved = {"stamp": stamp, "maps": {}, "ratios": {}}
+    missing = [scale for scale in map_scales if scale not in saved["maps"]]
+    missing_ratios = [r for r in ratios if ratio_key(r["scale"], r["lambda"]) not in saved["ratios"]]
+    if missing or missing_ratios:
+        from tier_openclip.analyze import shard_batches
+        from tier_openclip.models import load_model
+
+        loaded = load_model(MODEL, str(checkpoint))
+        if missing:
+            batches = shard_batches(data["test_shards"], loaded.preprocess, loaded.tokenizer, data["num_test"])
+            saved["maps"].update(manipulation.map_stats(loaded.model, batches, missing))
+        for ratio in missing_ratios:
+            batches = shard_batches(data["train_shards"], loaded.preprocess, loaded.tokenizer,
+                                    manipulation.RATIO_BATCHES * 32)
+            saved["ratios"][ratio_key(ratio["scale"], ratio["lambda"])] = manipulation.gradient_ratio(
+                loaded.model, batches, ratio["scale"], ratio["lambda"])
+        cache.write_text(json.dumps(saved))
+    return {"maps": {scale: saved["maps"][scale] for scale in map_scales},
+            "ratios": {key: saved["ratios"][key] for key in (ratio_key(r["scale"], r["lambda"]) for r in ratios)}}
+
+
+def evaluate_in_worker(items: list[dict], data: dict, bootstrap: int, pins: Mapping[str, str] | None,
+                       work_dir: Path) -> dict:
+    """worker.run_job in a child process with ``pins`` set: {"process", "results"} (worker.py)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+        job, out = Path(scratch) / "job.json", Path(scratch) / "out.json"
+        job.write_text(json.dumps({"data": {k: v for k, v in data.items() if k != "prompts"}, "bootstrap": bootstrap,
+                                   "items": items}))
+        done = subprocess.run([sys.executable, "-m", "tier_openclip.demo.worker", str(job), str(out)],
+                              env=pinned_environ(pins), capture_output=True, text=True)
+        if done.returncode != 0 or not out.is_file():
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise CommandError(f"evaluating {len(items)} checkpoints failed (exit status {done.returncode}):\n{tail}")
+        return json.loads(out.read_text())
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""Data preparation for tier-openclip: MIMIC-CXR to WebDataset shards for open_clip, and the
-CheXpert and PadChest evaluation sets in the zero-shot evaluator's format.
+"""Data preparation for tier-openclip, one ``tier-openclip prep`` subcommand per dataset:
+``mimic-cxr`` (WebDataset shards for open_clip), ``chexpert`` and ``padchest`` (zero-shot
+evaluation sets), ``ms-cxr`` (a phrase-grounding set), ``siim`` and ``rsna`` (segmentation sets).
 
 A pipeline of small pure functions (parse -> select -> decode -> write) with the side effects
 at the edges:

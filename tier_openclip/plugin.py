@@ -330,15 +330,16 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
         from tier_openclip.loss import ContrastiveTokenLoss
 
         _record_loss_settings(args, epoch)
+        _warn_long_warmup(data, args)
         if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
-            loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
+            num_batches = adapter.train_batches(data)
+            loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, num_batches)
             params = [p for p in model.parameters() if p.requires_grad]
             if loss.lambda_calibration is not None:
                 loss.lambda_calibration.params = params
             if getattr(args, "tier_diagnostics_every", 0) and loss.with_tier:
-                loss.diagnostics_hook = TierDiagnosticsLogger(
-                    args, tb_writer, epoch, data["train"].dataloader.num_batches, params, scaler)
+                loss.diagnostics_hook = TierDiagnosticsLogger(args, tb_writer, epoch, num_batches, params, scaler)
         result = original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
         if getattr(args, "tier_zeroshot_chexpert", None) or getattr(args, "tier_zeroshot_padchest", None):
             from tier_openclip.evaluate import zeroshot_during_training
@@ -352,6 +353,26 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
 
     train_one_epoch.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
     return train_one_epoch
+
+
+def _warn_long_warmup(data: Any, args: argparse.Namespace) -> None:
+    """One warning (rank 0, once a process) when --warmup is at least the run's optimizer steps:
+    open_clip's default 10000 makes a short run train on the first part of its warm-up ramp, at a
+    learning rate near 0, and nothing else says so."""
+    warmup = getattr(args, "warmup", None)
+    if _state.get("warmup_checked") or not isinstance(warmup, int) or getattr(args, "rank", 0) != 0:
+        return
+    _state["warmup_checked"] = True
+    try:
+        steps = adapter.total_steps(data, args)
+    except (AttributeError, KeyError, TypeError):  # no train loader the way open_clip builds one
+        return
+    if steps > 0 and warmup >= steps:
+        top = getattr(args, "lr", 0.0) * steps / max(warmup, 1)
+        logger.warning("tier-openclip: --warmup %d is at least this run's %d optimizer steps, so the learning rate "
+                       "never leaves open_clip's warm-up ramp (it reaches %.3g of --lr %.3g); give a --warmup well "
+                       "below %d, e.g. --warmup %d", warmup, steps, top, getattr(args, "lr", 0.0), steps,
+                       max(steps // 10, 1))
 
 
 def _record_loss_settings(args: argparse.Namespace, epoch: int) -> None:

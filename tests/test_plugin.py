@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 import types
@@ -231,3 +232,24 @@ def test_a_diagnostic_that_cannot_be_measured_is_skipped_with_a_warning(tmp_path
     assert torch.isfinite(total)
     assert "tier-openclip diagnostics step 0 skipped: the contrastive loss has a zero gradient" in caplog.text
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_warmup_at_least_the_runs_steps_is_warned_once(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from tier_openclip import plugin
+
+    data = {"train": SimpleNamespace(dataloader=SimpleNamespace(num_batches=30))}
+    args = argparse.Namespace(warmup=10000, accum_freq=1, epochs=4, lr=5e-4, rank=0)
+    monkeypatch.setitem(plugin._state, "warmup_checked", False)
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        plugin._warn_long_warmup(data, args)
+        plugin._warn_long_warmup(data, args)  # every epoch calls it: one line per run
+    lines = [r.getMessage() for r in caplog.records if "--warmup" in r.getMessage()]
+    assert len(lines) == 1 and "--warmup 10000 is at least this run's 120 optimizer steps" in lines[0]
+    assert "--warmup 12" in lines[0] and "\n" not in lines[0]
+    caplog.clear()
+    monkeypatch.setitem(plugin._state, "warmup_checked", False)
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        plugin._warn_long_warmup(data, argparse.Namespace(warmup=100, accum_freq=1, epochs=4, lr=5e-4, rank=0))
+    assert "--warmup" not in caplog.text

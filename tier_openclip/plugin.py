@@ -21,13 +21,12 @@ import functools
 import importlib
 import logging
 import math
-import sys
 from typing import Any, Callable
 
 from tier_openclip import openclip_adapter as adapter
 from tier_openclip import hf_towers, plugin_args
 from tier_openclip.entropy import IMPLS
-from tier_openclip.errors import CommandError, TierOpenclipError, UsageError
+from tier_openclip.errors import CommandError, TierOpenclipError, UsageError, error_line, print_error
 from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
 from tier_openclip.models import register_model_configs
@@ -112,14 +111,13 @@ def _tier_scale(text: str) -> float | str:
 
 
 def _uses_plugin_flags(argv: list[str]) -> bool:
-    flags = plugin_args.option_strings(build_plugin_parser())
-    return any(arg.split("=", 1)[0] in flags for arg in argv) or bool(plugin_args.abbreviated(argv, flags))
+    return bool(plugin_args.plugin_flags_in(argv))
 
 
 def _stop(error: TierOpenclipError) -> None:
     """One line on stderr before any training; exit status 2 for a usage error (as argparse), 1 for
     a checkpoint that cannot be used."""
-    print(f"tier-openclip: {error}", file=sys.stderr)
+    print_error(error)
     raise SystemExit(error.exit_code)
 
 
@@ -181,12 +179,12 @@ def build_loss(args: argparse.Namespace):
 
     unsupported = adapter.is_coca_or_distill(args)
     if unsupported:
-        raise SystemExit(f"tier-openclip: --loss {args.loss} does not support {unsupported}; use --loss clip.")
+        raise SystemExit(error_line(f"--loss {args.loss} does not support {unsupported}; use --loss clip."))
     if args.tier_impl != "auto":
         try:
             resolve_impl(args.tier_impl, torch.empty(0, device=args.device))
         except RuntimeError as exc:
-            raise SystemExit(f"tier-openclip: --tier-impl {args.tier_impl}: {exc}") from None
+            raise SystemExit(error_line(f"--tier-impl {args.tier_impl}: {exc}")) from None
     extra = None
     if args.lu_align_weight or args.lu_uniform_weight:
         if collapse_is_stable(args.lu_align_weight, args.lu_uniform_weight, args.lu_t):
@@ -234,7 +232,7 @@ def _sentence_vocab(args: argparse.Namespace):
     try:
         return sentence_vocab(tokenizer)
     except TypeError as exc:
-        raise SystemExit(f"tier-openclip: --lu-text-units sentences: {exc}; or use --lu-text-units tokens") from None
+        raise SystemExit(error_line(f"--lu-text-units sentences: {exc}; or use --lu-text-units tokens")) from None
 
 
 def wrap_create_loss(original: Callable) -> Callable:
@@ -398,7 +396,7 @@ def _refuse_plugin_flags(params_module: Any, error: Exception) -> None:
     @functools.wraps(original)
     def parse_args(args):
         if _uses_plugin_flags(list(args)):
-            raise SystemExit(f"tier-openclip: {error}")
+            raise SystemExit(error_line(error))
         return original(args)
 
     params_module.parse_args = parse_args

@@ -55,8 +55,10 @@ def summarise_seeds(per_seed_counts: Sequence[np.ndarray], bootstrap: int, seed:
     """{metric: {"value", "sd", "ci", "per_seed"}} of per-image counts (one (N, 4) array per seed):
     value = mean over seeds of the metric on all test images; ci = percentile bootstrap over test
     images (the same resamples for every seed) of that mean; sd over seeds (None for one seed)."""
-    from tier_openclip.bootstrap import resample_counts
+    from tier_openclip.bootstrap import few_images_warning, logger, resample_counts
 
+    if bootstrap > 0 and (warning := few_images_warning("segmentation", per_seed_counts[0].shape[0], of="test images")):
+        logger.warning(warning)
     per_seed = [metrics_from_counts(counts.sum(axis=0)) for counts in per_seed_counts]
     out: dict[str, dict[str, Any]] = {}
     draws: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}

@@ -164,3 +164,21 @@ def test_built_towers_have_the_attributes_features_reads(tiny_model):
     adapter.check_tower(model, "CLIP")
     with pytest.raises(adapter.OpenClipIncompatible, match="ModifiedResNet lacks layer1"):
         adapter.check_tower(torch.nn.Module(), "ModifiedResNet")
+
+
+def test_clip_bpe_ends_words_with_the_marker_word_groups_reads():
+    tokenizer = adapter.symbol("get_tokenizer")("ViT-B-32")
+    ids = [i for i in tokenizer(["left pleural effusion"])[0].tolist() if i][1:-1]  # without start/end
+    assert [tokenizer.decoder[i] for i in ids] == ["left</w>", "ple", "ural</w>", "ef", "fusion</w>"]
+    assert adapter.word_groups(tokenizer, ids) == [("left", [0]), ("pleural", [1, 2]), ("effusion", [3, 4])]
+
+
+@pytest.mark.parametrize("pieces, words", [
+    (["left", "pl", "##eural", "e", "##ff", "##usion"], ["left", "pleural", "effusion"]),  # WordPiece
+    (["▁left", "▁ple", "ural", "▁effusion"], ["left", "pleural", "effusion"]),  # SentencePiece
+])
+def test_word_groups_of_hugging_face_tokenizers(pieces, words):
+    from types import SimpleNamespace
+
+    hf = SimpleNamespace(tokenizer=SimpleNamespace(convert_ids_to_tokens=lambda ids: [pieces[i] for i in ids]))
+    assert [word for word, _ in adapter.word_groups(hf, list(range(len(pieces))))] == words

@@ -461,3 +461,35 @@ def vit_patch_tokens(visual: Any, images: Any) -> tuple[Any, Any]:
 def text_transformer_embeds(tower: Any, text: Any) -> tuple[Any, Any]:
     """(token embeddings with positions, attention mask) of open_clip's TextTransformer: its private _embeds."""
     return tower._embeds(text)
+
+
+def word_groups(tokenizer: Any, token_ids: list[int]) -> list[tuple[str, list[int]]]:
+    """The words of a run of token ids: (word, indices into ``token_ids`` of its pieces). open_clip's
+    CLIP BPE ends a word's last piece with "</w>"; Hugging Face WordPiece marks a continuation "##",
+    SentencePiece/byte-level BPE a word's start "▁"/"Ġ"."""
+    hf_tokenizer = getattr(tokenizer, "tokenizer", None)
+    groups: list[tuple[str, list[int]]] = []
+    if hf_tokenizer is not None and hasattr(hf_tokenizer, "convert_ids_to_tokens"):
+        pieces = list(hf_tokenizer.convert_ids_to_tokens(token_ids))
+        markers = any(p[:1] in ("▁", "Ġ") for p in pieces)
+        for index, piece in enumerate(pieces):
+            starts = not piece.startswith("##") and (not markers or piece[:1] in ("▁", "Ġ"))
+            text = piece[2:] if piece.startswith("##") else piece.lstrip("▁Ġ")
+            if starts or not groups:
+                groups.append((text, [index]))
+            else:
+                groups[-1] = (groups[-1][0] + text, groups[-1][1] + [index])
+        return groups
+    decoder = getattr(tokenizer, "decoder", None)  # open_clip.tokenizer.SimpleTokenizer
+    if decoder is None:
+        raise TypeError(f"cannot decode tokens of {type(tokenizer).__name__}")
+    open_word = False
+    for index, token_id in enumerate(token_ids):
+        piece = decoder.get(token_id, "")
+        text = piece.replace("</w>", "")
+        if open_word:
+            groups[-1] = (groups[-1][0] + text, groups[-1][1] + [index])
+        else:
+            groups.append((text, [index]))
+        open_word = not piece.endswith("</w>")
+    return groups

@@ -182,3 +182,25 @@ def test_word_groups_of_hugging_face_tokenizers(pieces, words):
 
     hf = SimpleNamespace(tokenizer=SimpleNamespace(convert_ids_to_tokens=lambda ids: [pieces[i] for i in ids]))
     assert [word for word, _ in adapter.word_groups(hf, list(range(len(pieces))))] == words
+
+
+def test_open_clip_train_raises_every_logger_to_info_and_the_torch_internals_are_put_back():
+    import torch._subclasses.fake_tensor  # noqa: F401 -- its atexit handler logs "FakeTensor cache stats"
+    from open_clip_train.logger import setup_logging
+
+    names = ["torch._subclasses.fake_tensor", "torch._dynamo.utils", "tier_openclip"]
+    before = {name: logging.getLogger(name).level for name in [*logging.root.manager.loggerDict, "root"]}
+    handlers = list(logging.root.handlers)
+    try:
+        setup_logging(None, logging.INFO)
+        assert all(logging.getLogger(name).level == logging.INFO for name in names)  # open_clip's doing
+        quieted = adapter.quiet_torch_internals()
+        assert {"torch._subclasses.fake_tensor", "torch._dynamo.utils"} <= set(quieted)
+        assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)
+        assert logging.getLogger("tier_openclip").level == logging.INFO  # ours and open_clip's stay
+        setup_logging(None, logging.DEBUG)  # --debug: everything stays as asked
+        assert adapter.quiet_torch_internals() == []
+    finally:
+        logging.root.handlers[:] = handlers
+        for name, level in before.items():
+            (logging.root if name == "root" else logging.getLogger(name)).setLevel(level)

@@ -493,3 +493,25 @@ def word_groups(tokenizer: Any, token_ids: list[int]) -> list[tuple[str, list[in
             groups.append((text, [index]))
         open_word = not piece.endswith("</w>")
     return groups
+
+
+# open_clip_train's setup_logging sets EVERY logger that exists at that moment to the run's level
+# (INFO), torch's internal ones included, so the atexit handlers of torch._dynamo.utils
+# ("TorchDynamo compilation metrics") and torch._subclasses.fake_tensor ("FakeTensor cache stats")
+# end every run with INFO lines. open_clip imports torch._dynamo (through timm/transformers);
+# nothing of tier-openclip does. These loggers are put back to WARNING after setup_logging.
+TORCH_INTERNAL_LOGGERS = ("torch._dynamo", "torch._subclasses", "torch._inductor", "torch.fx")
+
+
+def quiet_torch_internals() -> list[str]:
+    """Set torch's internal loggers that open_clip_train raised to INFO back to WARNING (a --debug
+    run, at DEBUG, keeps them); returns their names."""
+    import logging
+
+    quieted = []
+    for name in list(logging.root.manager.loggerDict):
+        logger = logging.getLogger(name)
+        if name.startswith(TORCH_INTERNAL_LOGGERS) and logger.level == logging.INFO:
+            logger.setLevel(logging.WARNING)
+            quieted.append(name)
+    return quieted

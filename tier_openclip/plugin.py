@@ -329,6 +329,7 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
 
         _record_loss_settings(args, epoch)
         _warn_long_warmup(data, args)
+        adapter.quiet_torch_internals()  # main.py's setup_logging has run by now
         if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
             num_batches = adapter.train_batches(data)

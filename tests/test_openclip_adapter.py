@@ -108,6 +108,10 @@ def test_training_checkpoints_hold_weights_under_state_dict_and_load_checkpoint_
     loaded = load_state_dict(str(tmp_path / "epoch_2.pt"))
     assert loaded.keys() == adapter.checkpoint_weights(saved).keys() == model.state_dict().keys()
     assert adapter.checkpoint_epoch(saved) == 2 and adapter.checkpoint_epoch(model.state_dict()) is None
+    # --resume: a checkpoint with an "epoch" is a training checkpoint, anything else bare weights
+    assert "if 'epoch' in checkpoint:" in source and 'sd = checkpoint["state_dict"]' in source
+    assert adapter.resume_weights(saved) is saved["state_dict"]
+    assert adapter.resume_weights(saved["state_dict"]) is saved["state_dict"]
 
 
 def test_open_clip_appends_its_evaluation_to_checkpoints_results_jsonl(tmp_path):
@@ -204,3 +208,18 @@ def test_open_clip_train_raises_every_logger_to_info_and_the_torch_internals_are
         logging.root.handlers[:] = handlers
         for name, level in before.items():
             (logging.root if name == "root" else logging.getLogger(name)).setLevel(level)
+
+
+def test_the_start_up_hook_patches_only_what_the_adapter_names():
+    """_startup.py may import nothing of tier_openclip, so it patches parse_args itself: what it
+    patches must still be what PATCHED names (an open_clip upgrade then shows here)."""
+    from pathlib import Path
+
+    source = Path(adapter.__file__).with_name("_startup.py")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    assigned = {ast.unparse(node.targets[0]) for node in ast.walk(tree)
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)}
+    assert assigned == {"params.parse_args", "parse_args.__wrapped__", "loader.exec_module"}, assigned
+    imported = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                and isinstance(node.value, str) and node.value.startswith("open_clip_train.") and " " not in node.value}
+    assert imported == {"open_clip_train.params"} and "parse_args" in adapter.PATCHED["open_clip_train.params"]

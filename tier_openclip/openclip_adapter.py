@@ -403,6 +403,12 @@ def checkpoint_weights(saved: Any) -> Any:
     return saved.get(CHECKPOINT_WEIGHTS_KEY, saved) if isinstance(saved, Mapping) else None
 
 
+def resume_weights(saved: Any) -> Any:
+    """The state dict open_clip_train/main.py's --resume loads: a checkpoint with an "epoch" is a
+    training checkpoint (weights under "state_dict"), anything else bare weights."""
+    return saved[CHECKPOINT_WEIGHTS_KEY] if isinstance(saved, Mapping) and CHECKPOINT_EPOCH_KEY in saved else saved
+
+
 def checkpoint_epoch(saved: Any) -> int | None:
     """The completed epochs a training checkpoint records, or None (bare weights)."""
     epoch = saved.get(CHECKPOINT_EPOCH_KEY) if isinstance(saved, Mapping) else None

@@ -215,7 +215,9 @@ def test_the_start_up_hook_patches_only_what_the_adapter_names():
     patches must still be what PATCHED names (an open_clip upgrade then shows here)."""
     from pathlib import Path
 
-    source = Path(adapter.__file__).with_name("_startup.py")
+    import tier_openclip
+
+    source = Path(tier_openclip.__file__).with_name("_startup.py")
     tree = ast.parse(source.read_text(encoding="utf-8"))
     assigned = {ast.unparse(node.targets[0]) for node in ast.walk(tree)
                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)}

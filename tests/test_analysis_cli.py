@@ -193,3 +193,33 @@ def test_analyze_command_with_baseline_and_boxes(tmp_path, checkpoint, other_che
     assert pointing["per_phrase"]["cardiomegaly"]["accuracy"] == 0.0
     assert pointing["accuracy"] == 0.5 and pointing["boxes"] == 6
     assert (out / "rank_curves.png").is_file()
+
+
+def test_heatmap_panels_are_words_and_cover_the_whole_stored_image(tmp_path, checkpoint):
+    from PIL import Image
+
+    from tier_openclip.heatmap import over_stored_image, similarity_maps
+    from tier_openclip.models import load_model
+
+    loaded = load_model("TIER-tiny", checkpoint)
+    image = Image.fromarray((np.random.default_rng(2).random((80, 96, 3)) * 255).astype(np.uint8))
+    pixels, maps = similarity_maps(loaded, image, "left pleural effusion")
+    assert [m.label for m in maps] == ["left", "pleural", "effusion"]  # CLIP BPE: left | ple ural | ef fusion
+    _, pieces = similarity_maps(loaded, image, "pleural", tokens=["ple"])  # a piece names its word
+    assert [m.label for m in pieces] == ["pleural"]
+    with torch.no_grad():  # the word's map is its pieces' mean (ids: start, ple, ural, end)
+        from tier_openclip.features import token_features
+
+        ids = loaded.tokenizer(["pleural"])
+        tokens = token_features(loaded.model, texts=ids)["text_tokens"][0, 1:3]
+        patches = token_features(loaded.model, images=loaded.preprocess(image).unsqueeze(0))["image_tokens"][0]
+    np.testing.assert_allclose(pieces[0].grid.ravel(), (patches @ tokens.mean(dim=0)).numpy(), rtol=1e-5, atol=1e-6)
+
+    shown, framed = over_stored_image(image, maps, loaded.preprocess, pixels.shape[:2])
+    assert shown.shape == (80, 96, 3) and framed[0].values.shape == (80, 96)
+    # open_clip resizes the shorter side to 64 and crops the centre: 8 stored columns each side are not seen
+    assert np.isnan(framed[0].values[:, :8]).all() and np.isnan(framed[0].values[:, -8:]).all()
+    assert np.isfinite(framed[0].values[:, 8:-8]).all()
+    big = Image.new("RGB", (3000, 2400))
+    shown, framed = over_stored_image(big, maps[:1], loaded.preprocess, pixels.shape[:2])
+    assert shown.shape == (819, 1024, 3) and framed[0].values.shape == (819, 1024)

@@ -513,3 +513,24 @@ def test_training_run_logs_zeroshot_auc_each_epoch(tmp_path, chexpert_set):
     assert 0 <= zeroshot[0]["chexpert-zeroshot-mean-auc-competition"] <= 1
     assert "chexpert-zeroshot-auc-atelectasis" in zeroshot[0]
     assert "Zero-shot Epoch: 1" in (run / "out.log").read_text()
+
+
+def test_an_interval_on_a_handful_of_images_is_warned_about(caplog):
+    import logging
+
+    import numpy as np
+
+    from tier_openclip.bootstrap import MIN_IMAGES_FOR_INTERVAL, auc_report
+
+    rng = np.random.default_rng(0)
+    few = np.array([[1.0, 0], [0, 1], [1, 0], [0, 1], [0, 0]])  # label a: 2 positives; label b: 2 positives
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        auc_report(rng.random(few.shape), few, ["a", "b"], bootstrap=50)
+    lines = [r.getMessage() for r in caplog.records if "bootstrap interval" in r.getMessage()]
+    assert len(lines) == 1 and "AUC of a (2), b (2)" in lines[0] and f"fewer than {MIN_IMAGES_FOR_INTERVAL}" in lines[0]
+    caplog.clear()
+    many = (np.arange(40)[:, None] % 2 == np.array([0, 1])).astype(float)  # 20 of each class per label
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        auc_report(rng.random(many.shape), many, ["a", "b"], bootstrap=50)
+        auc_report(rng.random(few.shape), few, ["a", "b"], bootstrap=0)  # no interval, nothing to warn about
+    assert "bootstrap interval" not in caplog.text

@@ -304,3 +304,18 @@ def test_errors_say_what_was_wrong(tmp_path, capsys):
     for flag in ("--checkpoint", "--model", "--repo-id", "--private", "--local-dir", "--results", "--lambda-text",
                  "--lambda-image", "--token-mask"):
         assert flag in help_text
+
+
+def test_push_does_not_say_the_weights_it_exports_are_random(tmp_path, caplog):
+    import logging
+
+    from tier_openclip.models import register_model_configs
+    from tier_openclip.openclip_adapter import NO_WEIGHTS_MESSAGE
+
+    register_model_configs()
+    model, _, _ = build("TIER-tiny")
+    checkpoint = save_train_checkpoint(model, tmp_path / "logs" / "run", params={"model": "TIER-tiny", "loss": "clip"})
+    caplog.clear()  # build() itself made a random model
+    with caplog.at_level(logging.INFO):
+        hub.export_model(checkpoint, "TIER-tiny", tmp_path / "export", REPO)
+    assert NO_WEIGHTS_MESSAGE not in caplog.text and (tmp_path / "export" / "open_clip_model.safetensors").is_file()

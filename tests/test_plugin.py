@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import logging
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -231,3 +234,64 @@ def test_a_diagnostic_that_cannot_be_measured_is_skipped_with_a_warning(tmp_path
     assert torch.isfinite(total)
     assert "tier-openclip diagnostics step 0 skipped: the contrastive loss has a zero gradient" in caplog.text
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_warmup_at_least_the_runs_steps_is_warned_once(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from tier_openclip import plugin
+
+    data = {"train": SimpleNamespace(dataloader=SimpleNamespace(num_batches=30))}
+    args = argparse.Namespace(warmup=10000, accum_freq=1, epochs=4, lr=5e-4, rank=0)
+    monkeypatch.setitem(plugin._state, "warmup_checked", False)
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        plugin._warn_long_warmup(data, args)
+        plugin._warn_long_warmup(data, args)  # every epoch calls it: one line per run
+    lines = [r.getMessage() for r in caplog.records if "--warmup" in r.getMessage()]
+    assert len(lines) == 1 and "--warmup 10000 is at least this run's 120 optimizer steps" in lines[0]
+    assert "--warmup 12" in lines[0] and "\n" not in lines[0]
+    caplog.clear()
+    monkeypatch.setitem(plugin._state, "warmup_checked", False)
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        plugin._warn_long_warmup(data, argparse.Namespace(warmup=100, accum_freq=1, epochs=4, lr=5e-4, rank=0))
+    assert "--warmup" not in caplog.text
+
+
+def test_one_rule_recognises_the_plugin_flags_and_the_start_up_hook_copies_it():
+    import inspect
+    import re
+
+    import open_clip_train.params as params
+
+    from tier_openclip import plugin_args
+
+    # The hook's function, read from its file: importing the module would install a second finder.
+    source = Path(plugin_args.__file__).with_name("_startup.py")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    namespace: dict = {}
+    exec(compile(ast.Module([n for n in tree.body if getattr(n, "name", "") == "_plugin_flag"], []), str(source), "exec"),
+         namespace)
+    startup_rule = namespace["_plugin_flag"]
+    ours = plugin_args.option_strings(plugin.build_plugin_parser())
+    original = getattr(params.parse_args, "__tier_openclip_wrapped__", params.parse_args)
+    theirs = set(re.findall(r"[\"'](--[a-z0-9-]+)[\"']", inspect.getsource(inspect.unwrap(original))))
+    assert "--loss-dist-impl" in theirs and len(theirs) > 50
+    abbreviations = {flag[:n] for flag in ours for n in range(3, len(flag))}
+    for name in [*ours, *abbreviations, *theirs, "--tier-unknown=1", "--lu-x"]:
+        assert plugin_args.is_plugin_flag(name) == startup_rule(name), name  # the hook's import-free copy
+    assert all(plugin_args.is_plugin_flag(flag) for flag in ours)  # a new flag needs a name the rule knows
+    assert not [flag for flag in theirs if plugin_args.is_plugin_flag(flag)]  # open_clip's own flags pass
+    assert plugin_args.plugin_flags_in(["--model", "RN50", "--los=tier", "--", "--tier-scale"]) == ["--los"]
+
+
+def test_check_tier_scale_is_the_one_scale_check():
+    from tier_openclip.errors import UsageError
+    from tier_openclip.plugin_args import MAX_TIER_SCALE, check_tier_scale
+
+    for fine in ("logit", 1.0, MAX_TIER_SCALE, None):
+        check_tier_scale(fine)
+    for wrong in (0.0, -1.0, float("nan"), float("inf"), True, "two"):
+        with pytest.raises(UsageError, match="must be a finite number > 0"):
+            check_tier_scale(wrong)
+    with pytest.raises(UsageError, match="is above 100"):
+        check_tier_scale(100.5)

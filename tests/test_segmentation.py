@@ -252,3 +252,16 @@ def test_cli_errors_are_one_line_with_the_right_status(tmp_path, capsys):
     assert main(["eval", "segmentation", "--model", "TIER-tiny", "--pretrained", str(weights), "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tier-openclip eval segmentation: ") and "is not JSON" in err and "Traceback" not in err
+
+
+def test_a_segmentation_interval_on_a_handful_of_test_images_is_warned_about(caplog):
+    import logging
+
+    counts = np.array([[5, 1, 1, 9], [4, 0, 2, 10], [6, 2, 0, 8]], dtype=np.int64)  # 3 test images
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        seg.summarise_seeds([counts], bootstrap=20, seed=0)
+    assert "segmentation: the bootstrap interval rests on 3 test images" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tier_openclip"):
+        seg.summarise_seeds([np.tile(counts, (4, 1))], bootstrap=20, seed=0)  # 12 images
+    assert "bootstrap interval" not in caplog.text

@@ -8,8 +8,28 @@ computed in bulk. ``resample_counts`` is the one resampler of the project's eval
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+logger = logging.getLogger("tier_openclip")
+
+# Below this many images (for an AUC: of its smaller class, positives or negatives, which its
+# variance depends on), a percentile interval is reported with a warning. Two reasons, both
+# arithmetic: a resample misses a class of k images with probability (1 - k/n)^n ≈ e^-k (5% at
+# k = 3, 0.7% at 5, 0.005% at 10), and such resamples are skipped, so the interval is taken over a
+# biased subset; and n images have only C(2n-1, n) distinct resamples (10 for n = 3, 126 for 5,
+# 92378 for 10), so at a handful of images the "interval" is a few repeated values, e.g.
+# 0.839 (0.839–1.000) on 3 images. At 10 both effects are negligible.
+MIN_IMAGES_FOR_INTERVAL = 10
+
+
+def few_images_warning(what: str, count: int, of: str = "images") -> str | None:
+    """One line saying an interval rests on too few images (below MIN_IMAGES_FOR_INTERVAL), or None."""
+    if count >= MIN_IMAGES_FOR_INTERVAL:
+        return None
+    return (f"{what}: the bootstrap interval rests on {count} {of}, fewer than {MIN_IMAGES_FOR_INTERVAL}; "
+            "it is not a reliable confidence interval: evaluate on more images")
 
 
 def quantile_interval(values, confidence: float) -> list[float] | None:
@@ -70,6 +90,13 @@ def auc_report(
         auc = float(roc_auc_score(y, scores[known[:, j], j]))
         per_label[label] = {"auc": auc, "ci": None, "positives": positives, "negatives": negatives, "resamples": 0}
 
+    if bootstrap > 0:
+        few = [f"{labels[j]} ({min(per_label[labels[j]]['positives'], per_label[labels[j]]['negatives'])})"
+               for j in evaluated
+               if min(per_label[labels[j]]["positives"], per_label[labels[j]]["negatives"]) < MIN_IMAGES_FOR_INTERVAL]
+        if few:
+            logger.warning(few_images_warning("AUC of " + ", ".join(few), min(
+                min(v["positives"], v["negatives"]) for v in per_label.values()), of="images of a label's smaller class"))
     boot = bootstrap_aucs(scores, targets, evaluated, bootstrap, seed)  # (B, L), NaN where skipped
     for j in evaluated:
         valid = boot[:, j][~np.isnan(boot[:, j])]

@@ -19,7 +19,7 @@ from tier_openclip.analyze import add_analyze_parser
 from tier_openclip.convert import add_convert_parser
 from tier_openclip.data_prep.cli import add_prep_parser
 from tier_openclip.demo import add_demo_parser
-from tier_openclip.errors import TierOpenclipError
+from tier_openclip.errors import TierOpenclipError, print_error
 from tier_openclip.eval_cli import add_eval_parser
 from tier_openclip.heatmap import add_heatmap_parser
 from tier_openclip.hub import add_push_parser
@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TierOpenclipError as exc:
-        print(f"tier-openclip {command}: {exc}", file=sys.stderr)
+        print_error(exc, command)
         return exc.exit_code
     except OSError as exc:  # disk full, permissions, a vanished mount: the environment, not a bug
-        print(f"tier-openclip {command}: {exc}", file=sys.stderr)
+        print_error(exc, command)
         return 1
     except KeyboardInterrupt:
-        print(f"tier-openclip {command}: interrupted", file=sys.stderr)
+        print_error("interrupted", command)
         return 130
 
 

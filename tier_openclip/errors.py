@@ -17,6 +17,7 @@ and callers may catch them; nothing here exits the interpreter.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,6 +38,17 @@ class CommandError(TierOpenclipError):
     """The command failed on what it read or on its environment: exit status 1."""
 
     exit_code = 1
+
+
+def error_line(message: object, command: str = "") -> str:
+    """The one form every error reaches the person in: ``tier-openclip CMD: message`` (``tier-openclip:
+    message`` for the training plugin, which runs inside open_clip's command)."""
+    return f"tier-openclip{' ' + command if command else ''}: {message}"
+
+
+def print_error(message: object, command: str = "") -> None:
+    """``error_line`` on stderr."""
+    print(error_line(message, command), file=sys.stderr)
 
 
 # --- checks every command makes on the paths it is given ------------------------------------------

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tier_openclip.openclip_adapter import check_tower, symbol, unwrap_model
+from tier_openclip.openclip_adapter import check_tower, symbol, text_transformer_embeds, unwrap_model, vit_patch_tokens
 
 TOKEN_KEYS = ("image_tokens", "text_tokens", "text_mask")
 
@@ -59,8 +59,7 @@ def _vit_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
         )
     if visual.pool_type == "none":
         raise NotImplementedError("VisionTransformer with pool_type 'none' has no pooled feature to train.")
-    x = visual.transformer(visual._embeds(images))
-    pooled, tokens = visual._pool(x)
+    pooled, tokens = vit_patch_tokens(visual, images)
     if visual.final_ln_after_pool:  # open_clip normalises only the pooled token then
         tokens = visual.ln_post(tokens)
     return _project(pooled, visual.proj), _project(tokens, visual.proj)
@@ -151,7 +150,7 @@ def _clip_text_tokens(model: nn.Module, text: Tensor) -> tuple[Tensor, Tensor, T
 
 
 def _text_transformer_tokens(tower: nn.Module, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    x, attn_mask = tower._embeds(text)
+    x, attn_mask = text_transformer_embeds(tower, text)
     x = tower.transformer(x, attn_mask=attn_mask)
     eos_id = getattr(tower, "eos_id", None)
     if tower.cls_emb is not None:  # CoCa-style appended class token: it is the pooled feature

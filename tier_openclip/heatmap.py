@@ -1,15 +1,18 @@
 """Token→patch (or prompt→patch) similarity maps drawn over the radiograph.
 
-Each panel shows, for one text token of the report (or one prompt), the cosine similarity of its
-embedding to every image patch, upsampled bilinearly from the patch grid to the image that the
-model saw (after open_clip's resize and centre crop). TIER makes these maps sparse.
+Each panel shows, for one word of the report (or one prompt), the cosine similarity of its
+embedding to every image patch, drawn over the whole radiograph: the patch grid is interpolated
+bilinearly at the stored image's pixels, through open_clip's resize and centre crop, and left
+blank where the model's input does not reach. A word the tokenizer splits into pieces ("pleural":
+"ple", "ural") is one panel, the similarity of the mean of its pieces' embeddings (the mean of
+their maps). TIER makes these maps sparse.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -21,8 +24,9 @@ from tier_openclip.errors import CommandError, UsageError, input_file, output_fi
 
 @dataclass
 class SimilarityMap:
-    label: str  # the token or prompt
+    label: str  # the word or prompt
     values: np.ndarray  # (H, W) cosine similarity, upsampled to the model's input size
+    grid: np.ndarray | None = field(default=None, repr=False)  # (rows, cols): the patch grid's values
 
 
 def load_image(path: str | Path):
@@ -59,7 +63,7 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
 
     from tier_openclip.analyze import square_grid
     from tier_openclip.features import token_features
-    from tier_openclip.openclip_adapter import decode_tokens
+    from tier_openclip.openclip_adapter import decode_tokens, word_groups
 
     pixels = loaded.preprocess(image).unsqueeze(0).to(device)
     maps: list[tuple[str, torch.Tensor]] = []
@@ -71,13 +75,17 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
             labels = decode_tokens(loaded.tokenizer, ids[0].tolist())
             positions = [p for p in out["text_mask"][0].nonzero().flatten().tolist() if labels[p] not in SPECIAL_TOKENS]
             wanted = {t.lower() for t in tokens}
-            missing = sorted(wanted - {labels[p].lower() for p in positions})
+            missing = sorted(wanted - {labels[p].lower() for p in positions}
+                             - {word.lower() for word, _ in word_groups(loaded.tokenizer, [ids[0, p].item() for p in positions])})
             if missing:
                 raise UsageError(f"--tokens {' '.join(missing)}: not among the tokens of --text, which the tokenizer "
                                  f"splits into: {' '.join(labels[p] for p in positions)}")
-            for position in positions:
-                if not wanted or labels[position].lower() in wanted:
-                    maps.append((labels[position], patches @ out["text_tokens"][0, position]))
+            # One panel per word; --tokens names a word or one of its pieces.
+            for word, pieces in word_groups(loaded.tokenizer, [ids[0, p].item() for p in positions]):
+                names = {word.lower(), *(labels[positions[i]].lower() for i in pieces)}
+                if not wanted or names & wanted:
+                    embedding = out["text_tokens"][0, [positions[i] for i in pieces]].mean(dim=0)
+                    maps.append((word, patches @ embedding))
         elif tokens:
             raise UsageError("--tokens picks tokens of --text; give --text too")
         if prompts:
@@ -89,7 +97,8 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
     size = tuple(pixels.shape[-2:])
     upsampled = [
         SimilarityMap(label, F.interpolate(m.reshape(1, 1, rows, cols).float(), size=size, mode="bilinear",
-                                           align_corners=False)[0, 0].cpu().numpy())
+                                           align_corners=False)[0, 0].cpu().numpy(),
+                      m.reshape(rows, cols).float().cpu().numpy())
         for label, m in maps
     ]
     return _unnormalise(pixels[0], loaded.preprocess), upsampled
@@ -110,6 +119,27 @@ def _unnormalise(pixels, preprocess) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
+# The panels are 3.2 inches at 120 dpi (384 pixels): a radiograph is drawn at most this many
+# pixels on its longer side, which keeps the maps' interpolation small on a 3000-pixel DICOM.
+DRAW_PIXELS = 1024
+
+
+def over_stored_image(image, maps: Sequence[SimilarityMap], preprocess, input_size: tuple[int, int]
+                      ) -> tuple[np.ndarray, list[SimilarityMap]]:
+    """The stored image (uint8 H×W×3, its longer side at most DRAW_PIXELS) and the maps over it:
+    each patch grid interpolated at its pixels through open_clip's resize and crop (grounding's
+    geometry), NaN where the model's input does not reach."""
+    from tier_openclip.grounding import MapGeometry, resize_mode_of, upsample_maps
+
+    shown = image.copy()
+    shown.thumbnail((DRAW_PIXELS, DRAW_PIXELS))  # keeps the aspect ratio, so the geometry is unchanged
+    framed = []
+    for similarity in maps:
+        geometry = MapGeometry(similarity.grid.shape, tuple(input_size), shown.size, resize_mode_of(preprocess))
+        framed.append(SimilarityMap(similarity.label, upsample_maps(similarity.grid, geometry), similarity.grid))
+    return np.asarray(shown.convert("RGB")), framed
+
+
 def draw_heatmaps(image: np.ndarray, maps: Sequence[SimilarityMap], out_path: str | Path, title: str = "",
                   shared_scale: bool = True) -> None:
     """One panel per map: the radiograph in grey with the similarity in colour on top."""
@@ -121,8 +151,8 @@ def draw_heatmaps(image: np.ndarray, maps: Sequence[SimilarityMap], out_path: st
     columns = min(4, len(maps))
     rows = math.ceil(len(maps) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
-    low = min(float(m.values.min()) for m in maps) if shared_scale else None
-    high = max(float(m.values.max()) for m in maps) if shared_scale else None
+    low = min(float(np.nanmin(m.values)) for m in maps) if shared_scale else None
+    high = max(float(np.nanmax(m.values)) for m in maps) if shared_scale else None
     for ax, similarity in zip(axes.flat, maps):
         ax.imshow(image.mean(axis=2), cmap="gray")
         shown = ax.imshow(similarity.values, cmap="jet", alpha=0.45, vmin=low, vmax=high)
@@ -160,7 +190,8 @@ def heatmap(args: argparse.Namespace) -> int:
         pixels, maps = similarity_maps(loaded, image, args.text, args.prompt or (), args.tokens or (), device=device)
     except ValueError as exc:  # e.g. a model whose patches form no square grid
         raise CommandError(str(exc)) from None
-    draw_heatmaps(pixels, maps, out, title=f"{args.model} · {Path(args.pretrained or 'untrained').name}")
+    shown, maps = over_stored_image(image, maps, loaded.preprocess, pixels.shape[:2])
+    draw_heatmaps(shown, maps, out, title=f"{args.model} · {Path(args.pretrained or 'untrained').name}")
     print(f"wrote {out} ({len(maps)} panels)")
     return 0
 
@@ -180,9 +211,9 @@ def add_heatmap_parser(subparsers) -> None:
     )
     add_model_flags(parser)
     parser.add_argument("--image", required=True, help="Radiograph: .dcm, .png or .jpg.")
-    parser.add_argument("--text", default=None, help="Report text: one panel per token.")
+    parser.add_argument("--text", default=None, help="Report text: one panel per word.")
     add_list_flag(parser, "--tokens", "TOKEN", default=None,
-                  help="Only these tokens of --text (as the tokenizer splits them).")
+                  help="Only these words of --text (a word, or a piece of one as the tokenizer splits it).")
     add_list_flag(parser, "--prompt", "PHRASE", default=None,
                   help="Phrases, each drawn from its pooled embedding (quote a phrase of several words).")
     parser.add_argument("--out", required=True, help="Output PNG.")

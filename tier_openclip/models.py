@@ -54,7 +54,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # noqa: BLE001 -- torch and safetensors raise many types for a bad file
         raise CommandError(f"{path} is not a readable checkpoint: {_why_unreadable(exc)}") from None
-    state = saved.get("state_dict", saved) if isinstance(saved, dict) else None
+    state = adapter.checkpoint_weights(saved)
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CommandError(f"{path} holds no model weights (expected a state_dict of tensors, as "
                            "open_clip_train's epoch_N.pt has)")

@@ -21,13 +21,12 @@ import functools
 import importlib
 import logging
 import math
-import sys
 from typing import Any, Callable
 
 from tier_openclip import openclip_adapter as adapter
 from tier_openclip import hf_towers, plugin_args
 from tier_openclip.entropy import IMPLS
-from tier_openclip.errors import CommandError, TierOpenclipError, UsageError
+from tier_openclip.errors import CommandError, TierOpenclipError, UsageError, error_line, print_error
 from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
 from tier_openclip.models import register_model_configs
@@ -112,14 +111,13 @@ def _tier_scale(text: str) -> float | str:
 
 
 def _uses_plugin_flags(argv: list[str]) -> bool:
-    flags = plugin_args.option_strings(build_plugin_parser())
-    return any(arg.split("=", 1)[0] in flags for arg in argv) or bool(plugin_args.abbreviated(argv, flags))
+    return bool(plugin_args.plugin_flags_in(argv))
 
 
 def _stop(error: TierOpenclipError) -> None:
     """One line on stderr before any training; exit status 2 for a usage error (as argparse), 1 for
     a checkpoint that cannot be used."""
-    print(f"tier-openclip: {error}", file=sys.stderr)
+    print_error(error)
     raise SystemExit(error.exit_code)
 
 
@@ -181,12 +179,12 @@ def build_loss(args: argparse.Namespace):
 
     unsupported = adapter.is_coca_or_distill(args)
     if unsupported:
-        raise SystemExit(f"tier-openclip: --loss {args.loss} does not support {unsupported}; use --loss clip.")
+        raise SystemExit(error_line(f"--loss {args.loss} does not support {unsupported}; use --loss clip."))
     if args.tier_impl != "auto":
         try:
             resolve_impl(args.tier_impl, torch.empty(0, device=args.device))
         except RuntimeError as exc:
-            raise SystemExit(f"tier-openclip: --tier-impl {args.tier_impl}: {exc}") from None
+            raise SystemExit(error_line(f"--tier-impl {args.tier_impl}: {exc}")) from None
     extra = None
     if args.lu_align_weight or args.lu_uniform_weight:
         if collapse_is_stable(args.lu_align_weight, args.lu_uniform_weight, args.lu_t):
@@ -234,7 +232,7 @@ def _sentence_vocab(args: argparse.Namespace):
     try:
         return sentence_vocab(tokenizer)
     except TypeError as exc:
-        raise SystemExit(f"tier-openclip: --lu-text-units sentences: {exc}; or use --lu-text-units tokens") from None
+        raise SystemExit(error_line(f"--lu-text-units sentences: {exc}; or use --lu-text-units tokens")) from None
 
 
 def wrap_create_loss(original: Callable) -> Callable:
@@ -330,15 +328,17 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
         from tier_openclip.loss import ContrastiveTokenLoss
 
         _record_loss_settings(args, epoch)
+        _warn_long_warmup(data, args)
+        adapter.quiet_torch_internals()  # main.py's setup_logging has run by now
         if isinstance(loss, ContrastiveTokenLoss):
             enable_token_outputs(model)
-            loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, data["train"].dataloader.num_batches)
+            num_batches = adapter.train_batches(data)
+            loss.metrics_hook = TrainMetricsLogger(args, tb_writer, epoch, num_batches)
             params = [p for p in model.parameters() if p.requires_grad]
             if loss.lambda_calibration is not None:
                 loss.lambda_calibration.params = params
             if getattr(args, "tier_diagnostics_every", 0) and loss.with_tier:
-                loss.diagnostics_hook = TierDiagnosticsLogger(
-                    args, tb_writer, epoch, data["train"].dataloader.num_batches, params, scaler)
+                loss.diagnostics_hook = TierDiagnosticsLogger(args, tb_writer, epoch, num_batches, params, scaler)
         result = original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
         if getattr(args, "tier_zeroshot_chexpert", None) or getattr(args, "tier_zeroshot_padchest", None):
             from tier_openclip.evaluate import zeroshot_during_training
@@ -352,6 +352,26 @@ def wrap_train_one_epoch(original: Callable) -> Callable:
 
     train_one_epoch.__tier_openclip_wrapped__ = original  # type: ignore[attr-defined]
     return train_one_epoch
+
+
+def _warn_long_warmup(data: Any, args: argparse.Namespace) -> None:
+    """One warning (rank 0, once a process) when --warmup is at least the run's optimizer steps:
+    open_clip's default 10000 makes a short run train on the first part of its warm-up ramp, at a
+    learning rate near 0, and nothing else says so."""
+    warmup = getattr(args, "warmup", None)
+    if _state.get("warmup_checked") or not isinstance(warmup, int) or getattr(args, "rank", 0) != 0:
+        return
+    _state["warmup_checked"] = True
+    try:
+        steps = adapter.total_steps(data, args)
+    except (AttributeError, KeyError, TypeError):  # no train loader the way open_clip builds one
+        return
+    if steps > 0 and warmup >= steps:
+        top = getattr(args, "lr", 0.0) * steps / max(warmup, 1)
+        logger.warning("tier-openclip: --warmup %d is at least this run's %d optimizer steps, so the learning rate "
+                       "never leaves open_clip's warm-up ramp (it reaches %.3g of --lr %.3g); give a --warmup well "
+                       "below %d, e.g. --warmup %d", warmup, steps, top, getattr(args, "lr", 0.0), steps,
+                       max(steps // 10, 1))
 
 
 def _record_loss_settings(args: argparse.Namespace, epoch: int) -> None:
@@ -377,7 +397,7 @@ def _refuse_plugin_flags(params_module: Any, error: Exception) -> None:
     @functools.wraps(original)
     def parse_args(args):
         if _uses_plugin_flags(list(args)):
-            raise SystemExit(f"tier-openclip: {error}")
+            raise SystemExit(error_line(error))
         return original(args)
 
     params_module.parse_args = parse_args

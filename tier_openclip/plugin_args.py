@@ -35,7 +35,6 @@ MAX_TIER_SCALE = 100.0
 _RANGES = {
     "tier_lambda_text": (0.0, True),
     "tier_lambda_image": (0.0, True),
-    "tier_scale": (0.0, False),
     "lu_align_weight": (0.0, True),
     "lu_uniform_weight": (0.0, True),
     "lu_temperature": (0.0, False),
@@ -43,6 +42,17 @@ _RANGES = {
     "tier_diagnostics_every": (0, True),
     "tier_target_ratio": (0.0, False),
 }
+
+
+def is_plugin_flag(arg: str) -> bool:
+    """Whether a command-line argument is (an abbreviation of) a tier-openclip flag: --loss, --los,
+    --tier-*, --lu-*. open_clip has no flag of these names; its --loss-dist-impl is left alone.
+
+    The one rule: the plugin's parser (plugin.build_plugin_parser) only defines flags it accepts
+    (tests/test_plugin.py), and the start-up hook's import-free copy (_startup._plugin_flag, which may
+    import nothing of tier_openclip) is tested to agree with it."""
+    name = arg.split("=", 1)[0]
+    return name in ("--loss", "--los") or name.startswith(("--tier", "--lu-"))
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -57,6 +67,11 @@ def _names(argv: Iterable[str]) -> list[str]:
         if arg.startswith("--"):
             names.append(arg.split("=", 1)[0])
     return names
+
+
+def plugin_flags_in(argv: Iterable[str]) -> list[str]:
+    """The names of the plugin's flags (is_plugin_flag) among the arguments, up to a ``--``."""
+    return [name for name in _names(argv) if is_plugin_flag(name)]
 
 
 def abbreviated(argv: Sequence[str], flags: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -123,8 +138,17 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def check_tier_scale(scale: float | str | None) -> None:
-    """UsageError for a --tier-scale above MAX_TIER_SCALE: the one bound training and the demo
-    (tier_openclip/demo/design.py) share, so the demo refuses what training would."""
+    """UsageError for a --tier-scale the loss refuses (not 'logit' or a positive finite number:
+    loss.check_scale, the one definition) or above MAX_TIER_SCALE: the one check training and the
+    demo (tier_openclip/demo/design.py) share, so the demo refuses what training would."""
+    if scale is None:
+        return
+    from tier_openclip.loss import check_scale  # torch: only once a run's flags are checked
+
+    try:
+        check_scale(scale)
+    except ValueError:
+        raise UsageError(f"--tier-scale {scale}: must be a finite number > 0, or 'logit'") from None
     if isinstance(scale, (int, float)) and scale > MAX_TIER_SCALE:
         raise UsageError(f"--tier-scale {scale:g} is above {MAX_TIER_SCALE:g}: with cosine similarities in [-1, 1] "
                          "the softmaxes saturate and the entropies underflow to exactly 0, which switches TIER off. "

@@ -10,6 +10,7 @@ import runpy
 import sys
 
 from tier_openclip import plugin
+from tier_openclip.errors import error_line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         plugin.activate(strict=True)
     except plugin.adapter.OpenClipIncompatible as exc:
-        raise SystemExit(f"tier-openclip: {exc}") from None
+        raise SystemExit(error_line(exc)) from None
     sys.argv = ["open_clip_train.main", *argv]
     runpy.run_module("open_clip_train.main", run_name="__main__", alter_sys=True)
 

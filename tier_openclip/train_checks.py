@@ -47,7 +47,7 @@ def _shown(keys: list[str]) -> str:
 def check_resume_fits(path: str, saved: Any, args: argparse.Namespace) -> None:
     """CommandError when the --resume checkpoint's weights are not those of --model (as main.py
     loads them: the state_dict of a training checkpoint, 'module.' dropped when not distributed)."""
-    state = saved["state_dict"] if isinstance(saved, dict) and "epoch" in saved else saved
+    state = adapter.resume_weights(saved)
     if not getattr(args, "distributed", False):
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     expected = _expected_shapes(args)

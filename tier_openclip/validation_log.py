@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ def log_validation_metrics(kind: str, metrics: Mapping[str, float], completed_ep
 def append_results(record: Mapping[str, Any], args: Any) -> None:
     """One JSON line in checkpoints/results.jsonl, where open_clip writes its own evaluation
     (only when the run saves logs)."""
-    if getattr(args, "save_logs", True) and getattr(args, "checkpoint_path", None):
-        with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a+") as f:
+    path = adapter.results_jsonl_path(args)
+    if path is not None:
+        with open(path, "a+") as f:
             f.write(json.dumps(dict(record)) + "\n")

@@ -5,7 +5,9 @@ What is named here: every open_clip function and class tier-openclip calls or te
 internals it reads to build token features (``TOWER_INTERNALS``: private methods, checked on the
 classes; ``TOWER_ATTRIBUTES``: attributes of a built tower, checked with ``check_tower`` on the
 model a feature extraction sees), and the config overrides open_clip's create_model applies
-(``apply_create_overrides``). An open_clip upgrade is a change to this file: ``check_open_clip``
+(``apply_create_overrides``), and, in runs.py, open_clip_train's behaviour: its step count, the
+files a run writes (params.txt, checkpoints, results.jsonl) and its logging. An open_clip upgrade is
+a change to this folder, shown by tests/test_openclip_adapter.py: ``check_open_clip``
 compares the installed version and internals with what the plugin was written against (3.x)
 and fails with one clear message otherwise.
 
@@ -153,7 +155,20 @@ def check_open_clip_train() -> dict[str, ModuleType]:
                 f"tier-openclip supports open_clip {SUPPORTED_MAJOR}.x: {INSTALL_HINT}"
             )
         modules[module_name] = module
+    found = train_one_epoch_params(modules["open_clip_train.train"].train_one_epoch)
+    if found != TRAIN_ONE_EPOCH_PARAMS:
+        raise OpenClipIncompatible(
+            f"open_clip_train {open_clip_version()}: train_one_epoch takes ({', '.join(found)}), not the "
+            f"({', '.join(TRAIN_ONE_EPOCH_PARAMS)}) tier-openclip wraps; install a supported version: {INSTALL_HINT}"
+        )
     return modules
+
+
+def train_one_epoch_params(function: Callable) -> tuple[str, ...]:
+    """The parameter names of open_clip_train's train_one_epoch (through the plugin's wrapper)."""
+    import inspect
+
+    return tuple(inspect.signature(function).parameters)
 
 
 def check_tower(tower: Any, cls_name: str) -> Any:
@@ -290,3 +305,59 @@ def decode_tokens(tokenizer: Any, token_ids: list[int]) -> list[str]:
     if decoder is None:
         raise TypeError(f"cannot decode tokens of {type(tokenizer).__name__}")
     return [decoder.get(i, "").replace("</w>", "") for i in token_ids]
+
+
+# --- the towers' private methods token features are built from (TOWER_INTERNALS) -----------------
+
+
+def vit_patch_tokens(visual: Any, images: Any) -> tuple[Any, Any]:
+    """(pooled, patch tokens) of open_clip's VisionTransformer before ln_post/proj: its forward up
+    to the pool, through the private _embeds (patchify, class token, positions, ln_pre) and _pool."""
+    x = visual.transformer(visual._embeds(images))
+    return visual._pool(x)
+
+
+def text_transformer_embeds(tower: Any, text: Any) -> tuple[Any, Any]:
+    """(token embeddings with positions, attention mask) of open_clip's TextTransformer: its private _embeds."""
+    return tower._embeds(text)
+
+
+def word_groups(tokenizer: Any, token_ids: list[int]) -> list[tuple[str, list[int]]]:
+    """The words of a run of token ids: (word, indices into ``token_ids`` of its pieces). open_clip's
+    CLIP BPE ends a word's last piece with "</w>"; Hugging Face WordPiece marks a continuation "##",
+    SentencePiece/byte-level BPE a word's start "▁"/"Ġ"."""
+    hf_tokenizer = getattr(tokenizer, "tokenizer", None)
+    groups: list[tuple[str, list[int]]] = []
+    if hf_tokenizer is not None and hasattr(hf_tokenizer, "convert_ids_to_tokens"):
+        pieces = list(hf_tokenizer.convert_ids_to_tokens(token_ids))
+        markers = any(p[:1] in ("▁", "Ġ") for p in pieces)
+        for index, piece in enumerate(pieces):
+            starts = not piece.startswith("##") and (not markers or piece[:1] in ("▁", "Ġ"))
+            text = piece[2:] if piece.startswith("##") else piece.lstrip("▁Ġ")
+            if starts or not groups:
+                groups.append((text, [index]))
+            else:
+                groups[-1] = (groups[-1][0] + text, groups[-1][1] + [index])
+        return groups
+    decoder = getattr(tokenizer, "decoder", None)  # open_clip.tokenizer.SimpleTokenizer
+    if decoder is None:
+        raise TypeError(f"cannot decode tokens of {type(tokenizer).__name__}")
+    open_word = False
+    for index, token_id in enumerate(token_ids):
+        piece = decoder.get(token_id, "")
+        text = piece.replace("</w>", "")
+        if open_word:
+            groups[-1] = (groups[-1][0] + text, groups[-1][1] + [index])
+        else:
+            groups.append((text, [index]))
+        open_word = not piece.endswith("</w>")
+    return groups
+
+
+# The training run's behaviour (kept in runs.py for size; every name is the adapter's).
+from tier_openclip.openclip_adapter.runs import (  # noqa: E402,F401 -- re-exported; after symbol(), which runs.py calls
+    CHECKPOINT_EPOCH_KEY, CHECKPOINT_WEIGHTS_KEY, CREATE_ARGS, NO_WEIGHTS_MESSAGE, PARAMS_TXT, RESULTS_JSONL,
+    TAG_PREPROCESS, TORCH_INTERNAL_LOGGERS, TRAIN_ONE_EPOCH_PARAMS, _DropNoWeightsMessage, checkpoint_epoch,
+    checkpoint_weights, create_args_from_params, create_bare_model, params_txt_line, params_txt_next_to,
+    quiet_torch_internals, read_params_txt, results_jsonl_path, resume_weights, steps_per_epoch, total_steps,
+    train_batches)

@@ -190,9 +190,8 @@ def build_loss(args: argparse.Namespace):
         if collapse_is_stable(args.lu_align_weight, args.lu_uniform_weight, args.lu_t):
             logger.warning(
                 "tier-openclip: --lu-uniform-weight %g × --lu-t %g is below half of --lu-align-weight %g: one vector "
-                "for every patch and text unit of a pair is then a stable solution of the local terms (README, "
-                "'Local alignment and uniformity'). Watch local_cos_image/local_cos_text, or give "
-                "--lu-uniform-weight at least %g.",
+                "for every patch and text unit of a pair is then a stable solution of the local terms "
+                "(docs/local-uniformity.md). Watch local_cos_image/local_cos_text, or give --lu-uniform-weight at least %g.",
                 args.lu_uniform_weight, args.lu_t, args.lu_align_weight, args.lu_align_weight / (2 * args.lu_t))
         extra = LocalUniformityTerms(
             align_weight=args.lu_align_weight,

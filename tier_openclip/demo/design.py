@@ -14,7 +14,6 @@ different batches. Its CSV loader shuffles with torch's generator, which ``--see
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -142,16 +141,16 @@ def sweep_arms(lambdas: Sequence[float] = SWEEP_LAMBDAS, scales: Sequence[str] =
 
 
 def check_scale(text: str) -> str:
-    """A --tier-scale value as the training flag takes it: a positive number or 'logit'."""
+    """A --tier-scale value as the training flag takes it ('logit' or a number), checked by training's
+    own rule (plugin_args.check_tier_scale), so the demo refuses here what the training subprocess
+    would refuse later."""
     if text == "logit":
         return text
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"--tier-scale {text}: expected a positive number or 'logit'")
-    check_tier_scale(value)  # training's own bound: refused here, not inside the training subprocess
+        raise UsageError(f"--tier-scale {text}: expected a positive number or 'logit'") from None
+    check_tier_scale(value)
     return f"{value:g}"
 
 

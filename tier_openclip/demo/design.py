@@ -155,11 +155,33 @@ def check_scale(text: str) -> str:
     return f"{value:g}"
 
 
+PRETRAIN_LOSSES: tuple[str, ...] = ("clip", "filip")
+DEFAULT_PRETRAIN_LOSS = "clip"
+
+
+def pretrain_flags(loss: str) -> list[str]:
+    """The pre-training's loss flags: CLIP's loss, or CLIP's plus FILIP's token-wise term (tier_openclip/filip.py)
+    at the plugin's defaults (weight 1, temperature 0.07)."""
+    if loss not in PRETRAIN_LOSSES:
+        raise UsageError(f"--pretrain-loss {loss}: choose from {', '.join(PRETRAIN_LOSSES)}")
+    return ["--loss", "clip"] if loss == "clip" else ["--loss", "filip", "--filip-weight", "1",
+                                                      "--filip-temperature", "0.07"]
+
+
+def run_name(kind: str, seed: int, pretrain_loss: str) -> str:
+    """A run's folder name: ``pretrain`` or an arm's slug, and the start. Every run of a FILIP start
+    says so, so a rerun into the same --out never reuses a CLIP start's run for it (nor the reverse);
+    CLIP starts keep their old names, so existing demo folders stay reusable."""
+    tag = "" if pretrain_loss == "clip" else f"{pretrain_loss}-"
+    return f"{kind}-{tag}start{seed}"
+
+
 @dataclass
 class DemoOptions:
     out: Path
     size: str = "small"
     starts: int = 3  # pre-trainings, each its own seed; every arm fine-tunes once from each
+    pretrain_loss: str = DEFAULT_PRETRAIN_LOSS  # PRETRAIN_LOSSES
     losses: Sequence[str] = DEFAULT_ARMS
     tier_lambda: float = 0.1
     tier_scale: str = "1"

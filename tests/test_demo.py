@@ -263,20 +263,20 @@ def test_reduced_demo_twice_gives_the_same_numbers_and_the_sweep_reuses_it(tmp_p
 
     runs = out / "runs"
     for seed in (0, 1):
-        start = runs / f"pretrain-start{seed}" / "checkpoints" / "epoch_1.pt"
-        assert f"seed: {seed}\n" in (runs / f"pretrain-start{seed}" / "params.txt").read_text()
+        start = runs / f"pretrain-filip-start{seed}" / "checkpoints" / "epoch_1.pt"
+        assert f"seed: {seed}\n" in (runs / f"pretrain-filip-start{seed}" / "params.txt").read_text()
         for arm in ("clip", "tier-calibrated-r0.1-s10"):
-            params = (runs / f"{arm}-start{seed}" / "params.txt").read_text()
+            params = (runs / f"{arm}-filip-start{seed}" / "params.txt").read_text()
             assert f"pretrained: {start}\n" in params and f"seed: {seed}\n" in params
     # The starts differ (each its own seed); fine-tuning moved the weights, differently per loss.
-    start0, start1 = _state(runs / "pretrain-start0/checkpoints/epoch_1.pt"), _state(runs / "pretrain-start1/checkpoints/epoch_1.pt")
-    clip0, tier0 = _state(runs / "clip-start0/checkpoints/epoch_1.pt"), _state(runs / "tier-calibrated-r0.1-s10-start0/checkpoints/epoch_1.pt")
+    start0, start1 = _state(runs / "pretrain-filip-start0/checkpoints/epoch_1.pt"), _state(runs / "pretrain-filip-start1/checkpoints/epoch_1.pt")
+    clip0, tier0 = _state(runs / "clip-filip-start0/checkpoints/epoch_1.pt"), _state(runs / "tier-calibrated-r0.1-s10-filip-start0/checkpoints/epoch_1.pt")
     for key in ("visual.trunk.stem.conv.weight", "visual.head.proj.weight"):  # TIER-tiny-ResNet's first and last
         assert not torch.equal(start0[key], start1[key])
         assert not torch.equal(clip0[key], start0[key]) and not torch.equal(clip0[key], tier0[key])
     lambdas = result["setup"]["arms"][1]["tier_lambda_per_start"]
     assert all(lam > 0 for lam in lambdas) and f"tier_lambda_text: {lambdas[0]:g}" in (
-        runs / "tier-calibrated-r0.1-s10-start0" / "params.txt").read_text()
+        runs / "tier-calibrated-r0.1-s10-filip-start0" / "params.txt").read_text()
     assert result["manipulation"]["tier-calibrated"]["ratio_on_start"] == pytest.approx([0.1, 0.1], rel=0.05)
 
     saved = json.loads((out / "demo.json").read_text())
@@ -298,11 +298,11 @@ def test_reduced_demo_twice_gives_the_same_numbers_and_the_sweep_reuses_it(tmp_p
     assert same, "\n".join(lines)
 
     # The sweep in the first folder reuses the data, the starts and the clip controls.
-    reused = {path: path.stat().st_mtime_ns for path in (runs / "pretrain-start0/checkpoints/epoch_1.pt",
-                                                         runs / "clip-start1/checkpoints/epoch_1.pt")}
+    reused = {path: path.stat().st_mtime_ns for path in (runs / "pretrain-filip-start0/checkpoints/epoch_1.pt",
+                                                         runs / "clip-filip-start1/checkpoints/epoch_1.pt")}
     sweep = run_sweep(DemoOptions(out=out, **TINY), lambdas=(0.5,), scales=("logit",))
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in reused.items())
-    assert sweep["timings"]["runs"]["pretrain-start0"]["reused"] and sweep["timings"]["runs"]["clip-start1"]["reused"]
+    assert sweep["timings"]["runs"]["pretrain-filip-start0"]["reused"] and sweep["timings"]["runs"]["clip-filip-start1"]["reused"]
     saved = json.loads((out / "sweep.json").read_text())
     (row,) = saved["grid"]
     assert (row["lambda"], row["scale"]) == (0.5, "logit") and row["decision"]["reading"] in (
@@ -495,15 +495,16 @@ def test_calibrated_arm_trains_at_its_start_lambda_and_gets_a_reading(tmp_path, 
     out = tmp_path / "demo"
     run_demo(DemoOptions(out=out, starts=3, progress=False))  # the default arms
     names = [name for name, _, _ in seen]
-    assert names[:3] == ["pretrain-start0", "pretrain-start1", "pretrain-start2"]
+    assert names[:3] == ["pretrain-filip-start0", "pretrain-filip-start1", "pretrain-filip-start2"]
+    assert all(_flag(command, "--loss") == "filip" for _, command, _ in seen[:3])  # the default pre-training (issue 20)
     assert len(names) == 3 + 3 * 3 and all(pins == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2",
                                                     "ONEDNN_MAX_CPU_ISA": "AVX2"} for _, _, pins in seen)
     calibrated = {name: command for name, command, _ in seen if name.startswith("tier-calibrated")}
-    assert set(calibrated) == {f"tier-calibrated-r0.1-s10-start{s}" for s in range(3)}
+    assert set(calibrated) == {f"tier-calibrated-r0.1-s10-filip-start{s}" for s in range(3)}
     for name, command in calibrated.items():
         assert _flag(command, "--tier-lambda-text") == "5" and _flag(command, "--tier-scale") == "10"
         assert _flag(command, "--seed") == name[-1] and _flag(command, "--pretrained").endswith(
-            f"pretrain-start{name[-1]}/checkpoints/epoch_16.pt")
+            f"pretrain-filip-start{name[-1]}/checkpoints/epoch_16.pt")
     saved = json.loads((out / "demo.json").read_text())
     check = saved["manipulation"]["tier-calibrated"]
     assert check["scale"] == "10" and check["lambda_per_start"] == [5.0] * 3

@@ -22,7 +22,8 @@ from typing import Any, Mapping
 HISTORY_NAME = "loss_history.json"
 # The flags that define the loss (tier_openclip/plugin.py adds them to open_clip_train's parser).
 LOSS_SETTINGS = ("loss", "tier_lambda_text", "tier_lambda_image", "tier_scale", "tier_token_mask",
-                 "lu_align_weight", "lu_uniform_weight", "lu_temperature", "lu_t", "lu_text_units")
+                 "lu_align_weight", "lu_uniform_weight", "lu_temperature", "lu_t", "lu_text_units",
+                 "filip_weight", "filip_temperature")
 logger = logging.getLogger("tier_openclip")
 
 

@@ -31,7 +31,7 @@ from tier_openclip.local_uniformity import TEXT_UNITS
 from tier_openclip.loss import TOKEN_MASKS, check_scale
 from tier_openclip.models import register_model_configs
 
-LOSSES = ("clip", "tier", "local-uniformity")
+LOSSES = ("clip", "tier", "local-uniformity", "filip")
 logger = logging.getLogger("tier_openclip")
 _state: dict[str, Any] = {"active": False, "error": None}
 
@@ -42,7 +42,8 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("tier-openclip")
     group.add_argument("--loss", choices=LOSSES, default="clip",
                        help="Training loss: open_clip's own (clip, or SigLIP with --siglip), "
-                            "TIER (tier), or local alignment + uniformity (local-uniformity). Default: clip.")
+                            "TIER (tier), local alignment + uniformity (local-uniformity), or CLIP + FILIP's "
+                            "token-wise contrastive term (filip). Default: clip.")
     group.add_argument("--tier-lambda-text", type=_tier_lambda, default=0.1, metavar="{L,auto}",
                        help="Weight of the mean token→patch entropy (default: 0.1), or 'auto' (see --tier-target-ratio).")
     group.add_argument("--tier-lambda-image", type=_tier_lambda, default=0.1, metavar="{L,auto}",
@@ -75,6 +76,11 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                        help="Local text embeddings of the local terms: sentences (each report sentence's tokens "
                             "pooled into one, found from the tokenizer's '.' tokens) or tokens. TIER's own "
                             "entropies always use tokens. Default: sentences.")
+    group.add_argument("--filip-weight", type=float, default=1.0,
+                       help="--loss filip: weight of the FILIP token-wise contrastive term beside CLIP's (default: 1).")
+    group.add_argument("--filip-temperature", type=float, default=0.07,
+                       help="--loss filip: fixed temperature of the token-wise logits (default: 0.07, CLIP's "
+                            "initial temperature; tier_openclip/filip.py says why fixed).")
     group.add_argument("--tier-diagnostics-every", type=int, default=0, metavar="N",
                        help="Every N optimizer steps, log whether TIER acts: its entropies, top-1/top-k mass of "
                             "the token->patch maps at the training scale, and the norm of TIER's gradient over "
@@ -201,6 +207,10 @@ def build_loss(args: argparse.Namespace):
             text_units=args.lu_text_units,
             sentence_vocab=_sentence_vocab(args) if args.lu_text_units == "sentences" else None,
         )
+    if args.loss == "filip":
+        from tier_openclip.filip import FilipTerms
+
+        extra = FilipTerms(weight=args.filip_weight, temperature=args.filip_temperature)
     loss_class = TierLoss if args.loss == "tier" else ContrastiveTokenLoss
     loss = loss_class(
         lambda_text=0.0 if args.tier_lambda_text == "auto" else args.tier_lambda_text,

@@ -39,6 +39,8 @@ _RANGES = {
     "lu_uniform_weight": (0.0, True),
     "lu_temperature": (0.0, False),
     "lu_t": (0.0, False),
+    "filip_weight": (0.0, True),
+    "filip_temperature": (0.0, False),
     "tier_diagnostics_every": (0, True),
     "tier_target_ratio": (0.0, False),
 }
@@ -96,7 +98,9 @@ def check_abbreviations(argv: Sequence[str], flags: Sequence[str]) -> None:
 def losses_of(flag: str) -> tuple[str, ...]:
     """The --loss values a plugin flag acts with."""
     if flag.startswith(("--tier-zeroshot-", "--tier-grounding")) or flag == "--loss":
-        return ("clip", "tier", "local-uniformity")  # evaluation during training: any loss
+        return ("clip", "tier", "local-uniformity", "filip")  # evaluation during training: any loss
+    if flag.startswith("--filip-"):
+        return ("filip",)
     if flag.startswith("--lu-") or flag == "--tier-token-mask":
         return ("tier", "local-uniformity")  # the local terms can be added to TIER
     return ("tier",)

@@ -3,8 +3,9 @@
 1. Writes a phantom chest X-ray dataset (tier_openclip.phantom) in its grounding layout: the
    procedural background on every install, bare finding terms, lung findings anywhere in the
    lungs, one or two different findings per image, a test set with their boxes.
-2. Pre-trains TIER-tiny-ResNet with CLIP's loss --starts times (default 3, each its own seed),
-   through the real ``python -m open_clip_train.main`` loop: the starts.
+2. Pre-trains TIER-tiny-ResNet --starts times (default 3, each its own seed) with CLIP's loss plus
+   FILIP's token-wise term (--pretrain-loss filip, the default; clip: CLIP's alone), through the
+   real ``python -m open_clip_train.main`` loop: the starts.
 3. Fine-tunes every arm from every start (default: clip, the control; tier-paper, λ 0.1 at scale 1;
    tier-calibrated, scale 10 with λ chosen so that TIER's gradient is 10% of CLIP's on the start);
    all arms of a start see the same batches in the same order.

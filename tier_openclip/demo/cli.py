@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tier_openclip.demo.design import (ARM_NAMES, CALIBRATED_RATIO, CALIBRATED_SCALE, DEFAULT_ARMS, SIZES, SWEEP_LAMBDAS,
-                                       SWEEP_SCALES, DemoOptions, check_scale)
+from tier_openclip.demo.design import (ARM_NAMES, CALIBRATED_RATIO, CALIBRATED_SCALE, DEFAULT_ARMS,
+                                       DEFAULT_PRETRAIN_LOSS, PRETRAIN_LOSSES, SIZES, SWEEP_LAMBDAS, SWEEP_SCALES,
+                                       DemoOptions, check_scale)
 from tier_openclip.cli_common import add_list_flag
 from tier_openclip.errors import UsageError, writable_folder
 
@@ -37,7 +38,7 @@ def demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--seeds {args.seeds}: the demo now repeats the whole pipeline; give --starts N "
                          "(N pre-trainings, every arm fine-tuned from each)")
     options = DemoOptions(
-        out=Path(args.out), size=args.size, starts=args.starts, losses=losses, tier_lambda=args.tier_lambda,
+        out=Path(args.out), size=args.size, starts=args.starts, pretrain_loss=args.pretrain_loss, losses=losses, tier_lambda=args.tier_lambda,
         tier_scale=check_scale(args.tier_scale), uniform_weight=args.uniform_weight, bootstrap=args.bootstrap,
         pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
         calibrated_ratio=args.calibrated_ratio, calibrated_scale=check_scale(args.calibrated_scale), pin=not args.no_pin,
@@ -85,6 +86,10 @@ def add_demo_parser(subparsers) -> None:
     parser.add_argument("--starts", type=int, default=3,
                         help="Pre-trainings, each its own seed; every arm is fine-tuned once from each and compared "
                              "with clip within it (default: 3).")
+    parser.add_argument("--pretrain-loss", choices=PRETRAIN_LOSSES, default=DEFAULT_PRETRAIN_LOSS,
+                        help="Loss of the pre-trainings: clip, or filip (CLIP's loss plus FILIP's token-wise "
+                             "contrastive term, which asks tokens to match patches; tier_openclip/filip.py). "
+                             f"The fine-tuning arms are unchanged (default: {DEFAULT_PRETRAIN_LOSS}).")
     parser.add_argument("--seeds", type=int, default=None, help=argparse.SUPPRESS)  # replaced by --starts
     add_list_flag(parser, "--losses", "ARM",
                   f"Arms from {', '.join(ARM_NAMES)}; clip is the control and is required "

@@ -7,6 +7,18 @@ arms of a start see the same batches in the same order with the same augmentatio
 between two arms of one start is the loss alone, and the spread over starts is the pipeline's
 whole noise (pre-training included), not only the fine-tuning's.
 
+Why the starts are pre-trained with FILIP's token-wise term (``--pretrain-loss filip``, the
+default; tier_openclip/filip.py): TIER sharpens the token→patch maps, so it can only be judged
+on starts whose token maps already ground (the precondition). CLIP's pooled loss alone did not
+get there: on the small preset, start 0's token maps pointed at 0.123 against the image-free
+prior's 0.147 (precondition failed), while the same start pre-trained with CLIP + FILIP pointed at
+0.373 (held), with mean zero-shot AUC 0.629 against CLIP's 0.539 and own-lesion rate 0.941
+against 0.664 (benchmarks/results/filip-trial-2026-12-05, one start on the shared 2-core AMD EPYC
+VM; per-finding AUC fell for cardiomegaly and pneumothorax, and CAM pointing fell on three
+findings, so read it per finding). The FILIP term is pre-training only: every fine-tuning arm
+still trains with its own loss. ``--pretrain-loss clip`` keeps plain CLIP starts (and their
+old run names).
+
 Why a CSV and not the WebDataset shards: open_clip's WebDataset pipeline shuffles samples with a
 generator seeded from the process id and the clock, so two runs with the same ``--seed`` see
 different batches. Its CSV loader shuffles with torch's generator, which ``--seed`` seeds.
@@ -154,11 +166,33 @@ def check_scale(text: str) -> str:
     return f"{value:g}"
 
 
+PRETRAIN_LOSSES: tuple[str, ...] = ("clip", "filip")
+DEFAULT_PRETRAIN_LOSS = "filip"  # the module docstring says why
+
+
+def pretrain_flags(loss: str) -> list[str]:
+    """The pre-training's loss flags: CLIP's loss, or CLIP's plus FILIP's token-wise term (tier_openclip/filip.py)
+    at the plugin's defaults (weight 1, temperature 0.07)."""
+    if loss not in PRETRAIN_LOSSES:
+        raise UsageError(f"--pretrain-loss {loss}: choose from {', '.join(PRETRAIN_LOSSES)}")
+    return ["--loss", "clip"] if loss == "clip" else ["--loss", "filip", "--filip-weight", "1",
+                                                      "--filip-temperature", "0.07"]
+
+
+def run_name(kind: str, seed: int, pretrain_loss: str) -> str:
+    """A run's folder name: ``pretrain`` or an arm's slug, and the start. Every run of a FILIP start
+    says so, so a rerun into the same --out never reuses a CLIP start's run for it (nor the reverse);
+    CLIP starts keep their old names, so existing demo folders stay reusable."""
+    tag = "" if pretrain_loss == "clip" else f"{pretrain_loss}-"
+    return f"{kind}-{tag}start{seed}"
+
+
 @dataclass
 class DemoOptions:
     out: Path
     size: str = "small"
     starts: int = 3  # pre-trainings, each its own seed; every arm fine-tunes once from each
+    pretrain_loss: str = DEFAULT_PRETRAIN_LOSS  # PRETRAIN_LOSSES
     losses: Sequence[str] = DEFAULT_ARMS
     tier_lambda: float = 0.1
     tier_scale: str = "1"

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from tier_openclip.demo import environment, report, summary
-from tier_openclip.demo.design import Arm, DemoOptions, steps_per_epoch, sweep_arms, training_command
+from tier_openclip.demo.design import (Arm, DemoOptions, pretrain_flags, run_name, steps_per_epoch, sweep_arms,
+                                       training_command)
 from tier_openclip.demo.manipulation import calibrated_lambda
 from tier_openclip.demo.runs import (SEG_TRAIN_IMAGES, evaluate_in_worker, ratio_key, run_training,
                                      write_training_csv)
@@ -82,14 +83,15 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
         clock = time.time()
         for seed in range(options.starts):
             bar.set_postfix_str(f"pre-training start {seed}")
-            name = f"pretrain-start{seed}"
-            timings[name] = run_training(training_command(data, preset.batch_size, pre, seed, logs, name, ["--loss", "clip"]),
+            name = run_name("pretrain", seed, options.pretrain_loss)
+            flags = pretrain_flags(options.pretrain_loss)
+            timings[name] = run_training(training_command(data, preset.batch_size, pre, seed, logs, name, flags),
                                          logs / name, pre.epochs, per_epoch * pre.epochs, [train_csv], bar, pins)
         stages["pre-training"] = time.time() - clock
         # The starts: evaluation, their maps at every TIER arm's scale, TIER's gradient ratio at λ 1
         # per scale (the ratio is proportional to λ: diagnostics.lambda_for_ratio).
         clock = time.time()
-        checkpoints = [timings[f"pretrain-start{s}"]["checkpoint"] for s in range(options.starts)]
+        checkpoints = [timings[run_name("pretrain", s, options.pretrain_loss)]["checkpoint"] for s in range(options.starts)]
         ratio_specs = [{"scale": scale, "lambda": 1.0} for scale in scales]
         evaluated = evaluate_in_worker([{"checkpoint": c, "map_scales": scales, "ratios": ratio_specs} for c in checkpoints],
                                        data, options.bootstrap, pins, logs)
@@ -106,7 +108,7 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
         for seed, start in enumerate(starts):
             for arm in arms:
                 bar.set_postfix_str(f"{arm.name}, start {seed}")
-                name = f"{arm.slug}-start{seed}"
+                name = run_name(arm.slug, seed, options.pretrain_loss)
                 resolved = runs_by_start[seed][arm.name]
                 command = training_command(data, preset.batch_size, fine, seed, logs, name, resolved.flags(),
                                            start=Path(start["checkpoint"]))
@@ -114,7 +116,7 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
                                              [train_csv, Path(start["checkpoint"])], bar, pins)
         stages["fine-tuning"] = time.time() - clock
     clock = time.time()
-    names = [(arm, seed, f"{arm.slug}-start{seed}") for seed in range(options.starts) for arm in arms]
+    names = [(arm, seed, run_name(arm.slug, seed, options.pretrain_loss)) for seed in range(options.starts) for arm in arms]
     finished = evaluate_in_worker([{"checkpoint": timings[name]["checkpoint"], "map_scales": scales, "ratios": []}
                                    for _, _, name in names], data, options.bootstrap, pins, logs)
     stages["evaluation of the fine-tunes"] = time.time() - clock
@@ -128,7 +130,8 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
     trained = [t for t in timings.values() if not t["reused"]]
     return {
         "setup": {"size": options.size, "starts": options.starts, "batch_size": preset.batch_size,
-                  "pretrain": {**vars(pre), "steps": per_epoch * pre.epochs, "seeds": list(range(options.starts))},
+                  "pretrain": {**vars(pre), "steps": per_epoch * pre.epochs, "seeds": list(range(options.starts)),
+                               "loss": options.pretrain_loss, "flags": pretrain_flags(options.pretrain_loss)},
                   "finetune": {**vars(fine), "steps": per_epoch * fine.epochs},
                   "arms": [_arm_setup(arm, [runs_by_start[s][arm.name] for s in range(options.starts)]) for arm in arms]},
         "data": {k: v for k, v in data.items() if k != "prompts"},

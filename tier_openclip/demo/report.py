@@ -38,12 +38,17 @@ def _arm_text(arm: Mapping) -> str:
     return f"**{arm['name']}** (`{' '.join(arm['flags'])}`)"
 
 
+def _pretrain_loss(pre: Mapping) -> str:
+    """Which loss pre-trained the starts (demo.json from before --pretrain-loss: CLIP)."""
+    return "CLIP + FILIP's token-wise term" if pre.get("loss") == "filip" else "CLIP"
+
+
 def _setup_lines(result: Mapping) -> list[str]:
     setup, data = result["setup"], result["data"]
     pre, fine = setup["pretrain"], setup["finetune"]
     return [
         f"{MODEL} on {data['num_train']} phantom radiographs ({setup['size']} preset), evaluated on "
-        f"{data['num_test']} held-out images with known boxes. CLIP pre-trained {setup['starts']} times, each its own "
+        f"{data['num_test']} held-out images with known boxes. {_pretrain_loss(pre)} pre-trained {setup['starts']} times, each its own "
         f"seed ({pre['epochs']} epochs = {pre['steps']} steps at batch {setup['batch_size']}, lr {pre['lr']:g}, "
         f"{pre['warmup']} warm-up steps): the starts. Every arm fine-tuned once from every start ({fine['epochs']} "
         f"epochs = {fine['steps']} steps, lr {fine['lr']:g}, fresh optimiser, the start's seed); all arms of a start "

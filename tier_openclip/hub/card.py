@@ -25,7 +25,8 @@ def _training_rows(model_name: str, epoch: int | None, settings: TierSettings, p
         rows.append(("Loss", "open_clip's contrastive loss only (no TIER regularisation)"))
     else:
         rows.append(("Loss", {"tier": "CLIP contrastive + TIER entropy regularisation",
-                              "local-uniformity": "CLIP contrastive + local alignment and uniformity"}.get(
+                              "local-uniformity": "CLIP contrastive + local alignment and uniformity",
+                              "filip": "CLIP contrastive + FILIP token-wise contrastive term"}.get(
                                   settings.loss or "", settings.loss or "not recorded")))
     if settings.loss in ("tier", None):
         mask = settings.token_mask

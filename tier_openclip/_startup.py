@@ -82,11 +82,11 @@ def _run_hook(hook, module):
 
 def _plugin_flag(arg):
     """Whether a command-line argument is (an abbreviation of) a tier-openclip flag: --loss, --los,
-    --tier-*, --lu-*. open_clip has no flag of these names; its --loss-dist-impl is left alone.
+    --tier-*, --lu-*, --filip-*. open_clip has no flag of these names; its --loss-dist-impl is left alone.
     A copy of tier_openclip.plugin_args.is_plugin_flag, the rule's owner (this hook may import
     nothing of tier_openclip); tests/test_plugin.py checks the two agree."""
     name = arg.split("=", 1)[0]
-    return name in ("--loss", "--los") or name.startswith(("--tier", "--lu-"))
+    return name in ("--loss", "--los") or name.startswith(("--tier", "--lu-", "--filip"))
 
 
 def _guard_parse_args(params, why):

@@ -48,13 +48,13 @@ _RANGES = {
 
 def is_plugin_flag(arg: str) -> bool:
     """Whether a command-line argument is (an abbreviation of) a tier-openclip flag: --loss, --los,
-    --tier-*, --lu-*. open_clip has no flag of these names; its --loss-dist-impl is left alone.
+    --tier-*, --lu-*, --filip-*. open_clip has no flag of these names; its --loss-dist-impl is left alone.
 
     The one rule: the plugin's parser (plugin.build_plugin_parser) only defines flags it accepts
     (tests/test_plugin.py), and the start-up hook's import-free copy (_startup._plugin_flag, which may
     import nothing of tier_openclip) is tested to agree with it."""
     name = arg.split("=", 1)[0]
-    return name in ("--loss", "--los") or name.startswith(("--tier", "--lu-"))
+    return name in ("--loss", "--los") or name.startswith(("--tier", "--lu-", "--filip"))
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:

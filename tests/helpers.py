@@ -115,3 +115,19 @@ def write_shards(directory: Path, num_shards: int = 2, per_shard: int = 16, size
         sizes[name] = per_shard
     (directory / "sizes.json").write_text(json.dumps(sizes))
     return str(directory / f"train-{{000000..{num_shards - 1:06d}}}.tar")
+
+
+def startup_hook_source() -> Path:
+    """The start-up hook's source as it runs here: the checkout's tier_openclip/_startup.py, or, in a
+    wheel install (which ships it as the top-level module _tier_openclip_startup), that module's file."""
+    import importlib.util
+
+    import tier_openclip
+
+    checkout = Path(tier_openclip.__file__).with_name("_startup.py")
+    if checkout.is_file():
+        return checkout
+    spec = importlib.util.find_spec("_tier_openclip_startup")  # finds the file; runs nothing
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("neither tier_openclip/_startup.py nor an installed _tier_openclip_startup")
+    return Path(spec.origin)

@@ -213,11 +213,9 @@ def test_open_clip_train_raises_every_logger_to_info_and_the_torch_internals_are
 def test_the_start_up_hook_patches_only_what_the_adapter_names():
     """_startup.py may import nothing of tier_openclip, so it patches parse_args itself: what it
     patches must still be what PATCHED names (an open_clip upgrade then shows here)."""
-    from pathlib import Path
+    from helpers import startup_hook_source
 
-    import tier_openclip
-
-    source = Path(tier_openclip.__file__).with_name("_startup.py")
+    source = startup_hook_source()
     tree = ast.parse(source.read_text(encoding="utf-8"))
     assigned = {ast.unparse(node.targets[0]) for node in ast.walk(tree)
                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)}

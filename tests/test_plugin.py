@@ -263,10 +263,11 @@ def test_one_rule_recognises_the_plugin_flags_and_the_start_up_hook_copies_it():
 
     import open_clip_train.params as params
 
+    from helpers import startup_hook_source
     from tier_openclip import plugin_args
 
     # The hook's function, read from its file: importing the module would install a second finder.
-    source = Path(plugin_args.__file__).with_name("_startup.py")
+    source = startup_hook_source()
     tree = ast.parse(source.read_text(encoding="utf-8"))
     namespace: dict = {}
     exec(compile(ast.Module([n for n in tree.body if getattr(n, "name", "") == "_plugin_flag"], []), str(source), "exec"),

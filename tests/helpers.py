@@ -131,3 +131,15 @@ def startup_hook_source() -> Path:
     if spec is None or spec.origin is None:
         raise FileNotFoundError("neither tier_openclip/_startup.py nor an installed _tier_openclip_startup")
     return Path(spec.origin)
+
+
+def refused(params, argv: list[str], capsys) -> str:
+    """The one line open_clip_train's parse_args (``params``, the plugin active) stops with, exit
+    status 2; fails if the arguments were accepted."""
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:
+        params.parse_args(["--model", "TIER-tiny", *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    return err

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import refused
+
 from tier_openclip import plugin
 from tier_openclip.demo.design import DemoOptions, pretrain_flags, run_name, training_command
 from tier_openclip.errors import UsageError
@@ -99,14 +101,6 @@ def params():
     import open_clip_train.params
 
     return open_clip_train.params
-
-
-def refused(params, argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as stop:
-        params.parse_args(["--model", "TIER-tiny", *argv])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2, err
-    return err
 
 
 @pytest.mark.parametrize("argv, loss", [(["--filip-weight", "1"], "clip"),

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from helpers import refused
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -46,15 +48,6 @@ def write_set(directory: Path, dataset: str = "chexpert", images: int = 4) -> Pa
     (directory / "labels.csv").write_text("\n".join(lines) + "\n")
     (directory / "meta.json").write_text(json.dumps({"dataset": dataset, "labels": LABELS}))
     return directory
-
-
-def refused(params, argv: list[str], capsys) -> str:
-    """The one line the run stops with (exit status 2); fails if the arguments were accepted."""
-    with pytest.raises(SystemExit) as stop:
-        params.parse_args(["--model", "TIER-tiny", *argv])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2, err
-    return err
 
 
 # --- abbreviations (§6) ----------------------------------------------------------------------------

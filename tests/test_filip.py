@@ -78,6 +78,19 @@ def test_padding_tokens_never_count(batch):
     assert not torch.allclose(token_wise_similarity(junk, image, None), before)
 
 
+def test_the_padding_tail_is_cut_without_changing_the_loss_or_its_gradient(batch):
+    text, image, mask = batch
+    padded_text = torch.cat([text, torch.randn(4, 9, 5, dtype=torch.float64)], 1).requires_grad_()
+    padded_mask = torch.cat([mask, torch.zeros(4, 9, dtype=torch.bool)], 1)
+    short_text = text.clone().requires_grad_()
+    short_loss = FilipTerms()(short_text, image, mask)[0]["filip_loss"]
+    padded_loss = FilipTerms()(padded_text, image, padded_mask)[0]["filip_loss"]
+    assert padded_loss.item() == pytest.approx(short_loss.item(), rel=1e-12)
+    short_loss.backward()
+    padded_loss.backward()
+    assert torch.allclose(padded_text.grad[:, :7], short_text.grad) and torch.all(padded_text.grad[:, 7:] == 0)
+
+
 def test_a_caption_without_tokens_scores_zero_and_stays_finite(batch):
     text, image, mask = batch
     mask[1] = False

@@ -213,8 +213,9 @@ def test_prompt_file_overrides_named_labels_case_insensitively(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ('{"Edema": {"positive": ["edema"]}}', "exactly the keys"),
-    ('{"Edema": {"positive": [], "negative": ["no edema"]}}', "non-empty list"),
-    ('{"Edema": {"positive": "edema", "negative": ["no edema"]}}', "non-empty list"),
+    ('{"Edema": {"positive": [], "negative": ["no edema"]}}', "positive must name at least one prompt"),
+    ('{"Edema": {"positive": "edema", "negative": ["no edema"]}}', "must be a list of non-empty strings"),
+    ('{"Edema": {"positive": ["edema"], "negative": [" "]}}', "must be a list of non-empty strings"),
     ('["edema"]', "expected a JSON object"),
     ("{not json", "not valid JSON"),
 ])
@@ -234,6 +235,23 @@ def test_prompt_ensemble_is_the_renormalised_mean_of_normalised_embeddings(tiny)
     assert got.shape == (1, 2, 64)
     torch.testing.assert_close(got[0, 0], F.normalize(each.mean(0), dim=-1))
     torch.testing.assert_close(got[0, 1], single)
+
+
+def test_a_label_without_negative_prompts_is_scored_by_its_positive_prompt_alone(tiny, tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps({"Edema": {"positive": ["edema ."], "negative": []}}))
+    prompts = load_prompt_file(path)
+    assert prompts == {"Edema": {"positive": ["edema ."], "negative": []}}
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((40, 40), 60 * i, dtype=np.uint8)).save(images[-1])
+    scores = evaluate.zeroshot_scores(tiny.model, tiny.preprocess, tiny.tokenizer, images, prompts)
+    with torch.no_grad():
+        text = F.normalize(tiny.model.encode_text(tiny.tokenizer(["edema ."])), dim=-1)[0].double()
+        pixels = torch.stack([tiny.preprocess(Image.open(p)) for p in images])
+        image = F.normalize(tiny.model.encode_image(pixels), dim=-1).double()
+    np.testing.assert_allclose(scores[:, 0], (image @ text).numpy(), rtol=1e-6, atol=1e-9)
 
 
 # --- scoring pipeline ----------------------------------------------------------------------------

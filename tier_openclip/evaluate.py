@@ -54,7 +54,8 @@ GROUP_TITLES = {"competition": "CheXpert competition labels", "tier57": "the TIE
 
 def prompt_embeddings(model: Any, tokenizer: Callable, prompt_sets: Mapping[str, PromptSet], device: str):
     """(L, 2, E) normalised [positive, negative] ensemble embeddings: the mean of the normalised
-    prompt embeddings, renormalised (CheXzero)."""
+    prompt embeddings, renormalised (CheXzero). An empty negative list gives a zero vector: the
+    label is scored by its positive prompt alone."""
     import torch
     import torch.nn.functional as F
 
@@ -62,6 +63,9 @@ def prompt_embeddings(model: Any, tokenizer: Callable, prompt_sets: Mapping[str,
     for entry in prompt_sets.values():
         pair = []
         for kind in ("positive", "negative"):
+            if not entry[kind]:
+                pair.append(pair[0].new_zeros(pair[0].shape))
+                continue
             features = model.encode_text(tokenizer(entry[kind]).to(device), normalize=True).float()
             pair.append(F.normalize(features.mean(dim=0), dim=-1))
         classes.append(torch.stack(pair))
@@ -80,7 +84,8 @@ def zeroshot_scores(
 ):
     """(N, L) float64 numpy scores sim_pos − sim_neg for each image and label: a monotone transform
     of CheXzero's softmax(logit_scale · [sim_pos, sim_neg])[0], so the AUCs are the same, without
-    the float32 softmax's saturation (see the module docstring)."""
+    the float32 softmax's saturation (see the module docstring); sim_pos alone for a label without
+    negative prompts."""
     import torch
 
     model = adapter.unwrap_model(model)

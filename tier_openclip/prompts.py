@@ -18,6 +18,10 @@ renormalised, as CheXzero does)::
       "No Finding": {"positive": ["no acute cardiopulmonary process"], "negative": ["findings"]}
     }
 
+An empty negative list (``"negative": []``) scores a label by its positive prompt alone (the
+image's cosine with it): for captions that never negate, where "no {label}" is a text the model
+never saw (the demo's phantom: tier_openclip/phantom/reports.py).
+
 Label names match case-insensitively; labels the file does not name keep the defaults, and file
 entries for labels not being evaluated are ignored (so one file can serve CheXpert and PadChest).
 
@@ -70,8 +74,10 @@ def validate_prompts(prompts: Mapping, source: str = "prompts") -> dict[str, Pro
             raise ValueError(f"{source}: entry {label!r} must have exactly the keys \"positive\" and \"negative\"")
         for kind in ("positive", "negative"):
             texts = entry[kind]
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise ValueError(f"{source}: {label!r} {kind} must be a non-empty list of non-empty strings")
+            if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+                raise ValueError(f"{source}: {label!r} {kind} must be a list of non-empty strings")
+            if kind == "positive" and not texts:
+                raise ValueError(f"{source}: {label!r} positive must name at least one prompt")
         checked[str(label)] = {"positive": list(entry["positive"]), "negative": list(entry["negative"])}
     return checked
 

@@ -82,7 +82,10 @@ def test_decision_rule_on_hand_made_numbers():
     assert decide(still, _difference([0.2, 0.2, 0.21]), True) == {"reading": "inert", "rule": "inert",
                                                                    "manipulation_passed": False}
     assert decide(small_rise, _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"
-    assert decide(_difference([0.5, -0.1, 0.4]), _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"  # CI covers 0
+    assert decide(_difference([0.5, -0.1, 0.4]), _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"  # one start still
+    assert decide(_difference([0.5, 0.09, 0.4]), _difference([0.2, 0.2, 0.21]), True)["reading"] == "inert"  # one below 0.1
+    # every start moved by ≥ 0.1, though the t-interval at n = 3 covers 0 ([-0.24, +1.10]): the maps moved
+    assert decide(_difference([0.33, 0.23, 0.74]), _difference([0.07, 0.06, 0.08]), True)["reading"] == "supported"
     assert decide(moved, _difference([0.07, 0.06, 0.08]), True)["reading"] == "supported"
     assert decide(moved, _difference([0.04, 0.05, 0.03]), True)["reading"] == "inconclusive"  # mean below +0.05
     assert decide(moved, _difference([0.07, -0.02, 0.12]), True)["reading"] == "inconclusive"  # CI covers 0

@@ -172,6 +172,50 @@ def test_prior_pointing_on_hand_made_boxes():
 
 # --- the commands that draw or score patch maps ----------------------------------------------------
 
+# Each phrase's embedding is the one-hot of one patch of a 4x4 grid: its most similar patch.
+BEST_PATCH = {"a": 0, "b": 5, "c": 15}
+
+
+def one_hot_features(model, images=None, texts=None, normalize=True):
+    """token_features of a model whose patch p is the p-th unit vector and whose phrase ids are
+    the one-hot of their BEST_PATCH (the tokenizer below gives that patch's index)."""
+    out = {}
+    if images is not None:
+        out["image_tokens"] = torch.eye(16).expand(images.shape[0], 16, 16)
+    if texts is not None:
+        out["text_features"] = torch.nn.functional.one_hot(texts, 16).float()
+    return out
+
+
+@pytest.mark.parametrize("mode, centres", [
+    # a 64×32 image under a 32×32 input, patches 8 px: centres of patches 0, 5 and 15
+    ("shortest", {"a": (20, 4), "b": (28, 12), "c": (44, 28)}),  # scale 1, 16 columns cropped each side
+    ("longest", {"a": (8, -8), "b": (24, 8), "c": (56, 40)}),  # scale 2, 16 input rows of padding each side
+    ("squash", {"a": (8, 4), "b": (24, 12), "c": (56, 28)}),  # x by 2, y by 1
+])
+def test_analyze_points_through_every_resize_mode_with_half_open_boxes(tmp_path, monkeypatch, mode, centres):
+    """analyze's pointing game: the centre of the phrase's most similar patch, through the model's
+    own resize mode (it knew only 'shortest'), in half-open boxes (it had closed ones)."""
+    from open_clip.transform import image_transform
+
+    from tier_openclip.analyze import BoxRow, pointing_game
+
+    monkeypatch.setattr("tier_openclip.features.token_features", one_hot_features)
+    Image.new("RGB", (64, 32)).save(tmp_path / "x.png")
+    loaded = SimpleNamespace(model=None, preprocess=image_transform(32, is_train=False, resize_mode=mode),
+                             tokenizer=lambda phrases: torch.tensor([BEST_PATCH[p] for p in phrases]))
+    boxes = [("a", (0, 0, 20, 10)), ("a", (20, 4, 21, 5)), ("b", (0, 0, 64, 12)), ("c", (40, 20, 64, 32))]
+    result = pointing_game(loaded, [BoxRow(tmp_path / "x.png", phrase, box) for phrase, box in boxes])
+    hits = {}
+    for phrase, (x0, y0, x1, y1) in boxes:
+        x, y = centres[phrase]
+        hits.setdefault(phrase, []).append(float(x0 <= x < x1 and y0 <= y < y1))
+    assert {p: v["accuracy"] for p, v in result["per_phrase"].items()} == {p: np.mean(h) for p, h in hits.items()}
+    assert result["accuracy"] == np.mean([h for v in hits.values() for h in v]) and result["boxes"] == 4
+    if mode == "shortest":  # a box whose right or bottom edge holds the centre misses; its left or top edge hits
+        assert {p: v["accuracy"] for p, v in result["per_phrase"].items()} == {"a": 0.5, "b": 0.0, "c": 1.0}
+
+
 def test_heatmap_draws_a_model_whose_input_is_not_square(monkeypatch):
     """A 32×64 input makes a 4×8 grid (heatmap refused every grid but a square one)."""
     from open_clip.transform import image_transform

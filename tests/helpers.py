@@ -143,3 +143,19 @@ def refused(params, argv: list[str], capsys) -> str:
     err = capsys.readouterr().err
     assert stop.value.code == 2, err
     return err
+
+
+def loop_region(boxes, height: int, width: int) -> np.ndarray:
+    """A pixel is in a box when its centre (c + ½, r + ½) is, boxes half-open (the specification
+    of region masks, pixel by pixel)."""
+    return np.array([[any(x0 <= c + 0.5 < x1 and y0 <= r + 0.5 < y1 for x0, y0, x1, y1 in boxes)
+                      for c in range(width)] for r in range(height)])
+
+
+def interpolate(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torch's bilinear upsampling (align_corners=False) of a 2-D grid to ``size`` (height, width):
+    the specification of the maps' upsampling."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.interpolate(torch.tensor(grid)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import write_shards
-from tier_openclip.analyze import accumulate_similarity_stats, patch_centres, square_grid, top_k_values
+from tier_openclip.analyze import accumulate_similarity_stats, top_k_values
 from tier_openclip.cli import SUBCOMMANDS, build_parser, main
 
 
@@ -53,15 +53,6 @@ def test_cli_runs_as_an_installed_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tier_openclip", "--help"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and all(name in result.stdout for name in SUBCOMMANDS)
-
-
-def test_patch_centres_undo_resize_and_centre_crop():
-    # a 128×64 (w×h) image shown to a 32×32 model: scaled by 2, 32 px cropped off each side
-    centres = patch_centres((2, 2), (32, 32), (128, 64))
-    np.testing.assert_allclose(centres, [[48, 16], [80, 16], [48, 48], [80, 48]])
-    assert square_grid(49) == (7, 7)
-    with pytest.raises(ValueError, match="square"):
-        square_grid(50)
 
 
 def test_similarity_stats_are_consistent(tower_models):
@@ -107,6 +98,7 @@ def test_heatmap_maps_are_the_token_patch_similarities(tmp_path, checkpoint):
     from PIL import Image
 
     from tier_openclip.features import token_features
+    from tier_openclip.grounding import grid_shape
     from tier_openclip.heatmap import similarity_maps
     from tier_openclip.models import load_model
 
@@ -121,7 +113,7 @@ def test_heatmap_maps_are_the_token_patch_similarities(tmp_path, checkpoint):
         ids = loaded.tokenizer(["left effusion"])
         token = token_features(loaded.model, texts=ids)["text_tokens"][0, 1]  # position 1: 'left'
         prompt = token_features(loaded.model, texts=loaded.tokenizer(["cardiomegaly"]))["text_features"][0]
-    rows, cols = square_grid(patches.shape[0])
+    rows, cols = grid_shape(patches.shape[0], tuple(batch.shape[-2:]))
     for similarity, feature in zip(maps, (token, prompt)):
         expected = F.interpolate((patches @ feature).reshape(1, 1, rows, cols), size=batch.shape[-2:],
                                  mode="bilinear", align_corners=False)[0, 0].numpy()

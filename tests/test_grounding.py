@@ -1,6 +1,7 @@
-"""Phrase grounding: the metrics against loop-by-loop definitions on hand-made maps, the map
-geometry against F.interpolate and open_clip's transforms, the set reader's checks, the
-baselines, a model whose maps are known, the CLI and the training hook."""
+"""Phrase grounding: the metrics against loop-by-loop definitions on hand-made maps, the set
+reader's checks, the baselines, a model whose maps are known, the CLI and the training hook. The
+map geometry (patch centres, upsampling, boxes, the pointing game's rule) is tested in
+test_grounding_geometry.py."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers import interpolate, loop_region
 from tier_openclip import grounding
 from tier_openclip.grounding import (
-    CNR_EPS, MapGeometry, PriorMaps, chance_pointing, grounding_meta, grounding_metrics, read_grounding_set,
-    region_mask, upsample_maps, write_boxes_csv, write_prior_boxes_csv,
+    CNR_EPS, PriorMaps, grounding_meta, grounding_metrics, read_grounding_set, region_mask, write_boxes_csv,
+    write_prior_boxes_csv,
 )
 
 # --- loop-by-loop definitions (the specification) ------------------------------------------------
@@ -62,12 +64,6 @@ def loop_miou(saliency, region):
         either = sum(p or i for p, (_, i) in zip(predicted, covered))
         ious.append(both / either)
     return sum(ious) / len(ious)
-
-
-def loop_region(boxes, height, width):
-    """A pixel is in a box when its centre (c + ½, r + ½) is, boxes half-open."""
-    return np.array([[any(x0 <= c + 0.5 < x1 and y0 <= r + 0.5 < y1 for x0, y0, x1, y1 in boxes)
-                      for c in range(width)] for r in range(height)])
 
 
 # --- metrics ---------------------------------------------------------------------------------------
@@ -119,64 +115,6 @@ def test_ties_flat_maps_and_one_sided_regions():
     assert grounding_metrics(flat, region) == {"cnr": pytest.approx(0.0, abs=1e-9), "pointing_game": 0.25, "miou": 0.0}
     assert grounding.cnr(np.arange(16.0).reshape(4, 4), np.ones((4, 4), bool)) == 0.0  # nothing outside
     assert grounding.miou(np.arange(16.0).reshape(4, 4), region, thresholds=(0.0,)) == 0.25  # all predicted
-
-
-def test_region_pixels_are_those_whose_centres_lie_in_a_half_open_box():
-    mask = region_mask([(1.5, 0, 3.5, 1.49)], 3, 5)
-    assert mask.tolist() == [[False, True, True, False, False], [False] * 5, [False] * 5]
-    assert region_mask([(10, 10, 20, 20)], 8, 8).sum() == 0  # outside: clipped
-    assert region_mask([(2, 2, 5, 4), (4, 3, 7, 6)], 8, 8).sum() == 6 + 9 - 1  # union, overlap once
-    assert not grounding.box_covers_pixels((1.6, 0, 2.4, 3), 8, 8) and grounding.box_covers_pixels((1.4, 0, 2, 3), 8, 8)
-
-
-# --- geometry --------------------------------------------------------------------------------------
-
-
-def interpolate(grid, size):
-    return F.interpolate(torch.tensor(grid)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def test_upsampling_is_bilinear_interpolation_and_undoes_the_centre_crop():
-    grid = np.random.default_rng(1).normal(size=(8, 8))
-    same = upsample_maps(grid, MapGeometry((8, 8), (64, 64), (64, 64)))
-    np.testing.assert_allclose(same, interpolate(grid, (64, 64)), atol=1e-12)
-    double = upsample_maps(grid, MapGeometry((8, 8), (64, 64), (128, 128)))
-    np.testing.assert_allclose(double, interpolate(grid, (128, 128)), atol=1e-12)
-    # A 96 x 64 image: resized by 1 and centre-cropped to columns 16..80; the rest the model never saw.
-    wide = upsample_maps(grid, MapGeometry((8, 8), (64, 64), (96, 64)))
-    np.testing.assert_allclose(wide[:, 16:80], interpolate(grid, (64, 64)), atol=1e-12)
-    assert np.isnan(wide[:, :16]).all() and np.isnan(wide[:, 80:]).all()
-    # 'squash' stretches each axis; 'longest' pads, so the stored image is a window of the input.
-    squash = upsample_maps(grid, MapGeometry((8, 8), (64, 64), (96, 32), "squash"))
-    np.testing.assert_allclose(squash, interpolate(grid, (32, 96)), atol=1e-12)
-    longest = upsample_maps(grid, MapGeometry((8, 8), (64, 64), (64, 32), "longest"))
-    np.testing.assert_allclose(longest, interpolate(grid, (64, 64))[16:48], atol=1e-12)
-    batch = upsample_maps(np.stack([grid, -grid]), MapGeometry((8, 8), (64, 64), (96, 64)))
-    np.testing.assert_allclose(batch[1], -wide, atol=1e-12)
-
-
-def test_patch_centres_agree_with_the_heatmaps_inverse_and_give_the_chance_of_a_random_patch():
-    from tier_openclip.analyze import patch_centres
-
-    for image_size in ((64, 64), (96, 64), (50, 130)):
-        geometry = MapGeometry((8, 8), (64, 64), image_size)
-        np.testing.assert_allclose(geometry.patch_centres(), patch_centres((8, 8), (64, 64), image_size))
-    region = np.zeros((64, 64), bool)
-    region[:, :32] = True
-    assert chance_pointing(region, MapGeometry((8, 8), (64, 64), (64, 64))) == 0.5
-    region[:, 28:32] = False  # patch centres at 4, 12, 20, 28: the fourth column of patches leaves
-    assert chance_pointing(region, MapGeometry((8, 8), (64, 64), (64, 64))) == 3 / 8
-
-
-def test_resize_mode_is_read_from_open_clips_transform():
-    from open_clip.transform import image_transform
-
-    for mode in ("shortest", "longest", "squash"):
-        assert grounding.resize_mode_of(image_transform(64, is_train=False, resize_mode=mode)) == mode
-    assert grounding.resize_mode_of(lambda image: image) == "shortest"
-    assert grounding.grid_shape(64, (64, 64)) == (8, 8) and grounding.grid_shape(32, (32, 64)) == (4, 8)
-    with pytest.raises(ValueError, match="do not tile"):
-        grounding.grid_shape(63, (64, 64))
 
 
 # --- grounding sets --------------------------------------------------------------------------------

@@ -394,19 +394,6 @@ def test_lesions_sit_on_their_side_and_in_their_zone_at_random_places():
             assert spread.max() >= 1.5, (name, side, zone, spread)  # not one fixed place
 
 
-def test_prior_pointing_on_hand_made_boxes():
-    train = [("a", (0, 0, 16, 16)), ("a", (8, 8, 24, 24)), ("b", (48, 48, 64, 64))]
-    # grid 8 over 64 px: patch centres at 4, 12, ...; the 4 centres of (8..16)^2 are covered twice.
-    test = [("a", (8, 8, 16, 16)), ("a", (0, 0, 12, 12)), ("a", (32, 32, 40, 40)), ("b", (56, 56, 64, 64)),
-            ("c", (0, 0, 64, 64))]
-    result = phantom.prior_pointing(train, test, image_size=64)
-    # a's most covered patch is the one centred at (12, 12): hit, miss (12 is outside 0..12), miss;
-    # b's four patches tie: the box (56..64)^2 holds one of them; c has no prior: a miss.
-    assert result["per_finding"] == {"a": pytest.approx(1 / 3), "b": 0.25, "c": 0.0}
-    assert result["overall"] == pytest.approx((1 + 0 + 0 + 0.25 + 0) / 5)
-    assert result["boxes"] == 5 and result["grid"] == 8
-
-
 def test_image_free_prior_baseline_is_low_on_the_default_config():
     """The pointing game of "point where the finding usually is", from train boxes onto test
     boxes of the default (small) config: at most 0.35 at TIER-tiny's 8x8 patch grid and at the

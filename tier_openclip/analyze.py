@@ -8,7 +8,8 @@
 - top-k similarity mass: the share of a token's attention over patches (softmax at the model's
   own logit scale, the scale its zero-shot scores use) held by its k most similar patches;
 - the pointing game, when a CSV of boxes is given: a phrase scores a hit when the patch most
-  similar to the phrase's embedding has its centre inside the phrase's box.
+  similar to the phrase's embedding has its centre inside the phrase's box (boxes half-open,
+  x0 <= x < x1 and y0 <= y < y1, in the image file's pixels; patches that tie share the hit).
 Two checkpoints (``--pretrained`` and ``--baseline``) are drawn on the same plots.
 """
 
@@ -95,30 +96,6 @@ def accumulate_similarity_stats(model, batches: Iterable[tuple], device: str = "
     return stats
 
 
-def patch_centres(grid: tuple[int, int], image_size: tuple[int, int], source_size: tuple[int, int]) -> np.ndarray:
-    """Centres of a model's patch grid in source-image pixels, (h·w, 2) as (x, y).
-
-    open_clip's validation transform resizes the short side to the model's size and crops the
-    centre; this undoes that, so boxes can be given in the pixels of the image file.
-    """
-    rows, cols = grid
-    model_h, model_w = image_size
-    src_w, src_h = source_size
-    scale = min(src_w / model_w, src_h / model_h)  # source pixels per model pixel
-    offset_x, offset_y = (src_w - model_w * scale) / 2, (src_h - model_h * scale) / 2
-    ys = (np.arange(rows) + 0.5) * model_h / rows
-    xs = (np.arange(cols) + 0.5) * model_w / cols
-    grid_x, grid_y = np.meshgrid(xs * scale + offset_x, ys * scale + offset_y)
-    return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
-
-
-def square_grid(num_patches: int) -> tuple[int, int]:
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(f"{num_patches} patches do not form a square grid; heatmaps need square model inputs")
-    return side, side
-
-
 @dataclass
 class BoxRow:
     image: Path
@@ -150,13 +127,15 @@ def read_boxes(path: Path) -> list[BoxRow]:
 
 
 def pointing_game(loaded, rows: Sequence[BoxRow], device: str = "cpu") -> dict:
-    """Share of phrases whose most similar patch (to the phrase embedding) lies in their box."""
+    """Share of phrases whose most similar patch (to the phrase embedding) has its centre in their
+    box, through the model's resize and crop (tier_openclip.grounding.geometry)."""
     import torch
     from PIL import Image
 
     from tier_openclip.features import token_features
+    from tier_openclip.grounding.geometry import model_geometry, patch_pointing
 
-    hits: dict[str, list[bool]] = {}
+    hits: dict[str, list[float]] = {}
     phrases = sorted({row.phrase for row in rows})
     with torch.no_grad():
         phrase_features = token_features(loaded.model, texts=loaded.tokenizer(phrases).to(device))["text_features"]
@@ -169,12 +148,11 @@ def pointing_game(loaded, rows: Sequence[BoxRow], device: str = "cpu") -> dict:
                 image = opened.convert("RGB")
             pixels = loaded.preprocess(image).unsqueeze(0).to(device)
             patches = token_features(loaded.model, images=pixels)["image_tokens"][0]
-            centres = patch_centres(square_grid(patches.shape[0]), tuple(pixels.shape[-2:]), image.size)
+            centres = model_geometry(patches.shape[0], tuple(pixels.shape[-2:]), image.size,
+                                     loaded.preprocess).patch_centres()
             for row in image_rows:
-                best = int((patches @ phrase_features[phrase_index[row.phrase]]).argmax())
-                x, y = centres[best]
-                x0, y0, x1, y1 = row.box
-                hits.setdefault(row.phrase, []).append(bool(x0 <= x <= x1 and y0 <= y <= y1))
+                scores = (patches @ phrase_features[phrase_index[row.phrase]]).float().cpu().numpy()
+                hits.setdefault(row.phrase, []).append(patch_pointing(scores, centres, [row.box]))
     every = [hit for phrase_hits in hits.values() for hit in phrase_hits]
     return {
         "accuracy": float(np.mean(every)),
@@ -302,7 +280,7 @@ def add_analyze_parser(subparsers) -> None:
     parser.add_argument("--num-samples", type=int, default=1000, help="Pairs to analyse (default: 1000).")
     parser.add_argument("--boxes", default=None,
                         help="CSV with image,phrase,x0,y0,x1,y1 (image relative to the CSV, boxes in its "
-                             "pixels) for the pointing game.")
+                             "pixels, half-open: x0 <= x < x1) for the pointing game.")
     parser.add_argument("--batch-size", type=int, default=32, help="Pairs per forward pass (default: 32).")
     parser.add_argument("--out", required=True, help="Folder for analysis.json and rank_curves.png.")
     parser.set_defaults(func=analyze)

@@ -25,7 +25,7 @@ from tier_openclip.errors import CommandError, UsageError, input_file, output_fi
 @dataclass
 class SimilarityMap:
     label: str  # the word or prompt
-    values: np.ndarray  # (H, W) cosine similarity, upsampled to the model's input size
+    values: np.ndarray  # (H, W) cosine similarity upsampled to the model's input (over_stored_image: the stored image)
     grid: np.ndarray | None = field(default=None, repr=False)  # (rows, cols): the patch grid's values
 
 
@@ -59,10 +59,9 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
     with ``prompts``, one map per prompt from its pooled embedding.
     """
     import torch
-    import torch.nn.functional as F
 
-    from tier_openclip.analyze import square_grid
     from tier_openclip.features import token_features
+    from tier_openclip.grounding.geometry import MapGeometry, grid_shape, upsample_maps
     from tier_openclip.openclip_adapter import decode_tokens, word_groups
 
     pixels = loaded.preprocess(image).unsqueeze(0).to(device)
@@ -93,14 +92,11 @@ def similarity_maps(loaded, image, text: str | None = None, prompts: Sequence[st
             maps += [(prompt, patches @ feature) for prompt, feature in zip(prompts, features)]
     if not maps:
         raise UsageError("nothing to draw: give --text (optionally with --tokens that occur in it) or --prompt")
-    rows, cols = square_grid(patches.shape[0])
-    size = tuple(pixels.shape[-2:])
-    upsampled = [
-        SimilarityMap(label, F.interpolate(m.reshape(1, 1, rows, cols).float(), size=size, mode="bilinear",
-                                           align_corners=False)[0, 0].cpu().numpy(),
-                      m.reshape(rows, cols).float().cpu().numpy())
-        for label, m in maps
-    ]
+    height, width = pixels.shape[-2:]
+    grid = grid_shape(patches.shape[0], (height, width))
+    at_input = MapGeometry(grid, (height, width), (width, height))  # the model's input itself: no resize, no crop
+    grids = [(label, m.reshape(grid).float().cpu().numpy()) for label, m in maps]
+    upsampled = [SimilarityMap(label, upsample_maps(values, at_input), values) for label, values in grids]
     return _unnormalise(pixels[0], loaded.preprocess), upsampled
 
 
@@ -129,7 +125,7 @@ def over_stored_image(image, maps: Sequence[SimilarityMap], preprocess, input_si
     """The stored image (uint8 H×W×3, its longer side at most DRAW_PIXELS) and the maps over it:
     each patch grid interpolated at its pixels through open_clip's resize and crop (grounding's
     geometry), NaN where the model's input does not reach."""
-    from tier_openclip.grounding import MapGeometry, resize_mode_of, upsample_maps
+    from tier_openclip.grounding.geometry import MapGeometry, resize_mode_of, upsample_maps
 
     shown = image.copy()
     shown.thumbnail((DRAW_PIXELS, DRAW_PIXELS))  # keeps the aspect ratio, so the geometry is unchanged
@@ -188,7 +184,7 @@ def heatmap(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.pretrained, device=device)
     try:
         pixels, maps = similarity_maps(loaded, image, args.text, args.prompt or (), args.tokens or (), device=device)
-    except ValueError as exc:  # e.g. a model whose patches form no square grid
+    except ValueError as exc:  # e.g. a model whose patches do not tile its input
         raise CommandError(str(exc)) from None
     shown, maps = over_stored_image(image, maps, loaded.preprocess, pixels.shape[:2])
     draw_heatmaps(shown, maps, out, title=f"{args.model} · {Path(args.pretrained or 'untrained').name}")

@@ -241,7 +241,7 @@ def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: P
     from PIL import Image
 
     from tier_openclip.features import token_features
-    from tier_openclip.grounding import MapGeometry, grid_shape, phrase_embeddings, read_grounding_set, resize_mode_of, upsample_maps
+    from tier_openclip.grounding import model_geometry, phrase_embeddings, phrase_maps, read_grounding_set
     from tier_openclip.models import load_model
 
     gset = read_grounding_set(grounding_dir)
@@ -264,17 +264,15 @@ def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: P
                 pixels = loaded.preprocess(image).unsqueeze(0)
                 features = token_features(loaded.model, images=pixels, normalize=False)
                 raw = features["image_tokens"][0].float()
-                grid = grid_shape(raw.shape[0], tuple(pixels.shape[-2:]))
-                geometry = MapGeometry(grid, tuple(pixels.shape[-2:]), gset.image_sizes[image_name],
-                                       resize_mode_of(loaded.preprocess))
+                geometry = model_geometry(raw.shape[0], tuple(pixels.shape[-2:]), gset.image_sizes[image_name],
+                                          loaded.preprocess)
                 texts = [p.phrase for p in phrases]
                 tokens = phrase_embeddings(loaded.model, loaded.tokenizer, texts, "tokens", "cpu")
                 pooled = phrase_embeddings(loaded.model, loaded.tokenizer, texts, "cam", "cpu")
-                unit = torch.nn.functional.normalize(raw, dim=-1)
-                token_maps = torch.stack([(unit @ e.T).mean(dim=1) for e in tokens])
-                cam_maps = torch.stack([(raw @ e.T)[:, 0] for e in pooled])
-            for kind, grid_maps in (("token maps", token_maps), ("CAM maps", cam_maps)):
-                maps = upsample_maps(grid_maps.reshape(len(phrases), *grid).double().numpy(), geometry)
+                # The evaluator's maps: cosine maps from unit patches, the CAM from the raw ones.
+                token_maps = phrase_maps(torch.nn.functional.normalize(raw, dim=-1), tokens, geometry)
+                cam_maps = phrase_maps(raw, pooled, geometry)
+            for kind, maps in (("token maps", token_maps), ("CAM maps", cam_maps)):
                 row_axes = next(rows)
                 row_axes[0].imshow(gray, cmap="gray")
                 row_axes[0].set_title(f"{name}: {kind}", fontsize=9)

@@ -71,8 +71,9 @@ Baselines, always beside them, from the same metric functions on the same region
   kind only the image can tell a model where to point.
 
 Modules: the set is read and written by ``data_prep.eval_layout`` (one owner of the layout for
-prep, the phantom and both evaluators); here ``metrics`` (pure), ``maps`` (patch grid to
-stored image), ``baselines``, ``competition`` (who competes with whom, the own-lesion summary), ``evaluator`` (model maps, results, markdown, training hook, CLI).
+prep, the phantom and both evaluators); here ``metrics`` (pure), ``geometry`` (patch grid to
+stored image, box membership and the pointing game's rule, for every command that draws or scores a
+patch map), ``baselines``, ``competition`` (who competes with whom, the own-lesion summary), ``evaluator`` (model maps, results, markdown, training hook, CLI).
 Used three ways, with one results schema: ``tier-openclip eval grounding`` (JSON + markdown),
 ``grounding_evaluate`` (Python) and ``grounding_during_training`` (``--tier-grounding DIR``).
 """
@@ -82,14 +83,17 @@ from tier_openclip.grounding.baselines import (
 )
 from tier_openclip.grounding.evaluator import (
     PHRASE_MODES, add_grounding_parser, check_training_dir, grounding_during_training, grounding_evaluate,
-    grounding_markdown, phrase_embeddings, run_grounding, summarise, training_metrics,
+    grounding_markdown, phrase_embeddings, phrase_maps, run_grounding, summarise, training_metrics,
 )
 from tier_openclip.data_prep.eval_layout import (
     BOX_COLUMNS, BOX_FORMAT, BOXES_CSV, FORMAT, META_JSON, PRIOR_BOXES_CSV, PRIOR_COLUMNS, Box, GroundingPhrase,
     GroundingSet, box_covers_pixels, grounding_meta, read_grounding_set, region_mask, write_boxes_csv,
     write_prior_boxes_csv,
 )
-from tier_openclip.grounding.maps import MapGeometry, grid_shape, input_frame, resize_mode_of, upsample_maps
+from tier_openclip.grounding.geometry import (
+    MapGeometry, grid_shape, input_frame, model_geometry, patch_pointing, points_in_boxes, points_in_region,
+    pointing_share, resize_mode_of, upsample_maps,
+)
 from tier_openclip.grounding.metrics import (
     CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, cnr, exclusive_regions, grounding_metrics, miou, own_lesion,
     own_lesion_chance, pointing_game,
@@ -103,6 +107,7 @@ __all__ = [
     "OWN_LESION", "check_training_dir", "cnr", "competitors", "exclusive_regions", "own_lesion", "own_lesion_chance",
     "own_lesion_summary", "grid_shape", "grounding_during_training", "grounding_evaluate",
     "grounding_markdown", "grounding_meta", "grounding_metrics", "input_frame", "location_words", "miou", "phrase_embeddings",
-    "pointing_game", "random_map_metrics", "read_grounding_set", "region_mask", "resize_mode_of", "run_grounding",
+    "model_geometry", "patch_pointing", "phrase_maps", "pointing_game", "pointing_share", "points_in_boxes",
+    "points_in_region", "random_map_metrics", "read_grounding_set", "region_mask", "resize_mode_of", "run_grounding",
     "summarise", "training_metrics", "upsample_maps", "write_boxes_csv", "write_prior_boxes_csv",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tier_openclip.data_prep.eval_layout import Box, GroundingSet, region_mask
-from tier_openclip.grounding.maps import MapGeometry, upsample_maps
+from tier_openclip.grounding.geometry import MapGeometry, points_in_region, upsample_maps
 from tier_openclip.grounding.metrics import grounding_metrics
 
 PRIOR_SOURCES = {"train": "train boxes", "loo": "leave-one-out"}
@@ -19,11 +19,8 @@ PRIOR_SOURCES = {"train": "train boxes", "loo": "leave-one-out"}
 def chance_pointing(region: np.ndarray, geometry: MapGeometry) -> float:
     """Expected pointing of a uniformly random patch: the share of the patch centres (inside the
     stored image) whose pixel lies in the region."""
-    height, width = region.shape
-    centres = geometry.patch_centres()
-    x, y = np.floor(centres[:, 0]).astype(int), np.floor(centres[:, 1]).astype(int)
-    seen = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-    return float(region[y[seen], x[seen]].mean()) if seen.any() else 0.0
+    seen, inside = points_in_region(geometry.patch_centres(), region)
+    return float(inside[seen].mean()) if seen.any() else 0.0
 
 
 #: Words that say where in the chest a phrase is (the phantom's and MS-CXR's vocabulary). The
@@ -123,13 +120,6 @@ class PriorMaps:
         found = self._group_map((finding,), image)
         width, height = self.sizes[image]
         return found if found is not None else np.zeros((height, width))
-
-
-def random_map_metrics(region: np.ndarray, geometry: MapGeometry, draws: int, rng: np.random.Generator) -> dict[str, float]:
-    """Mean CNR and mIoU of ``draws`` maps of i.i.d. uniform patch values, upsampled like a model's."""
-    maps = upsample_maps(rng.random((draws, *geometry.grid)), geometry)
-    values = [grounding_metrics(m, region) for m in maps]
-    return {"cnr": float(np.mean([v["cnr"] for v in values])), "miou": float(np.mean([v["miou"] for v in values]))}
 
 
 def random_map_metrics(region: np.ndarray, geometry: MapGeometry, draws: int, rng: np.random.Generator) -> dict[str, float]:

@@ -16,7 +16,7 @@ from tier_openclip.cli_common import add_model_flags
 from tier_openclip.data_prep.eval_layout import read_grounding_set, region_mask
 from tier_openclip.grounding.baselines import PRIOR_SOURCES, PriorMaps, chance_pointing, location_words, random_map_metrics
 from tier_openclip.grounding.competition import OWN_LESION, competitors, own_lesion_summary
-from tier_openclip.grounding.maps import MapGeometry, grid_shape, resize_mode_of, upsample_maps
+from tier_openclip.grounding.geometry import MapGeometry, grid_shape, resize_mode_of, upsample_maps
 from tier_openclip.grounding.metrics import (CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, grounding_metrics, own_lesion,
                                              own_lesion_chance)
 
@@ -106,6 +106,17 @@ def phrase_embeddings(model: Any, tokenizer: Callable, texts: Sequence[str], phr
     return out
 
 
+def phrase_maps(patches: Any, embeddings: Sequence[Any], geometry: MapGeometry) -> np.ndarray:
+    """(phrases, height, width) maps on the stored image: per phrase, the mean over its embeddings
+    (:func:`phrase_embeddings`: its valid tokens, or its one pooled embedding) of their dot
+    products with each patch of ``patches`` (P, E: unit length for cosine maps, raw for CAM),
+    laid on the patch grid and upsampled (``geometry.upsample_maps``)."""
+    import torch
+
+    grid_maps = torch.stack([(patches @ embedding.T).mean(dim=1) for embedding in embeddings])
+    return upsample_maps(grid_maps.reshape(len(embeddings), *geometry.grid).cpu().double().numpy(), geometry)
+
+
 def grounding_evaluate(
     model: Any,
     preprocess: Callable,
@@ -170,9 +181,7 @@ def grounding_evaluate(
                 image = images[image_index]
                 geometry = MapGeometry(grid, input_size, gset.image_sizes[image], resize_mode)
                 phrase_indices = by_image[image]
-                grid_maps = torch.stack([(patches[n] @ embedded[gset.phrases[k].phrase].T).mean(dim=1)
-                                         for k in phrase_indices]).reshape(len(phrase_indices), *grid)
-                maps = upsample_maps(grid_maps.cpu().double().numpy(), geometry)
+                maps = phrase_maps(patches[n], [embedded[gset.phrases[k].phrase] for k in phrase_indices], geometry)
                 regions = [region_mask(gset.phrases[k].boxes, *maps.shape[1:]) for k in phrase_indices]
                 rivals = competitors([gset.phrases[k].finding for k in phrase_indices])
                 for k, saliency, region, rival in zip(phrase_indices, maps, regions, rivals):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tier_openclip.data_prep.eval_layout import Box, region_mask
+from tier_openclip.grounding.geometry import pointing_share
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CNR_EPS = 1e-8
@@ -27,10 +28,7 @@ def cnr(saliency: np.ndarray, region: np.ndarray, eps: float = CNR_EPS) -> float
 def pointing_game(saliency: np.ndarray, region: np.ndarray) -> float:
     """1 when the maximum is in the region; with ties, the share of the maximal pixels inside."""
     valid = ~np.isnan(saliency)
-    if not valid.any():
-        return 0.0
-    top = valid & (saliency == np.nanmax(saliency))
-    return float((top & region).sum() / top.sum())
+    return pointing_share(saliency[valid], region[valid])
 
 
 def miou(saliency: np.ndarray, region: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> float:
@@ -96,8 +94,7 @@ def own_lesion(saliency: np.ndarray, own: np.ndarray, other: np.ndarray) -> floa
     if not mine.any() or not theirs.any():
         return None
     either = mine | theirs
-    top = either & (saliency == saliency[either].max())
-    return float((top & mine).sum() / top.sum())
+    return pointing_share(saliency[either], mine[either])
 
 
 def own_lesion_chance(own: np.ndarray, other: np.ndarray, valid: np.ndarray | None = None) -> float | None:

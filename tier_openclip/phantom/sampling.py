@@ -289,22 +289,17 @@ def prior_pointing(train: Iterable[tuple[str, Box]], test: Iterable[tuple[str, B
     "overall", "grid": grid, "excluded": the categories left out of "overall"}; "overall" is None
     without such test boxes.
     """
+    from ..grounding.geometry import MapGeometry, patch_pointing, points_in_boxes  # here: generating needs none of it
+
     exclude = sorted(set(exclude))
-    centres = (np.arange(grid) + 0.5) * image_size / grid
-    cx, cy = np.meshgrid(centres, centres)  # [row, column] = patch (y, x)
-
-    def inside(box: Box) -> np.ndarray:
-        x0, y0, x1, y1 = box
-        return (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
-
-    coverage: dict[str, np.ndarray] = {}
+    square = (image_size, image_size)
+    centres = MapGeometry((grid, grid), square, square).patch_centres()  # the model sees the whole image
+    coverage: dict[str, np.ndarray] = {}  # per category: how many train boxes hold each patch centre
     for name, box in train:
-        coverage[name] = coverage.get(name, np.zeros((grid, grid), np.int64)) + inside(box)
-    pointed = {name: c == c.max() for name, c in coverage.items()}  # the most covered patch(es)
+        coverage[name] = coverage.get(name, 0) + points_in_boxes(centres, [box]).astype(np.int64)
     hits: dict[str, list[float]] = {}
-    for name, box in test:
-        top = pointed.get(name)
-        hits.setdefault(name, []).append(0.0 if top is None else float((top & inside(box)).sum() / top.sum()))
+    for name, box in test:  # pointing at the most covered patch(es)
+        hits.setdefault(name, []).append(patch_pointing(coverage[name], centres, [box]) if name in coverage else 0.0)
     every = [h for name, values in hits.items() if name not in exclude for h in values]
     return {
         "overall": float(np.mean(every)) if every else None,

@@ -17,7 +17,7 @@ Protocol, on a segmentation set (data_prep/seg_sets.py: ``prep siim``, ``prep rs
   below 1. The val split is not used: no early stopping, no tuning on the test split.
 - Frame: metrics are computed at the model's input resolution. Each mask is sampled
   (nearest, at pixel centres) through the same resize and centre crop as its image
-  (``grounding.maps.input_frame``); input pixels outside the stored image ('longest' padding)
+  (``grounding.geometry.input_frame``); input pixels outside the stored image ('longest' padding)
   are left out of loss and metrics.
 - Metrics, on the test split, as LoVT reports them: Dice = 2TP / (2TP + FP + FN) over all test
   pixels together (micro, target class); IoU = TP / (TP + FP + FN) (target class, micro); mIoU

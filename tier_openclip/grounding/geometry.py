@@ -1,15 +1,31 @@
-"""From a model's patch grid to the stored image: undo open_clip's validation preprocessing
-(resize keeping the aspect ratio, then centre crop; its ``longest`` and ``squash`` modes too) and
-interpolate bilinearly at every stored pixel centre, NaN where the model's input does not reach."""
+"""The geometry of a model's patch grid over a stored image, the one place every map command uses
+(grounding, analyze, heatmap, the demo's figures, the phantom's image-free prior):
+
+- where the grid lies: undo open_clip's validation preprocessing (resize keeping the aspect ratio,
+  then centre crop; its ``longest`` and ``squash`` modes too): :func:`input_frame`, :class:`MapGeometry`
+  and its :meth:`~MapGeometry.patch_centres`;
+- upsampling: interpolate a patch map bilinearly at every stored pixel centre, NaN where the
+  model's input does not reach (:func:`upsample_maps`);
+- box membership, one convention: boxes (x0, y0, x1, y1) in stored pixels are half-open, a point
+  (x, y) is inside when x0 ≤ x < x1 and y0 ≤ y < y1 (:func:`points_in_boxes`); a pixel (c, r) when
+  its centre (c + ½, r + ½) is (``data_prep.eval_layout.region_mask``, which prep draws masks with);
+  half-open so that boxes which share an edge share no point;
+- the pointing game's rule (:func:`pointing_share`): 1 when the highest score lies in the region,
+  0 when not; when entries tie for it, the share of them inside (the expected hit of picking one at
+  random), so a flat map scores the region's share, not whatever entry comes first.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from tier_openclip.data_prep.eval_layout import Box
 
 
 def resize_mode_of(preprocess: Any) -> str:
@@ -105,3 +121,52 @@ def grid_shape(num_patches: int, input_size: tuple[int, int]) -> tuple[int, int]
     return rows, num_patches // rows
 
 
+def model_geometry(num_patches: int, input_size: tuple[int, int], image_size: tuple[int, int], preprocess: Any
+                   ) -> MapGeometry:
+    """The geometry of ``num_patches`` patch tokens of a model whose input is ``input_size``
+    (height, width) over a stored image of ``image_size`` (width, height), in the resize mode of
+    the model's validation transform ``preprocess``."""
+    input_size = (int(input_size[0]), int(input_size[1]))
+    return MapGeometry(grid_shape(num_patches, input_size), input_size, (int(image_size[0]), int(image_size[1])),
+                       resize_mode_of(preprocess))
+
+
+def points_in_boxes(points: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
+    """(N,) bool: whether each point (x, y) of ``points`` (N, 2) lies in the union of the half-open
+    boxes (x0, y0, x1, y1)."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    x, y = points[:, 0], points[:, 1]
+    inside = np.zeros(len(points), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        inside |= (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+    return inside
+
+
+def points_in_region(points: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(seen, inside), (N,) bool each: whether each point (x, y) lies in the (height, width) image
+    of ``region``, and whether the pixel it lies in belongs to the region (False where not seen)."""
+    height, width = region.shape
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    x, y = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
+    seen = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    inside = np.zeros(len(points), dtype=bool)
+    inside[seen] = region[y[seen], x[seen]]
+    return seen, inside
+
+
+def pointing_share(scores: np.ndarray, inside: np.ndarray) -> float:
+    """The pointing game's rule over matching entries of ``scores`` and ``inside`` (bool): the
+    share of the entries with the highest score that are inside (1 or 0 without ties); 0 when
+    there is no entry."""
+    scores, inside = np.asarray(scores).ravel(), np.asarray(inside, dtype=bool).ravel()
+    if scores.size == 0:
+        return 0.0
+    top = scores == scores.max()
+    return float((top & inside).sum() / top.sum())
+
+
+def patch_pointing(scores: np.ndarray, centres: np.ndarray, boxes: Iterable[Box]) -> float:
+    """The pointing game of a patch map: ``scores`` (one per patch) point at their highest patch,
+    a hit when its centre (``centres`` (N, 2), e.g. :meth:`MapGeometry.patch_centres`) lies in the
+    boxes; tied patches share the hit."""
+    return pointing_share(scores, points_in_boxes(centres, boxes))

@@ -2,8 +2,8 @@
 on the command line: the model flags, the one way to give a list, and the run of an evaluation.
 
 Lists are given as separate words after the flag (``--labels Edema "Pleural Effusion"``), and
-repeating the flag adds more — in every command (``prep`` defines the same form in data_prep/cli.py,
-which imports nothing of tier_openclip).
+repeating the flag adds more — in every command, ``prep`` and ``demo`` included: ``add_list_flag``,
+``list_word`` and ``listed`` below are the one definition of that form.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tier_openclip.errors import CommandError, UsageError, output_file
 
@@ -39,9 +39,36 @@ def add_model_flags(parser: argparse.ArgumentParser, pretrained_required: bool =
         parser.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
 
 
-def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, **kwargs: Any) -> None:
-    """A list flag: ``--flag A B C``; repeating the flag adds more."""
+def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, *, words: bool = False,
+                  **kwargs: Any) -> None:
+    """A list flag: ``--flag A B C``; repeating the flag adds more. With ``words`` the parser itself
+    refuses a value holding a comma (``list_word``), for lists of names where ``A,B`` can only be the
+    old comma form; phrases and file names may hold commas and are left alone. Leave ``default``
+    unset (or ``[]``: argparse would add the given values to any other) and resolve it with ``listed``."""
+    if words:
+        kwargs.setdefault("type", list_word)
     parser.add_argument(flag, nargs="+", action="extend", metavar=metavar, help=help, **kwargs)
+
+
+def list_word(value: str) -> str:
+    """One value of a ``words`` list flag (argparse ``type``), stripped. A comma is refused rather
+    than matched as part of a value (which would silently select nothing)."""
+    item = value.strip()
+    if not item or "," in item:
+        raise argparse.ArgumentTypeError(f"{value!r}: give the values as separate words (e.g. PA AP), not a "
+                                         "comma-separated list")
+    return item
+
+
+def listed(flag: str, values: Sequence[str] | None, default: Sequence[str] = ()) -> list[str]:
+    """A list flag's values in order, duplicates dropped, or ``default`` when it was not given.
+    A value with a comma (a list flag the parser does not check) is the old comma-list form, which
+    would name one odd value: UsageError."""
+    texts = list(values or default)
+    if any("," in text for text in texts):
+        raise UsageError(f"{flag} {' '.join(texts)}: give the values as separate words "
+                         f"(e.g. {flag} {' '.join(t for text in texts for t in text.split(',') if t)})")
+    return list(dict.fromkeys(texts))
 
 
 def device_of(args: argparse.Namespace) -> str:

@@ -1,0 +1,45 @@
+"""What the commands share on the command line (tier_openclip/cli_common.py): the one list-flag form."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from tier_openclip.cli_common import add_list_flag, listed
+from tier_openclip.errors import UsageError
+
+
+def _parser(**kwargs) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t")
+    add_list_flag(parser, "--views", "VALUE", "views", **kwargs)
+    return parser
+
+
+def test_a_list_flag_takes_words_and_repeating_it_adds_more():
+    args = _parser().parse_args(["--views", "PA", "AP", "--views", "LL"])
+    assert args.views == ["PA", "AP", "LL"]
+    assert _parser().parse_args([]).views is None  # unset: the command's default comes from listed()
+
+
+def test_listed_keeps_the_order_drops_repeats_and_falls_back_to_the_default():
+    assert listed("--views", ["AP", "PA", "AP"], ("PA",)) == ["AP", "PA"]
+    assert listed("--views", None, ("PA", "AP")) == ["PA", "AP"]
+    assert listed("--views", [], ("PA", "AP")) == ["PA", "AP"]
+
+
+def test_listed_refuses_the_comma_form_and_shows_the_words_form():
+    with pytest.raises(UsageError) as error:
+        listed("--losses", ["clip,tier"])
+    assert str(error.value) == "--losses clip,tier: give the values as separate words (e.g. --losses clip tier)"
+
+
+def test_a_words_list_flag_is_checked_by_the_parser(capsys):
+    assert _parser(words=True).parse_args(["--views", " PA ", "AP"]).views == ["PA", "AP"]  # stripped
+    for bad in ("PA,AP", " "):
+        with pytest.raises(SystemExit) as exit_info:
+            _parser(words=True).parse_args(["--views", bad])
+        assert exit_info.value.code == 2
+        assert "give the values as separate words (e.g. PA AP), not a comma-separated list" in capsys.readouterr().err
+    # without words, a comma is a character of the value (a phrase, a file name)
+    assert _parser().parse_args(["--views", "left, lower"]).views == ["left, lower"]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tier_openclip.cli_common import add_list_flag, listed
+from tier_openclip.errors import print_error
 
 from .errors import PrepError
 from .limits import DEFAULT_MAX_PIXELS, IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, SAMPLE_TIMEOUT_MAX
@@ -345,17 +346,20 @@ def _all_or(values: list[str]) -> tuple[str, ...] | None:
 
 
 def _report_errors(function):
+    """Errors reach the person in every command's one form, ``tier-openclip prep: message``
+    (tier_openclip.errors.print_error), here rather than in cli.main, so that ``python -m
+    tier_openclip.data_prep`` and the resume hints read the same."""
     def run(args: argparse.Namespace) -> int:
         try:
             return function(args)
         except PrepError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print_error(error, "prep")
             return 2
         except KeyboardInterrupt:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
+            print_error("interrupted: run the same command again to resume", "prep")
             return 130
         except OSError as error:  # disk full, permissions, a vanished mount: not a bug of ours
-            print(f"error: {error}. Fix it and run the same command again: finished work is kept.", file=sys.stderr)
+            print_error(f"{error}. Fix it and run the same command again: finished work is kept.", "prep")
             return 1
 
     run.__name__ = function.__name__

@@ -1,4 +1,5 @@
-"""What the commands share on the command line (tier_openclip/cli_common.py): the one list-flag form."""
+"""What the commands share on the command line (tier_openclip/cli_common.py): the one list-flag form
+and the flags every eval command runs with."""
 
 from __future__ import annotations
 
@@ -43,3 +44,36 @@ def test_a_words_list_flag_is_checked_by_the_parser(capsys):
         assert "give the values as separate words (e.g. PA AP), not a comma-separated list" in capsys.readouterr().err
     # without words, a comma is a character of the value (a phrase, a file name)
     assert _parser().parse_args(["--views", "left, lower"]).views == ["left, lower"]
+
+
+# --- the flags every eval command runs with -------------------------------------------------------
+
+
+@pytest.mark.parametrize("task, batch_size, quiet", [("zeroshot", 64, False), ("grounding", 32, True),
+                                                     ("segmentation", 32, True)])
+def test_every_eval_command_has_the_run_flags_with_its_documented_defaults(task, batch_size, quiet, capsys):
+    from tier_openclip.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", task, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--bootstrap N", "--seed", "--batch-size", "--workers"):
+        assert flag in text, (task, flag)
+    assert "(default 1000; 0: no intervals)" in text and f"(default {batch_size})" in text
+    assert ("--quiet" in text) == quiet
+    required = {"zeroshot": ["--dataset", "chexpert"], "grounding": [], "segmentation": []}[task]
+    args = build_parser().parse_args(["eval", task, "--model", "m", "--data", "d", *required])
+    assert (args.bootstrap, args.seed, args.batch_size, args.workers) == (1000, 0, batch_size, 2)
+
+
+@pytest.mark.parametrize("task", ["zeroshot", "grounding", "segmentation"])
+@pytest.mark.parametrize("flag, value, message", [("--bootstrap", "-1", "--bootstrap -1: must be >= 0"),
+                                                  ("--batch-size", "0", "--batch-size 0: must be >= 1"),
+                                                  ("--workers", "-2", "--workers -2: must be >= 0")])
+def test_run_flags_out_of_range_are_refused_before_anything_is_read(task, flag, value, message, tmp_path, capsys):
+    from tier_openclip import cli
+
+    required = ["--dataset", "chexpert"] if task == "zeroshot" else []
+    missing = str(tmp_path / "no-such-set")  # refused on the flag, before --data is looked at
+    assert cli.main(["eval", task, "--model", "m", "--data", missing, *required, flag, value]) == 2
+    assert capsys.readouterr().err == f"tier-openclip eval {task}: {message}\n"

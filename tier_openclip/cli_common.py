@@ -71,6 +71,31 @@ def listed(flag: str, values: Sequence[str] | None, default: Sequence[str] = ())
     return list(dict.fromkeys(texts))
 
 
+def add_run_flags(parser: argparse.ArgumentParser, *, resampled: str, seeded: str, batch_size: int = 32,
+                  quiet: bool = True) -> None:
+    """--bootstrap, --seed, --batch-size, --workers and (with ``quiet``) --quiet: how an ``eval``
+    command runs, one help text and default each. ``resampled`` and ``seeded`` say what the
+    command's bootstrap resamples and what its seed drives; ``batch_size`` keeps each command's
+    documented default (zeroshot 64, grounding and segmentation 32). ``check_run_flags`` checks them."""
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help=f"Bootstrap resamples of {resampled} for the confidence intervals (default 1000; "
+                             "0: no intervals).")
+    parser.add_argument("--seed", type=int, default=0, help=f"Seed of {seeded} (default 0).")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"Images per forward pass of the model (default {batch_size}).")
+    parser.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2; 0: in this process).")
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """UsageError (before any model is loaded) naming the first of add_run_flags' numbers out of range."""
+    for flag, value, least in (("--bootstrap", args.bootstrap, 0), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise UsageError(f"{flag} {value}: must be >= {least}")
+
+
 def device_of(args: argparse.Namespace) -> str:
     return args.device or default_device()
 

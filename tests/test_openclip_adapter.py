@@ -188,6 +188,42 @@ def test_word_groups_of_hugging_face_tokenizers(pieces, words):
     assert [word for word, _ in adapter.word_groups(hf, list(range(len(pieces))))] == words
 
 
+# A step line as open_clip 3.3.0 wrote it, copied from the out.log of a demo run (clip-filip-start0,
+# 2026-12-05): the form parse_step_times reads.
+OPEN_CLIP_3_3_STEP_LINE = ("2026-12-05,09:20:29 | INFO | Train Epoch: 0 [  32/2000 (2%)] Data (t): 0.024 Batch (t): "
+                           "0.133, 240.209/s, 240.209/s/gpu LR: 0.000100 Logit Scale: 13.054 Contrastive_loss: 2.5930 "
+                           "(2.5930) Loss: 2.5930 (2.5930)")
+
+
+def test_train_one_epoch_logs_the_step_line_parse_step_times_reads():
+    log = "\n".join(["2026-12-05,09:20:28 | INFO | Start epoch 0", OPEN_CLIP_3_3_STEP_LINE,
+                     OPEN_CLIP_3_3_STEP_LINE.replace("Batch (t): 0.133", "Batch (t): 0.091")])
+    assert adapter.parse_step_times(log) == [0.133, 0.091]
+    assert adapter.is_train_step_line(OPEN_CLIP_3_3_STEP_LINE) and not adapter.is_train_step_line("Start epoch 0")
+    # the installed open_clip still writes that form, and 'Batch (t)' is the time since the last line
+    source = _source("open_clip_train.train", "train_one_epoch")
+    for piece in ('f"Train Epoch: {epoch} [{num_samples:>{sample_digits}}/{samples_per_epoch} ({percent_complete:.0f}%)] "',
+                  'f"Data (t): {data_time_m.avg:.3f} "', 'f"Batch (t): {batch_time_m.avg:.3f}, ', "batch_time_m.reset()"):
+        assert piece in source, f"open_clip_train's train_one_epoch no longer logs {piece}"
+
+
+def test_a_step_line_in_another_form_is_refused_not_skipped():
+    changed = OPEN_CLIP_3_3_STEP_LINE.replace("Batch (t): 0.133,", "Step time: 0.133s,")
+    with pytest.raises(adapter.OpenClipIncompatible, match="logs its training steps in a form tier-openclip does not know"):
+        adapter.parse_step_times(changed)
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+def test_the_resize_mode_is_read_from_open_clips_own_validation_transform(mode):
+    import open_clip
+
+    preprocess = open_clip.image_transform(64, is_train=False, resize_mode=mode)
+    assert adapter.transform_resize_mode(preprocess) == mode, [type(step).__name__ for step in preprocess.transforms]
+    if mode == "longest":  # the class the adapter names, with the attribute it reads
+        assert any(type(step).__name__ == adapter.KEEP_RATIO_TRANSFORM and step.longest for step in preprocess.transforms)
+    assert adapter.transform_resize_mode(lambda image: image) == "shortest"  # not an open_clip transform
+
+
 def test_open_clip_train_raises_every_logger_to_info_and_the_torch_internals_are_put_back():
     import torch._subclasses.fake_tensor  # noqa: F401 -- its atexit handler logs "FakeTensor cache stats"
     from open_clip_train.logger import setup_logging

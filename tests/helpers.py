@@ -143,3 +143,26 @@ def refused(params, argv: list[str], capsys) -> str:
     err = capsys.readouterr().err
     assert stop.value.code == 2, err
     return err
+
+
+def save_training_checkpoint(model, path: Path, epoch: int = 1) -> Path:
+    """``model``'s weights as open_clip_train saves a training checkpoint from DDP: under
+    "state_dict" with the "module." prefix, beside the epoch, the run's name and the optimizer."""
+    import torch
+
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": epoch, "name": "run", "state_dict": state, "optimizer": {}}, path)
+    return path
+
+
+class Recorder:
+    """A stand-in TensorBoard writer (add_scalar) and W&B run (log) that keeps every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add_scalar(self, *args):
+        self.calls.append(args)
+
+    def log(self, data):
+        self.calls.append(data)

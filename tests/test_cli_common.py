@@ -77,3 +77,21 @@ def test_run_flags_out_of_range_are_refused_before_anything_is_read(task, flag, 
     missing = str(tmp_path / "no-such-set")  # refused on the flag, before --data is looked at
     assert cli.main(["eval", task, "--model", "m", "--data", missing, *required, flag, value]) == 2
     assert capsys.readouterr().err == f"tier-openclip eval {task}: {message}\n"
+
+
+@pytest.mark.parametrize("task, set_file, header", [("grounding", "boxes.csv", "image,finding,phrase,x0,y0,x1,y1"),
+                                                    ("segmentation", "splits.csv", "image,mask,split,id")])
+def test_cli_errors_are_one_line_with_the_right_status(task, set_file, header, tmp_path, capsys):
+    """check_evaluation_inputs, as grounding and segmentation run it: exit 2 for a --data that is no
+    folder, 1 for a set that cannot be read, checked before the weights are."""
+    from tier_openclip.cli import main
+
+    assert main(["eval", task, "--model", "TIER-tiny", "--data", str(tmp_path / "none")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "meta.json").write_text("{")
+    (tmp_path / set_file).write_text(header + "\n")
+    weights = tmp_path / "epoch_1.pt"  # only named: the set fails first
+    weights.write_bytes(b"")
+    assert main(["eval", task, "--model", "TIER-tiny", "--pretrained", str(weights), "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tier-openclip eval {task}: ") and "is not JSON" in err and "Traceback" not in err

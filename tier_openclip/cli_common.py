@@ -135,6 +135,24 @@ def results_file(path: str | None, inputs: Named = ()) -> Path | None:
     return out
 
 
+def check_evaluation_inputs(args: argparse.Namespace, read_set: Callable[[str], Any], made_by: str) -> Path | None:
+    """What an eval command checks before it loads a model, cheapest first: --data is a folder (else
+    UsageError: pass ``made_by``, the set and the command that makes it), --out can be written and is
+    none of the inputs, the weights are named, then ``read_set(--data)`` takes the set (a broken set
+    is a CommandError in seconds, not after a large model loaded). Returns --out (results_file)."""
+    from tier_openclip.models import check_pretrained
+
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data} is not a folder: pass {made_by}")
+    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
+    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
+    try:
+        read_set(args.data)  # before loading a large model
+    except (FileNotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    return out
+
+
 def run_evaluation(args: argparse.Namespace, evaluate: Callable[[Any, str], dict], markdown: Callable[[Mapping], str],
                    out: Path | None, settings: Mapping[str, Any] | None = None) -> int:
     """Load --model/--pretrained on --device, run ``evaluate(loaded, device)``, print its markdown

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from tier_openclip.cli_common import add_model_flags, add_run_flags
@@ -42,10 +41,9 @@ def add_segmentation_parser(tasks: Any) -> None:
 
 
 def run_segmentation(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import check_run_flags, model_inputs, results_file, run_evaluation
+    from tier_openclip.cli_common import check_evaluation_inputs, check_run_flags, run_evaluation
     from tier_openclip.data_prep.seg_sets import read_seg_set
-    from tier_openclip.errors import CommandError, UsageError
-    from tier_openclip.models import check_pretrained
+    from tier_openclip.errors import UsageError
 
     config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.probe_batch_size, loss=args.loss)
     if not 0 < args.label_fraction <= 1:
@@ -57,14 +55,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
         config.check()
     except ValueError as exc:
         raise UsageError(f"--epochs, --probe-batch-size, --lr: {exc}") from None
-    if not Path(args.data).is_dir():
-        raise UsageError(f"--data {args.data} is not a folder: pass a segmentation set from `tier-openclip prep siim|rsna`")
-    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
-    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
-    try:
-        read_seg_set(args.data)  # before loading a large model
-    except (FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+    out = check_evaluation_inputs(args, read_seg_set, "a segmentation set from `tier-openclip prep siim|rsna`")
 
     def evaluate(loaded, device: str) -> dict:
         return segmentation_evaluate(loaded.model, loaded.preprocess, args.data, label_fraction=args.label_fraction,

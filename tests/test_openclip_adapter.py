@@ -63,9 +63,20 @@ def test_a_csv_train_loader_carries_num_batches_and_main_counts_steps_from_it(tm
 
     for i in range(5):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
-    (tmp_path / "train.csv").write_text("filepath\ttitle\n" + "".join(f"{tmp_path}/{i}.png\tcap {i}\n" for i in range(5)))
-    args = argparse.Namespace(train_data=str(tmp_path / "train.csv"), csv_img_key="filepath", csv_caption_key="title",
-                              csv_separator="\t", distributed=False, batch_size=2, workers=0, accum_freq=1, epochs=3)
+    sep = adapter.TRAIN_CSV_SEPARATOR
+    (tmp_path / "train.csv").write_text(f"{adapter.TRAIN_CSV_IMAGE_KEY}{sep}{adapter.TRAIN_CSV_CAPTION_KEY}\n"
+                                        + "".join(f"{tmp_path}/{i}.png{sep}cap {i}\n" for i in range(5)))
+    from open_clip_train.params import parse_args
+
+    # the table's layout is what csv_dataset_flags names, and those are open_clip_train's defaults
+    flags = parse_args(["--train-data", str(tmp_path / "train.csv"), *adapter.csv_dataset_flags()])
+    assert (flags.dataset_type, flags.csv_img_key, flags.csv_caption_key, flags.csv_separator) == (
+        "csv", adapter.TRAIN_CSV_IMAGE_KEY, adapter.TRAIN_CSV_CAPTION_KEY, sep)
+    defaults = parse_args([])
+    assert (defaults.csv_img_key, defaults.csv_caption_key, defaults.csv_separator) == (
+        adapter.TRAIN_CSV_IMAGE_KEY, adapter.TRAIN_CSV_CAPTION_KEY, sep)
+    args = argparse.Namespace(**{**vars(flags), "distributed": False, "batch_size": 2, "workers": 0, "accum_freq": 1,
+                                 "epochs": 3})
     data = {"train": get_csv_dataset(args, lambda image: torch.zeros(1), is_train=True, tokenizer=lambda t: t)}
     assert adapter.train_batches(data) == 2  # 5 samples, batches of 2, drop_last
     assert adapter.total_steps(data, args) == 6

@@ -37,8 +37,9 @@ SEG_TRAIN_IMAGES = 1000  # the probe's labelled images: the phantom's first 1000
 
 
 def write_training_csv(data: dict, out_dir: Path) -> Path:
-    """The train shards as open_clip's CSV layout (image files + a tab-separated table), which
-    its loader shuffles reproducibly from --seed. Rewritten only when the shards changed."""
+    """The train shards as open_clip's CSV layout (image files + a table read with
+    adapter.csv_dataset_flags()), which its loader shuffles reproducibly from --seed. Captions are
+    folded onto one line (a tab or newline would break the table). Rewritten only when the shards changed."""
     import webdataset as wds
 
     shards_dir = Path(data["train_shards"]).parent
@@ -57,7 +58,8 @@ def write_training_csv(data: dict, out_dir: Path) -> Path:
         rows.append([str(image.resolve()), " ".join(sample["txt"].decode("utf-8").split())])
     if len(rows) != data["num_train"]:
         raise CommandError(f"{data['train_shards']}: {len(rows)} samples, expected {data['num_train']}")
-    write_csv_atomic(table, ["filepath", "title"], rows, delimiter="\t", lineterminator="\n")
+    write_csv_atomic(table, [adapter.TRAIN_CSV_IMAGE_KEY, adapter.TRAIN_CSV_CAPTION_KEY], rows,
+                     delimiter=adapter.TRAIN_CSV_SEPARATOR, lineterminator="\n")
     stamp_path.write_text(json.dumps(stamp))
     return table
 

@@ -1,5 +1,6 @@
 """open_clip_train's behaviour that tier-openclip relies on: how a training run counts its steps,
-the files it writes (params.txt, checkpoints, results.jsonl) and what it logs (its step lines). Part of the adapter
+the files it reads and writes (a CSV training table, params.txt, checkpoints, results.jsonl) and what it
+logs (its step lines). Part of the adapter
 (tier_openclip.openclip_adapter re-exports every name); each assumption has a test in
 tests/test_openclip_adapter.py that fails when open_clip changes it."""
 
@@ -181,6 +182,21 @@ def quiet_torch_internals() -> list[str]:
             logger.setLevel(logging.WARNING)
             quieted.append(name)
     return quieted
+
+
+# open_clip_train's --dataset-type csv: pandas.read_csv(sep=--csv-separator) of a table whose
+# --csv-img-key column holds image paths and --csv-caption-key column the captions (data.py's
+# CsvDataset). Its defaults, which the demo's training table uses:
+TRAIN_CSV_SEPARATOR = "\t"
+TRAIN_CSV_IMAGE_KEY = "filepath"
+TRAIN_CSV_CAPTION_KEY = "title"
+
+
+def csv_dataset_flags() -> list[str]:
+    """open_clip_train's flags that read a training table in that layout (named although they are
+    its defaults, so that a command line says what it reads)."""
+    return ["--dataset-type", "csv", "--csv-separator", TRAIN_CSV_SEPARATOR, "--csv-img-key", TRAIN_CSV_IMAGE_KEY,
+            "--csv-caption-key", TRAIN_CSV_CAPTION_KEY]
 
 
 # open_clip_train/train.py's train_one_epoch logs, every --log-every-n-steps optimizer steps (and at

@@ -2,8 +2,8 @@
 on the command line: the model flags, the one way to give a list, and the run of an evaluation.
 
 Lists are given as separate words after the flag (``--labels Edema "Pleural Effusion"``), and
-repeating the flag adds more — in every command (``prep`` defines the same form in data_prep/cli.py,
-which imports nothing of tier_openclip).
+repeating the flag adds more — in every command, ``prep`` and ``demo`` included: ``add_list_flag``,
+``list_word`` and ``listed`` below are the one definition of that form.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tier_openclip.errors import CommandError, UsageError, output_file
 
@@ -39,9 +39,61 @@ def add_model_flags(parser: argparse.ArgumentParser, pretrained_required: bool =
         parser.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
 
 
-def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, **kwargs: Any) -> None:
-    """A list flag: ``--flag A B C``; repeating the flag adds more."""
+def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, *, words: bool = False,
+                  **kwargs: Any) -> None:
+    """A list flag: ``--flag A B C``; repeating the flag adds more. With ``words`` the parser itself
+    refuses a value holding a comma (``list_word``), for lists of names where ``A,B`` can only be the
+    old comma form; phrases and file names may hold commas and are left alone. Leave ``default``
+    unset (or ``[]``: argparse would add the given values to any other) and resolve it with ``listed``."""
+    if words:
+        kwargs.setdefault("type", list_word)
     parser.add_argument(flag, nargs="+", action="extend", metavar=metavar, help=help, **kwargs)
+
+
+def list_word(value: str) -> str:
+    """One value of a ``words`` list flag (argparse ``type``), stripped. A comma is refused rather
+    than matched as part of a value (which would silently select nothing)."""
+    item = value.strip()
+    if not item or "," in item:
+        raise argparse.ArgumentTypeError(f"{value!r}: give the values as separate words (e.g. PA AP), not a "
+                                         "comma-separated list")
+    return item
+
+
+def listed(flag: str, values: Sequence[str] | None, default: Sequence[str] = ()) -> list[str]:
+    """A list flag's values in order, duplicates dropped, or ``default`` when it was not given.
+    A value with a comma (a list flag the parser does not check) is the old comma-list form, which
+    would name one odd value: UsageError."""
+    texts = list(values or default)
+    if any("," in text for text in texts):
+        raise UsageError(f"{flag} {' '.join(texts)}: give the values as separate words "
+                         f"(e.g. {flag} {' '.join(t for text in texts for t in text.split(',') if t)})")
+    return list(dict.fromkeys(texts))
+
+
+def add_run_flags(parser: argparse.ArgumentParser, *, resampled: str, seeded: str, batch_size: int = 32,
+                  quiet: bool = True) -> None:
+    """--bootstrap, --seed, --batch-size, --workers and (with ``quiet``) --quiet: how an ``eval``
+    command runs, one help text and default each. ``resampled`` and ``seeded`` say what the
+    command's bootstrap resamples and what its seed drives; ``batch_size`` keeps each command's
+    documented default (zeroshot 64, grounding and segmentation 32). ``check_run_flags`` checks them."""
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help=f"Bootstrap resamples of {resampled} for the confidence intervals (default 1000; "
+                             "0: no intervals).")
+    parser.add_argument("--seed", type=int, default=0, help=f"Seed of {seeded} (default 0).")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"Images per forward pass of the model (default {batch_size}).")
+    parser.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2; 0: in this process).")
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """UsageError (before any model is loaded) naming the first of add_run_flags' numbers out of range."""
+    for flag, value, least in (("--bootstrap", args.bootstrap, 0), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise UsageError(f"{flag} {value}: must be >= {least}")
 
 
 def device_of(args: argparse.Namespace) -> str:
@@ -80,6 +132,24 @@ def results_file(path: str | None, inputs: Named = ()) -> Path | None:
                          f"{out.with_suffix('.json').name}")
     refuse_overwriting_inputs([("--out", out), ("--out (its table)", out.with_suffix(".md"))], inputs)
     output_file(out.with_suffix(".md"), "--out (its table)", example="results.md")
+    return out
+
+
+def check_evaluation_inputs(args: argparse.Namespace, read_set: Callable[[str], Any], made_by: str) -> Path | None:
+    """What an eval command checks before it loads a model, cheapest first: --data is a folder (else
+    UsageError: pass ``made_by``, the set and the command that makes it), --out can be written and is
+    none of the inputs, the weights are named, then ``read_set(--data)`` takes the set (a broken set
+    is a CommandError in seconds, not after a large model loaded). Returns --out (results_file)."""
+    from tier_openclip.models import check_pretrained
+
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data} is not a folder: pass {made_by}")
+    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
+    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
+    try:
+        read_set(args.data)  # before loading a large model
+    except (FileNotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
     return out
 
 

@@ -418,19 +418,10 @@ def add_grounding_parser(tasks: Any) -> None:
 
 
 def run_grounding(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import check_run_flags, model_inputs, results_file, run_evaluation
-    from tier_openclip.errors import CommandError, UsageError
-    from tier_openclip.models import check_pretrained
+    from tier_openclip.cli_common import check_evaluation_inputs, check_run_flags, run_evaluation
 
     check_run_flags(args)
-    if not Path(args.data).is_dir():
-        raise UsageError(f"--data {args.data} is not a folder: pass a grounding set from `tier-openclip prep ms-cxr`")
-    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
-    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
-    try:
-        read_grounding_set(args.data)  # before loading a large model
-    except (FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+    out = check_evaluation_inputs(args, read_grounding_set, "a grounding set from `tier-openclip prep ms-cxr`")
 
     def evaluate(loaded, device: str) -> dict:
         return grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, args.data, device=device,

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from tier_openclip.demo import DemoOptions, run_demo, run_sweep, sweep_arms
-from tier_openclip.demo.design import Stage, make_arm, training_command
+from tier_openclip.demo.design import SIZES, Stage, make_arm, training_command
 from tier_openclip.demo.summary import (arm_summary, decide, paired_differences, precondition, spread, t_interval,
                                         t_quantile, verdict)
 from tier_openclip.errors import CommandError, UsageError
@@ -527,7 +527,7 @@ def test_calibrated_arm_trains_at_its_start_lambda_and_gets_a_reading(tmp_path, 
     for name, command in calibrated.items():
         assert _flag(command, "--tier-lambda-text") == "5" and _flag(command, "--tier-scale") == "10"
         assert _flag(command, "--seed") == name[-1] and _flag(command, "--pretrained").endswith(
-            f"pretrain-filip-start{name[-1]}/checkpoints/epoch_16.pt")
+            f"pretrain-filip-start{name[-1]}/checkpoints/epoch_{SIZES['small'].pretrain.epochs}.pt")
     saved = json.loads((out / "demo.json").read_text())
     check = saved["manipulation"]["tier-calibrated"]
     assert check["scale"] == "10" and check["lambda_per_start"] == [5.0] * 3

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tier_openclip import phantom
-from tier_openclip.grounding import location_words
+from tier_openclip.evaluation.grounding import location_words
 from tier_openclip.phantom import FINDING_NAMES, PHRASES, PhantomConfig, PlannedFinding
 
 LUNG = ("opacity", "bulla")

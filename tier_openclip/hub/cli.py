@@ -122,7 +122,7 @@ def _check_results_shape(path: Path, result: Any) -> None:
     """CommandError unless ``result`` is what the card's table is drawn from: the table is drawn
     now, by the function that reads the results format (evaluate.results_markdown), so another
     shape ({"mean_auc": 0.5}, [1, 2]) fails here in one line, before the export."""
-    from tier_openclip.evaluate import results_markdown
+    from tier_openclip.evaluation.zeroshot import results_markdown
 
     if not isinstance(result, dict):
         found = type(result).__name__
@@ -135,7 +135,7 @@ def _check_results_shape(path: Path, result: Any) -> None:
 
 
 def _export(args: argparse.Namespace, params: dict, results: list, out_dir: Path) -> None:
-    from tier_openclip import loss_history
+    from tier_openclip.training import loss_history
 
     exported = export_model(args.checkpoint, args.model, out_dir, args.repo_id, params)
     run_dir = Path(args.checkpoint).resolve().parent.parent  # logs/NAME for logs/NAME/checkpoints/epoch_N.pt

@@ -92,7 +92,7 @@ _SECTION = {"opacity": 0, "bulla": 0, "pleural effusion": 1, "pneumothorax": 1, 
 
 def prompt_set() -> dict[str, dict[str, list[str]]]:
     """Zero-shot prompts of every category, ``{label: {"positive": [term], "negative": ["no term"]}}``:
-    the format of tier_openclip.prompts (prompt files, ``zeroshot_evaluate(prompts=...)``)."""
+    the format of tier_openclip.evaluation.prompts (prompt files, ``zeroshot_evaluate(prompts=...)``)."""
     return {name: {"positive": [p.term], "negative": [f"no {p.term}"]} for name, p in PHRASES.items()}
 
 

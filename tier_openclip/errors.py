@@ -1,6 +1,6 @@
 """The two error types a ``tier-openclip`` command reports to the person running it.
 
-Raise them where the problem is found, worded to say what was wrong and what to do; ``cli.main``
+Raise them where the problem is found, worded to say what was wrong and what to do; ``commands.cli.main``
 prints ``tier-openclip <command>: <message>`` (no traceback) and exits with the type's status:
 
 - ``UsageError`` (exit 2): the command line itself is wrong, found before anything is loaded —

@@ -289,7 +289,7 @@ def prior_pointing(train: Iterable[tuple[str, Box]], test: Iterable[tuple[str, B
     "overall", "grid": grid, "excluded": the categories left out of "overall"}; "overall" is None
     without such test boxes.
     """
-    from ..grounding.geometry import MapGeometry, patch_pointing, points_in_boxes  # here: generating needs none of it
+    from ..evaluation.grounding.geometry import MapGeometry, patch_pointing, points_in_boxes  # here: generating needs none of it
 
     exclude = sorted(set(exclude))
     square = (image_size, image_size)

@@ -320,7 +320,7 @@ def test_with_the_hook_disabled_plugin_flags_stop_and_name_the_explicit_entry(tm
             "except SystemExit as stop:\n"
             "    print('exit', stop.code)\n"
             "print(p.parse_args(['--loss-dist-impl', 'gather']).loss_dist_impl)\n"
-            "from tier_openclip import plugin\n"
+            "from tier_openclip.training import plugin\n"
             "plugin.activate(strict=True)\n"
             "print(p.parse_args(['--loss', 'tier', '--tier-lambda-text', '0.3']).tier_lambda_text)\n")
     result = run_python(["-c", code], tmp_path, TIER_OPENCLIP_DISABLE="1")

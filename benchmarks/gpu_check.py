@@ -28,6 +28,9 @@ everything the parts import is carried or on the GPU machine's image, lists the 
 --collect-only -m gpu) and the shapes each benchmark would run, checks that the tree and the
 wheels fit what a GPU machine takes along, and writes the output files the real run would
 write, checking their layout. Exit status 1 names each problem.
+
+The machinery the plan runs on (the log, a part under its time limit, the junit report, the output
+layout a machine gives back) is gpu_check_io.py beside this file: standard library only, like this.
 """
 
 from __future__ import annotations
@@ -35,18 +38,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_wheels.py beside it, however this is loaded
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_check_io.py, gpu_wheels.py beside it, however this is loaded
+from gpu_check_io import (  # noqa: E402,F401 -- MAX_FILES: tests read the limits from the check
+    MAX_FILES, MAX_TREE_BYTES, Log, junit_report, layout_problems, read_json, run_limited, travelling_bytes, write_json,
+)
 from gpu_wheels import (  # noqa: E402
     FETCH_COMMAND, ON_GPU_IMAGE, REPO, WHEEL_DIR, install_wheels, normalize, read_wheel_list, resolve_wheels,
 )
@@ -56,13 +59,6 @@ PROJECT = "tier-openclip"  # runs from the checkout (PYTHONPATH), never installe
 # What the benchmarks import besides what collecting the tests does (run_e2e, run_kernels).
 BENCH_IMPORTS = ("open_clip", "tier_openclip.features", "tier_openclip.loss", "tier_openclip.kernels.reference",
                  "tier_openclip.kernels.tier_entropy", "triton.testing")
-
-# What a GPU machine takes along and gives back.
-MAX_TREE_BYTES = 64 * 2**20
-MAX_FILES = 8
-MAX_FILE_BYTES = 16 * 2**20
-MAX_DEPTH = 2  # OUT/a/b/file comes back, OUT/a/b/c/file does not
-NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")
 
 LOG_NAME = "gpu_check.log"
 SUMMARY_NAME = "summary.json"
@@ -135,84 +131,6 @@ def part_command(part: Part, out_dir: Path, scratch: Path, limit_s: float) -> li
     return [py, BENCH, "--e2e", "--time-limit", own_limit, "--out", str(out_dir / part.json_name)]
 
 
-class Log:
-    """Everything printed goes to the console and to gpu_check.log."""
-
-    def __init__(self, path: Path):
-        self.file = path.open("a", encoding="utf-8")
-        self.lock = threading.Lock()
-
-    def write(self, text: str) -> None:
-        with self.lock:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            self.file.write(text)
-            self.file.flush()
-
-    def note(self, line: str) -> None:
-        self.write(f"[gpu_check {time.strftime('%H:%M:%S')}] {line}\n")
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def run_limited(command: list[str], limit_s: float, log: Log, env: dict) -> tuple[int | None, str, float]:
-    """Run command in its own process group; at limit SIGINT, GRACE_S later SIGKILL, the whole group.
-    Returns (exit status, 'ok' | 'failed' | 'timeout', seconds)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", start_new_session=True)
-    reader = threading.Thread(target=lambda: [log.write(line) for line in proc.stdout], daemon=True)
-    reader.start()
-    status = None
-    try:
-        proc.wait(timeout=limit_s)
-    except subprocess.TimeoutExpired:
-        status = "timeout"
-        log.note(f"time limit of {limit_s:.0f} s reached: SIGINT")
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=GRACE_S)
-        except subprocess.TimeoutExpired:
-            log.note(f"still running {GRACE_S} s later: SIGKILL")
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    reader.join(timeout=10)
-    if status is None:
-        status = "ok" if proc.returncode == 0 else "failed"
-    return proc.returncode, status, round(time.monotonic() - start, 1)
-
-
-def junit_report(path: Path) -> dict:
-    """tests.json's figures from pytest's junit XML (xunit1, so record_property's values are there)."""
-    if not path.is_file():
-        return {"tests": [], "counts": None}
-    tests = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        outcome, message = "passed", None
-        for tag in ("failure", "error", "skipped"):
-            node = case.find(tag)
-            if node is not None:
-                outcome, message = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag], node.get("message")
-        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
-        tests.append({"id": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
-                      "seconds": float(case.get("time") or 0), "message": (message or "")[:1000] or None,
-                      "figures": properties})
-    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
-    return {"tests": tests, "counts": counts}
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def probe_environment(env: dict, log: Log) -> dict | None:
     """Device, driver and versions, from a child (a hung CUDA initialisation cannot hang the check)."""
     code = ("import json, sys, torch; sys.path.insert(0, 'benchmarks'); import bench_tier_entropy as b; "
@@ -280,7 +198,7 @@ def run_check(args: argparse.Namespace) -> int:
                 limit = min(part.limit_s, left - GRACE_S)
                 command = part_command(part, out, scratch, limit)
                 log.note(f"{part.name}: {part.what}, limit {limit:.0f} s\n+ {' '.join(command)}")
-                rc, status, seconds = run_limited(command, limit, log, env)
+                rc, status, seconds = run_limited(command, limit, log, env, GRACE_S)
                 check = {"part": part.name, "status": status, "returncode": rc, "seconds": seconds,
                          "limit_s": round(limit), "command": command}
                 summary["parts"][part.name] = check
@@ -316,47 +234,6 @@ def finish(summary: dict, out: Path, log: Log, started: float, ok: bool) -> int:
         summary["layout_problems"] = problems
         write_json(out / SUMMARY_NAME, summary)
     return 0 if ok and not problems else 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Output layout, sizes
-# ----------------------------------------------------------------------------------------------
-
-
-def layout_problems(out: Path) -> list[str]:
-    """What in out would not come back from a GPU machine: too many files, odd names, too deep,
-    too large."""
-    problems = []
-    files = sorted(p for p in out.rglob("*") if not p.is_dir())
-    if len(files) > MAX_FILES:
-        problems.append(f"{len(files)} files, at most {MAX_FILES} come back")
-    for path in files:
-        rel = path.relative_to(out)
-        if len(rel.parts) > MAX_DEPTH + 1:
-            problems.append(f"{rel}: more than {MAX_DEPTH} folders down")
-        if not all(NAME_OK.match(part) for part in rel.parts):
-            problems.append(f"{rel}: names take letters, digits, '.', '_' and '-' only")
-        if path.is_symlink() or not path.is_file():
-            problems.append(f"{rel}: not a plain file")
-        elif path.stat().st_size > MAX_FILE_BYTES:
-            problems.append(f"{rel}: {path.stat().st_size / 2**20:.1f} MiB, at most {MAX_FILE_BYTES // 2**20} MiB")
-    total = sum(p.stat().st_size for p in files if p.is_file() and not p.is_symlink())
-    if total > MAX_TREE_BYTES:
-        problems.append(f"{total / 2**20:.1f} MiB in all, at most {MAX_TREE_BYTES // 2**20} MiB")
-    return problems
-
-
-def travelling_bytes(wheel_dir: Path) -> tuple[int | None, int]:
-    """(bytes of the working tree git would send: tracked and untracked-not-ignored files, or None
-    without git), bytes of the wheels, which travel as a carried ignored folder."""
-    wheels = sum(p.stat().st_size for p in wheel_dir.rglob("*") if p.is_file()) if wheel_dir.is_dir() else 0
-    try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                                capture_output=True, timeout=60, check=True).stdout.decode().split("\0")
-    except (OSError, subprocess.SubprocessError):
-        return None, wheels
-    tree = sum((REPO / name).stat().st_size for name in listed if name and (REPO / name).is_file())
-    return tree, wheels
 
 
 # ----------------------------------------------------------------------------------------------

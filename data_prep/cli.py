@@ -14,11 +14,17 @@ import os
 import sys
 from pathlib import Path
 
+from tier_openclip.errors import add_list_flag, listed, print_error
+
 from .errors import PrepError
 from .limits import DEFAULT_MAX_PIXELS, IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, SAMPLE_TIMEOUT_MAX
 from .reports import TEXT_MODES
 
 MIMIC_SPLITS = ("train", "validate", "test")
+# the list flags' defaults (lists are words after the flag, as in every tier-openclip command: tier_openclip.errors)
+MIMIC_VIEWS = ("PA", "AP")
+PADCHEST_PROJECTIONS = ("PA", "AP", "AP_horizontal")
+MS_CXR_SPLITS = ("all",)
 
 
 def _default_workers() -> int:
@@ -26,30 +32,6 @@ def _default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _word(value: str) -> str:
-    """One item of a list flag. Lists are words after the flag (``--views PA AP``), as in every
-    tier-openclip command; a comma is refused rather than matched as part of a value (which would
-    silently select nothing)."""
-    item = value.strip()
-    if not item or "," in item:
-        raise argparse.ArgumentTypeError(f"{value!r}: give the values as separate words (e.g. PA AP), not a "
-                                         "comma-separated list")
-    return item
-
-
-def _add_list_flag(parser: argparse.ArgumentParser, flag: str, default: tuple[str, ...], help: str) -> None:
-    """``--flag A B``; repeating the flag adds more. Unset: ``default`` (see _listed)."""
-    parser.add_argument(flag, type=_word, nargs="+", action="extend", default=None, metavar="VALUE",
-                        help=f"{help} (default: {' '.join(default)})")
-    parser.set_defaults(**{f"{flag.lstrip('-').replace('-', '_')}_default": default})
-
-
-def _listed(args: argparse.Namespace, name: str) -> tuple[str, ...]:
-    """A list flag's values in order, duplicates dropped, or its default."""
-    values = getattr(args, name)
-    return tuple(dict.fromkeys(values)) if values else getattr(args, f"{name}_default")
 
 
 def _positive(value: str) -> int:
@@ -219,8 +201,10 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     mimic.add_argument("--text", choices=TEXT_MODES, default="impression",
                        help="report text to train on; impression-or-findings falls back to the findings when a "
                        "report has no impression. Studies without it are skipped (reason in failures.csv)")
-    _add_list_flag(mimic, "--views", ("PA", "AP"), "ViewPosition values to keep (metadata CSV), or 'all'")
-    _add_list_flag(mimic, "--splits", MIMIC_SPLITS, "splits to write, of " + " ".join(MIMIC_SPLITS))
+    add_list_flag(mimic, "--views", "VALUE", f"ViewPosition values to keep (metadata CSV), or 'all' (default: {' '.join(MIMIC_VIEWS)})",
+                  words=True)
+    add_list_flag(mimic, "--splits", "VALUE", f"splits to write, of {' '.join(MIMIC_SPLITS)} (default: {' '.join(MIMIC_SPLITS)})",
+                  words=True)
     mimic.add_argument("--format", dest="image_format", choices=("jpg", "png"), default="jpg",
                        help="image encoding in the shards")
     mimic.add_argument("--jpeg-quality", type=_positive, default=95, metavar="Q", help="JPEG quality (1-100)")
@@ -254,8 +238,8 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     padchest.add_argument("--image-root", type=Path, required=True, metavar="DIR",
                           help="folder holding the ImageDir subfolders (0, 1, ... 54)")
     padchest.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    _add_list_flag(padchest, "--projections", ("PA", "AP", "AP_horizontal"),
-                   "Projection values to keep, or 'all' (L is lateral)")
+    add_list_flag(padchest, "--projections", "VALUE",
+                  f"Projection values to keep, or 'all' (L is lateral) (default: {' '.join(PADCHEST_PROJECTIONS)})", words=True)
     padchest.add_argument("--min-positives", type=_positive, default=1, metavar="N",
                           help="label columns only for labels with at least N positive images")
     _add_image_options(padchest)
@@ -270,7 +254,8 @@ def populate_prep_parser(prep: argparse.ArgumentParser) -> None:
     ms_cxr.add_argument("--image-root", type=Path, required=True, metavar="DIR",
                         help="MIMIC-CXR-JPG root: the folder the CSV's path column (files/pXX/...) is relative to")
     ms_cxr.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    _add_list_flag(ms_cxr, "--splits", ("all",), "values of the CSV's split column to keep (train val test), or 'all'")
+    add_list_flag(ms_cxr, "--splits", "VALUE", "values of the CSV's split column to keep (train val test), or 'all' "
+                  f"(default: {' '.join(MS_CXR_SPLITS)})", words=True)
     _add_image_options(ms_cxr)
     ms_cxr.set_defaults(func=run_ms_cxr)
 
@@ -355,22 +340,25 @@ image's resize and pad/crop and drawn as its mask; Target 0 patients have an emp
 {SEG_FORMAT_TEXT}"""
 
 
-def _all_or(values: tuple[str, ...]) -> tuple[str, ...] | None:
-    return None if any(v.lower() == "all" for v in values) else values
+def _all_or(values: list[str]) -> tuple[str, ...] | None:
+    return None if any(v.lower() == "all" for v in values) else tuple(values)
 
 
 def _report_errors(function):
+    """Errors reach the person in every command's one form, ``tier-openclip prep: message``
+    (tier_openclip.errors.print_error), here rather than in cli.main, so that ``python -m
+    tier_openclip.data_prep`` and the resume hints read the same."""
     def run(args: argparse.Namespace) -> int:
         try:
             return function(args)
         except PrepError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print_error(error, "prep")
             return 2
         except KeyboardInterrupt:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
+            print_error("interrupted: run the same command again to resume", "prep")
             return 130
         except OSError as error:  # disk full, permissions, a vanished mount: not a bug of ours
-            print(f"error: {error}. Fix it and run the same command again: finished work is kept.", file=sys.stderr)
+            print_error(f"{error}. Fix it and run the same command again: finished work is kept.", "prep")
             return 1
 
     run.__name__ = function.__name__
@@ -389,7 +377,8 @@ def run_mimic(args: argparse.Namespace) -> int:
 
     options = MimicOptions(
         mimic_root=args.mimic_root, out=args.out, image_root=args.image_root, metadata_dir=args.metadata_dir,
-        text=args.text, views=_all_or(_listed(args, "views")), splits=_listed(args, "splits"), image_size=args.image_size,
+        text=args.text, views=_all_or(listed("--views", args.views, MIMIC_VIEWS)),
+        splits=tuple(listed("--splits", args.splits, MIMIC_SPLITS)), image_size=args.image_size,
         resize=args.resize, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
         shard_size=args.shard_size, workers=args.workers, sample_timeout=args.sample_timeout,
         max_pixels=args.max_pixels,
@@ -409,7 +398,7 @@ def _eval(args: argparse.Namespace, dataset: str) -> int:
     options = EvalOptions(
         dataset=dataset, csv=args.csv, image_root=args.image_root, out=args.out, image_size=args.image_size,
         resize=args.resize, workers=args.workers, frontal_only=not getattr(args, "all_views", False),
-        projections=_all_or(_listed(args, "projections") if dataset == "padchest" else ("all",)), min_positives=getattr(args, "min_positives", 1),
+        projections=_all_or(listed("--projections", args.projections, PADCHEST_PROJECTIONS) if dataset == "padchest" else ("all",)), min_positives=getattr(args, "min_positives", 1),
         sample_timeout=args.sample_timeout, max_pixels=args.max_pixels,
     )  # fmt: skip
     meta = prepare_eval_set(options, progress=not args.quiet, log=_log)
@@ -437,7 +426,7 @@ def run_ms_cxr(args: argparse.Namespace) -> int:
 
     options = MsCxrOptions(
         csv=args.csv, image_root=args.image_root, out=args.out, image_size=args.image_size, resize=args.resize,
-        splits=_all_or(_listed(args, "splits")), workers=args.workers, sample_timeout=args.sample_timeout,
+        splits=_all_or(listed("--splits", args.splits, MS_CXR_SPLITS)), workers=args.workers, sample_timeout=args.sample_timeout,
         max_pixels=args.max_pixels,
     )  # fmt: skip
     meta = prepare_ms_cxr(options, progress=not args.quiet, log=_log)

@@ -3,4 +3,4 @@
 
 class PrepError(Exception):
     """A problem with the command's inputs or options, worded to say what was wrong and what
-    to do. The command line prints it as ``error: ...`` and exits with status 2."""
+    to do. The command line prints it as ``tier-openclip prep: ...`` and exits with status 2."""

@@ -149,6 +149,36 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_format_meta(directory: Path, files: Sequence[str], format: str, make_it: str) -> dict[str, Any]:
+    """The meta.json of a set in ``directory`` whose ``files`` (meta.json among them) must all be
+    there, else FileNotFoundError ending with ``make_it`` (how to make the set); ValueError when
+    meta.json is not JSON or its "format" is not ``format``. The grounding and segmentation sets'."""
+    for path in (directory / name for name in files):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {make_it}")
+    meta_path = directory / META_JSON
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path} is not JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != format:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: format {found!r} is not {format!r}")
+    return meta
+
+
+def read_set_csv(path: Path, columns: Sequence[str], expected: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """The rows of a set's CSV, which must name each of ``columns`` once (``expected``: the full
+    header the error shows, default ``columns``)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        refuse_duplicated_columns(path, reader.fieldnames)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} has no column(s) {', '.join(missing)}; expected {','.join(expected or columns)}")
+        return list(reader)
+
+
 def read_eval_set(directory: str | Path, labels: Sequence[str] | None = None) -> EvalSet:
     """labels.csv and meta.json of an evaluation set; ``labels`` selects columns (default: meta's labels)."""
     directory = Path(directory)
@@ -256,37 +286,18 @@ def _parse_box(row: Mapping[str, str], where: str) -> Box:
     return box  # type: ignore[return-value]
 
 
-def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        refuse_duplicated_columns(path, reader.fieldnames)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} has no column(s) {', '.join(missing)}; expected {','.join(columns)}")
-        return list(reader)
-
-
 def read_grounding_set(data_dir: str | Path) -> GroundingSet:
     """The validated grounding set in ``data_dir`` (see the module docstring). Raises
     FileNotFoundError or ValueError saying what is wrong and where."""
     from PIL import Image
 
     directory = Path(data_dir)
-    boxes_path, meta_path = directory / BOXES_CSV, directory / META_JSON
-    for path in (meta_path, boxes_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: make a grounding set with `tier-openclip prep ms-cxr` "
-                                    "(the demo's phantom test set is one too)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{meta_path} is not JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise ValueError(f"{meta_path}: format {found!r} is not {FORMAT!r}")
+    boxes_path = directory / BOXES_CSV
+    meta = read_format_meta(directory, (META_JSON, BOXES_CSV), FORMAT, "make a grounding set with `tier-openclip "
+                            "prep ms-cxr` (the demo's phantom test set is one too)")
     labels = [str(label) for label in meta.get("labels") or []]
 
-    rows = _read_csv(boxes_path, BOX_COLUMNS)
+    rows = read_set_csv(boxes_path, BOX_COLUMNS)
     if not rows:
         raise ValueError(f"{boxes_path} has no boxes")
     sizes: dict[str, tuple[int, int]] = {}
@@ -321,7 +332,7 @@ def read_grounding_set(data_dir: str | Path) -> GroundingSet:
     prior_path = directory / PRIOR_BOXES_CSV
     if prior_path.is_file():
         prior = {}
-        prior_rows = _read_csv(prior_path, PRIOR_COLUMNS)
+        prior_rows = read_set_csv(prior_path, PRIOR_COLUMNS)
         prior_phrases = {} if prior_rows and PRIOR_PHRASE_COLUMN in prior_rows[0] else None
         for i, row in enumerate(prior_rows):
             finding = str(row["finding"] or "").strip()

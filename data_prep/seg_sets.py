@@ -15,8 +15,6 @@ reads it. Masks go through the same geometry as their images (:func:`resize_mask
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +27,9 @@ from PIL import Image
 from . import images
 from .atomic import META_JSON, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from .errors import PrepError
+from .eval_layout import read_format_meta, read_set_csv
 from .paths import UnsafePathError, resolve_inside
 from .runner import ItemResult, RunSettings, Selection, Tally, check_run_options, claim_out, run_image_set
-from .tables import refuse_duplicated_columns
 
 SEG_FORMAT = "tier-openclip-seg/1"
 SPLITS = ("train", "val", "test")
@@ -198,24 +196,10 @@ def read_seg_set(data_dir: str | Path) -> SegSet:
     """The validated segmentation set in ``data_dir`` (module docstring). Raises
     FileNotFoundError or ValueError saying what is wrong and where."""
     directory = Path(data_dir)
-    meta_path, splits_path = directory / META_JSON, directory / SPLITS_CSV
-    for path in (meta_path, splits_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: make a segmentation set with `tier-openclip prep siim|rsna`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{meta_path} is not JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != SEG_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise ValueError(f"{meta_path}: format {found!r} is not {SEG_FORMAT!r}")
-    with splits_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        refuse_duplicated_columns(splits_path, reader.fieldnames)
-        missing = [c for c in SPLIT_COLUMNS[:3] if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{splits_path} has no column(s) {', '.join(missing)}; expected {','.join(SPLIT_COLUMNS)}")
-        rows = list(reader)
+    splits_path = directory / SPLITS_CSV
+    meta = read_format_meta(directory, (META_JSON, SPLITS_CSV), SEG_FORMAT,
+                            "make a segmentation set with `tier-openclip prep siim|rsna`")
+    rows = read_set_csv(splits_path, SPLIT_COLUMNS[:3], expected=SPLIT_COLUMNS)  # id is optional
     items, sizes = [], {}
     for number, row in enumerate(rows, start=2):
         where = f"{splits_path} row {number}"

@@ -159,3 +159,26 @@ def interpolate(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
 
     return F.interpolate(torch.tensor(grid)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def save_training_checkpoint(model, path: Path, epoch: int = 1) -> Path:
+    """``model``'s weights as open_clip_train saves a training checkpoint from DDP: under
+    "state_dict" with the "module." prefix, beside the epoch, the run's name and the optimizer."""
+    import torch
+
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": epoch, "name": "run", "state_dict": state, "optimizer": {}}, path)
+    return path
+
+
+class Recorder:
+    """A stand-in TensorBoard writer (add_scalar) and W&B run (log) that keeps every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add_scalar(self, *args):
+        self.calls.append(args)
+
+    def log(self, data):
+        self.calls.append(data)

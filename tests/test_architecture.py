@@ -295,3 +295,29 @@ def test_csv_files_are_written_by_one_writer():
     assert writers == {"data_prep/atomic.py": 1}, writers
     temporaries = {path for path, tree in sources.items() if _string_constants(tree, ".tmp")}
     assert temporaries <= {"data_prep/atomic.py"}, temporaries
+
+
+# --- small modules (issue 23) ----------------------------------------------------------------------
+
+MAX_MODULE_LINES = 500
+# The one exception: the kernel file keeps its one-op-per-file shape (Triton kernels + the Function).
+LONG_BY_DESIGN = {"kernels/tier_entropy.py"}
+
+
+def test_no_module_outside_the_tests_is_over_500_lines():
+    import tier_openclip.data_prep
+    import tier_openclip.kernels
+
+    roots = {"data_prep": Path(tier_openclip.data_prep.__file__).parent,
+             "kernels": Path(tier_openclip.kernels.__file__).parent, "tier_openclip": Path(tier_openclip.__file__).parent}
+    benchmarks = Path(tier_openclip.__file__).resolve().parents[1] / "benchmarks"
+    if benchmarks.is_dir():  # a checkout; a wheel has no benchmarks
+        roots["benchmarks"] = benchmarks
+    named: dict[Path, str] = {}  # resolved file -> name; in a wheel kernels/ and data_prep/ sit inside the package
+    for label, root in roots.items():
+        for path in sorted(root.rglob("*.py")):
+            named.setdefault(path.resolve(), f"{label}/{path.relative_to(root).as_posix()}")
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines()) for path, name in named.items()}
+    assert len(lengths) > 50, sorted(lengths)  # the package was found
+    long = {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES and name not in LONG_BY_DESIGN}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by job): {long}"

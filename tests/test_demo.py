@@ -16,10 +16,10 @@ from PIL import Image
 
 from tier_openclip.demo import DemoOptions, run_demo, run_sweep, sweep_arms
 from tier_openclip.demo.design import Stage, make_arm, training_command
-from tier_openclip.demo.runs import parse_step_times
 from tier_openclip.demo.summary import (arm_summary, decide, paired_differences, precondition, spread, t_interval,
                                         t_quantile, verdict)
-from tier_openclip.errors import UsageError
+from tier_openclip.errors import CommandError, UsageError
+from tier_openclip.openclip_adapter import parse_step_times
 
 # --- pure summaries ---------------------------------------------------------------------------
 
@@ -118,6 +118,26 @@ def test_step_times_are_read_from_open_clip_log_lines():
            "noise\n"
            "2026-12-01,20:41:16 | INFO | Train Epoch: 1 [ 128/2000 (6%)] Data (t): 0.068 Batch (t): 0.292, 219.3/s\n")
     assert parse_step_times(log) == [0.354, 0.292]
+
+
+def _fake_training(tmp_path, step_line):
+    """A 'training' command that logs one step line and writes the final checkpoint."""
+    run_dir = tmp_path / "runs" / "clip"
+    script = (f"import pathlib; print({step_line!r}); p = pathlib.Path({str(run_dir / 'checkpoints')!r}); "
+              "p.mkdir(parents=True); (p / 'epoch_1.pt').write_bytes(b'')")
+    return [sys.executable, "-c", script], run_dir
+
+
+def test_a_training_logging_steps_in_an_unknown_form_stops_the_demo_with_one_message(tmp_path):
+    from tier_openclip.demo.runs import run_training
+
+    line = "2026-12-05,09:20:29 | INFO | Train Epoch: 0 [  32/2000 (2%)] Data (t): 0.024 Batch (t): 0.133, 240.2/s"
+    command, run_dir = _fake_training(tmp_path, line)
+    result = run_training(command, run_dir, epochs=1, steps=1, inputs=[])
+    assert result["steps"] == 1 and result["step_seconds"] == pytest.approx(0.133)
+    command, run_dir = _fake_training(tmp_path / "changed", line.replace("Batch (t)", "Step (t)"))
+    with pytest.raises(CommandError, match="training clip: open_clip .* logs its training steps in a form"):
+        run_training(command, run_dir, epochs=1, steps=1, inputs=[])
 
 
 # --- the paired design ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import tier_openclip
-from helpers import write_shards
+from helpers import Recorder, save_training_checkpoint, write_shards
 from tier_openclip.commands import eval_cli
 from tier_openclip.evaluation import zeroshot as evaluate
 from tier_openclip.evaluation.bootstrap import auc_report, bootstrap_aucs, resample_counts, weighted_aucs
@@ -77,10 +77,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "epoch_3.pt"
-    state = {f"module.{k}": v for k, v in tiny.model.state_dict().items()}  # as saved from DDP
-    torch.save({"epoch": 3, "name": "run", "state_dict": state, "optimizer": {}}, path)
-    return path
+    return save_training_checkpoint(tiny.model, tmp_path_factory.mktemp("ckpt") / "epoch_3.pt", epoch=3)
 
 
 # --- AUC and bootstrap ---------------------------------------------------------------------------
@@ -449,17 +446,6 @@ def test_cli_help_and_wrong_dataset(chexpert_set, capsys, tmp_path):
 
 
 # --- during training -----------------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def add_scalar(self, *args):
-        self.calls.append(args)
-
-    def log(self, data):
-        self.calls.append(data)
 
 
 class DDPLike(torch.nn.Module):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Recorder, save_training_checkpoint
 from PIL import Image
 
 from helpers import interpolate, loop_region
@@ -410,10 +411,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from tier_openclip.models import load_model
 
     torch.manual_seed(0)
-    state = {f"module.{k}": v for k, v in load_model("TIER-tiny").model.state_dict().items()}
-    path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
-    torch.save({"epoch": 1, "name": "run", "state_dict": state, "optimizer": {}}, path)
-    return path
+    return save_training_checkpoint(load_model("TIER-tiny").model, tmp_path_factory.mktemp("ckpt") / "epoch_1.pt")
 
 
 def test_cli_writes_json_and_markdown_with_the_apis_numbers(bright_set, tiny_checkpoint, tmp_path, capsys):
@@ -436,31 +434,6 @@ def test_cli_writes_json_and_markdown_with_the_apis_numbers(bright_set, tiny_che
                                        phrase_mode="pooled", bootstrap=30, seed=4)
     for key in ("overall", "per_finding", "baselines", "phrases"):
         assert results[key] == json.loads(json.dumps(api[key]))
-
-
-def test_cli_errors_are_one_line_with_the_right_status(tmp_path, capsys):
-    from tier_openclip.commands.cli import main
-
-    assert main(["eval", "grounding", "--model", "TIER-tiny", "--data", str(tmp_path / "none")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
-    (tmp_path / "meta.json").write_text("{")
-    (tmp_path / "boxes.csv").write_text("image,finding,phrase,x0,y0,x1,y1\n")
-    weights = tmp_path / "epoch_1.pt"  # only named: the set fails first
-    weights.write_bytes(b"")
-    assert main(["eval", "grounding", "--model", "TIER-tiny", "--pretrained", str(weights), "--data", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("tier-openclip eval grounding: ") and "is not JSON" in err and "Traceback" not in err
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def add_scalar(self, *args):
-        self.calls.append(args)
-
-    def log(self, data):
-        self.calls.append(data)
 
 
 def hook_args(tmp_path: Path, directory: Path, **overrides) -> SimpleNamespace:

@@ -189,5 +189,5 @@ def test_prep_refuses_a_csv_it_would_write_over(ms_cxr, tmp_path, capsys, name):
     link.symlink_to(inside)
     for given in (inside, link):
         assert prep(given, root, out) == 2
-        assert capsys.readouterr().err.strip() == f"error: --csv {given} is a file this command writes in --out: choose another --out"
+        assert capsys.readouterr().err.strip() == f"tier-openclip prep: --csv {given} is a file this command writes in --out: choose another --out"
     assert inside.read_bytes() == csv_path.read_bytes() and sorted(p.name for p in out.iterdir()) == [name]

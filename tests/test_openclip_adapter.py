@@ -63,9 +63,20 @@ def test_a_csv_train_loader_carries_num_batches_and_main_counts_steps_from_it(tm
 
     for i in range(5):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
-    (tmp_path / "train.csv").write_text("filepath\ttitle\n" + "".join(f"{tmp_path}/{i}.png\tcap {i}\n" for i in range(5)))
-    args = argparse.Namespace(train_data=str(tmp_path / "train.csv"), csv_img_key="filepath", csv_caption_key="title",
-                              csv_separator="\t", distributed=False, batch_size=2, workers=0, accum_freq=1, epochs=3)
+    sep = adapter.TRAIN_CSV_SEPARATOR
+    (tmp_path / "train.csv").write_text(f"{adapter.TRAIN_CSV_IMAGE_KEY}{sep}{adapter.TRAIN_CSV_CAPTION_KEY}\n"
+                                        + "".join(f"{tmp_path}/{i}.png{sep}cap {i}\n" for i in range(5)))
+    from open_clip_train.params import parse_args
+
+    # the table's layout is what csv_dataset_flags names, and those are open_clip_train's defaults
+    flags = parse_args(["--train-data", str(tmp_path / "train.csv"), *adapter.csv_dataset_flags()])
+    assert (flags.dataset_type, flags.csv_img_key, flags.csv_caption_key, flags.csv_separator) == (
+        "csv", adapter.TRAIN_CSV_IMAGE_KEY, adapter.TRAIN_CSV_CAPTION_KEY, sep)
+    defaults = parse_args([])
+    assert (defaults.csv_img_key, defaults.csv_caption_key, defaults.csv_separator) == (
+        adapter.TRAIN_CSV_IMAGE_KEY, adapter.TRAIN_CSV_CAPTION_KEY, sep)
+    args = argparse.Namespace(**{**vars(flags), "distributed": False, "batch_size": 2, "workers": 0, "accum_freq": 1,
+                                 "epochs": 3})
     data = {"train": get_csv_dataset(args, lambda image: torch.zeros(1), is_train=True, tokenizer=lambda t: t)}
     assert adapter.train_batches(data) == 2  # 5 samples, batches of 2, drop_last
     assert adapter.total_steps(data, args) == 6
@@ -186,6 +197,42 @@ def test_word_groups_of_hugging_face_tokenizers(pieces, words):
 
     hf = SimpleNamespace(tokenizer=SimpleNamespace(convert_ids_to_tokens=lambda ids: [pieces[i] for i in ids]))
     assert [word for word, _ in adapter.word_groups(hf, list(range(len(pieces))))] == words
+
+
+# A step line as open_clip 3.3.0 wrote it, copied from the out.log of a demo run (clip-filip-start0,
+# 2026-12-05): the form parse_step_times reads.
+OPEN_CLIP_3_3_STEP_LINE = ("2026-12-05,09:20:29 | INFO | Train Epoch: 0 [  32/2000 (2%)] Data (t): 0.024 Batch (t): "
+                           "0.133, 240.209/s, 240.209/s/gpu LR: 0.000100 Logit Scale: 13.054 Contrastive_loss: 2.5930 "
+                           "(2.5930) Loss: 2.5930 (2.5930)")
+
+
+def test_train_one_epoch_logs_the_step_line_parse_step_times_reads():
+    log = "\n".join(["2026-12-05,09:20:28 | INFO | Start epoch 0", OPEN_CLIP_3_3_STEP_LINE,
+                     OPEN_CLIP_3_3_STEP_LINE.replace("Batch (t): 0.133", "Batch (t): 0.091")])
+    assert adapter.parse_step_times(log) == [0.133, 0.091]
+    assert adapter.is_train_step_line(OPEN_CLIP_3_3_STEP_LINE) and not adapter.is_train_step_line("Start epoch 0")
+    # the installed open_clip still writes that form, and 'Batch (t)' is the time since the last line
+    source = _source("open_clip_train.train", "train_one_epoch")
+    for piece in ('f"Train Epoch: {epoch} [{num_samples:>{sample_digits}}/{samples_per_epoch} ({percent_complete:.0f}%)] "',
+                  'f"Data (t): {data_time_m.avg:.3f} "', 'f"Batch (t): {batch_time_m.avg:.3f}, ', "batch_time_m.reset()"):
+        assert piece in source, f"open_clip_train's train_one_epoch no longer logs {piece}"
+
+
+def test_a_step_line_in_another_form_is_refused_not_skipped():
+    changed = OPEN_CLIP_3_3_STEP_LINE.replace("Batch (t): 0.133,", "Step time: 0.133s,")
+    with pytest.raises(adapter.OpenClipIncompatible, match="logs its training steps in a form tier-openclip does not know"):
+        adapter.parse_step_times(changed)
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+def test_the_resize_mode_is_read_from_open_clips_own_validation_transform(mode):
+    import open_clip
+
+    preprocess = open_clip.image_transform(64, is_train=False, resize_mode=mode)
+    assert adapter.transform_resize_mode(preprocess) == mode, [type(step).__name__ for step in preprocess.transforms]
+    if mode == "longest":  # the class the adapter names, with the attribute it reads
+        assert any(type(step).__name__ == adapter.KEEP_RATIO_TRANSFORM and step.longest for step in preprocess.transforms)
+    assert adapter.transform_resize_mode(lambda image: image) == "shortest"  # not an open_clip transform
 
 
 def test_open_clip_train_raises_every_logger_to_info_and_the_torch_internals_are_put_back():

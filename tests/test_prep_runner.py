@@ -113,3 +113,20 @@ def test_every_subcommand_writes_failures_csv_in_one_schema(name, tmp_path):
     # the one input names an image that does not exist, or (MIMIC) a study without a report
     assert len(rows) == 2 and rows[1][1] in ("skipped", "failed") and rows[1][2] in ("image_missing", "report_missing")
     assert (out / shards.STATE_DIR).is_dir()
+
+
+@pytest.mark.parametrize("raised, status, message", [
+    (KeyboardInterrupt(), 130, "interrupted: run the same command again to resume"),
+    (OSError(28, "No space left on device"), 1,
+     "[Errno 28] No space left on device. Fix it and run the same command again: finished work is kept."),
+])
+def test_prep_reports_in_every_commands_one_error_form(raised, status, message, tmp_path, capsys, monkeypatch):
+    """`tier-openclip prep: message` (tier_openclip.errors.error_line), one line, with prep's exit statuses."""
+    from tier_openclip.data_prep import ms_cxr
+
+    def prepare(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(ms_cxr, "prepare_ms_cxr", prepare)
+    assert run_cli(command("ms-cxr", tmp_path, tmp_path / "out")) == status
+    assert capsys.readouterr().err == f"tier-openclip prep: {message}\n"

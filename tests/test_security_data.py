@@ -334,8 +334,8 @@ def test_a_planned_shard_name_held_by_a_foreign_file_stops_the_run(tmp_path, cap
     capsys.readouterr()
     assert prep_mimic(mimic, meta, out, "--splits", "train") == 2
     error = capsys.readouterr().err
-    assert f"error: {shard} exists but no record" in error and "move it away" in error
-    assert [line for line in error.splitlines() if line.startswith("error")] == error.splitlines()[-1:]
+    assert f"tier-openclip prep: {shard} exists but no record" in error and "move it away" in error
+    assert [line for line in error.splitlines() if line.startswith("tier-openclip prep:")] == error.splitlines()[-1:]
     assert shard.read_bytes() == b"someone else's tar"
 
 
@@ -696,7 +696,7 @@ def test_a_duplicated_column_in_the_split_or_metadata_csv_is_refused(tmp_path, c
     out = tmp_path / "out"
     assert prep_mimic(mimic, meta, out) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: {path}: column(s) '{column}' appear more than once in the header, so which one holds the data is "
+        f"tier-openclip prep: {path}: column(s) '{column}' appear more than once in the header, so which one holds the data is "
         "ambiguous; keep one of each")
     assert not out.exists()
 
@@ -721,6 +721,6 @@ def test_out_reaching_an_input_root_through_a_symlink_is_refused(tmp_path, capsy
     out = link / "shards"
     assert prep_mimic(mimic, meta, out) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: --out {out} is inside --metadata-dir {meta}: the command would write among (and could overwrite) its "
+        f"tier-openclip prep: --out {out} is inside --metadata-dir {meta}: the command would write among (and could overwrite) its "
         "inputs; choose an --out outside it")
     assert digest_tree(tmp_path / "release") == before and not (meta / "shards").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_training_checkpoint
 from PIL import Image
 
 from tier_openclip.data_prep.seg_sets import SegSetWriter
@@ -187,10 +188,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from tier_openclip.models import load_model
 
     torch.manual_seed(0)
-    state = {f"module.{k}": v for k, v in load_model("TIER-tiny").model.state_dict().items()}
-    path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
-    torch.save({"epoch": 1, "name": "run", "state_dict": state, "optimizer": {}}, path)
-    return path
+    return save_training_checkpoint(load_model("TIER-tiny").model, tmp_path_factory.mktemp("ckpt") / "epoch_1.pt")
 
 
 def test_evaluate_uses_the_frozen_towers_patch_embeddings(bright_seg_set):
@@ -241,17 +239,9 @@ def test_cli_writes_json_and_markdown_with_the_apis_numbers(bright_seg_set, tiny
 def test_cli_errors_are_one_line_with_the_right_status(tmp_path, capsys):
     from tier_openclip.commands.cli import main
 
-    assert main(["eval", "segmentation", "--model", "TIER-tiny", "--data", str(tmp_path / "none")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    # a missing folder and a broken set: tests/test_cli_common.py (grounding and segmentation alike)
     assert main(["eval", "segmentation", "--model", "TIER-tiny", "--data", str(tmp_path), "--label-fraction", "0"]) == 2
     assert "--label-fraction" in capsys.readouterr().err
-    (tmp_path / "meta.json").write_text("{")
-    (tmp_path / "splits.csv").write_text("image,mask,split,id\n")
-    weights = tmp_path / "epoch_1.pt"  # only named: the set fails first
-    weights.write_bytes(b"")
-    assert main(["eval", "segmentation", "--model", "TIER-tiny", "--pretrained", str(weights), "--data", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("tier-openclip eval segmentation: ") and "is not JSON" in err and "Traceback" not in err
 
 
 def test_a_segmentation_interval_on_a_handful_of_test_images_is_warned_about(caplog):

@@ -1,9 +1,6 @@
 """What the model commands (eval zeroshot|grounding|segmentation, heatmap, analyze, push) share
-on the command line: the model flags, the one way to give a list, and the run of an evaluation.
-
-Lists are given as separate words after the flag (``--labels Edema "Pleural Effusion"``), and
-repeating the flag adds more — in every command (``prep`` defines the same form in data_prep/cli.py,
-which imports nothing of tier_openclip).
+on the command line: the model flags, the run flags and the run of an evaluation. The one way to
+give a list (``add_list_flag``, ``listed``) is tier_openclip.errors', which ``prep`` uses too.
 """
 
 from __future__ import annotations
@@ -39,9 +36,29 @@ def add_model_flags(parser: argparse.ArgumentParser, pretrained_required: bool =
         parser.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
 
 
-def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, **kwargs: Any) -> None:
-    """A list flag: ``--flag A B C``; repeating the flag adds more."""
-    parser.add_argument(flag, nargs="+", action="extend", metavar=metavar, help=help, **kwargs)
+def add_run_flags(parser: argparse.ArgumentParser, *, resampled: str, seeded: str, batch_size: int = 32,
+                  quiet: bool = True) -> None:
+    """--bootstrap, --seed, --batch-size, --workers and (with ``quiet``) --quiet: how an ``eval``
+    command runs, one help text and default each. ``resampled`` and ``seeded`` say what the
+    command's bootstrap resamples and what its seed drives; ``batch_size`` keeps each command's
+    documented default (zeroshot 64, grounding and segmentation 32). ``check_run_flags`` checks them."""
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help=f"Bootstrap resamples of {resampled} for the confidence intervals (default 1000; "
+                             "0: no intervals).")
+    parser.add_argument("--seed", type=int, default=0, help=f"Seed of {seeded} (default 0).")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"Images per forward pass of the model (default {batch_size}).")
+    parser.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2; 0: in this process).")
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """UsageError (before any model is loaded) naming the first of add_run_flags' numbers out of range."""
+    for flag, value, least in (("--bootstrap", args.bootstrap, 0), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise UsageError(f"{flag} {value}: must be >= {least}")
 
 
 def device_of(args: argparse.Namespace) -> str:
@@ -80,6 +97,24 @@ def results_file(path: str | None, inputs: Named = ()) -> Path | None:
                          f"{out.with_suffix('.json').name}")
     refuse_overwriting_inputs([("--out", out), ("--out (its table)", out.with_suffix(".md"))], inputs)
     output_file(out.with_suffix(".md"), "--out (its table)", example="results.md")
+    return out
+
+
+def check_evaluation_inputs(args: argparse.Namespace, read_set: Callable[[str], Any], made_by: str) -> Path | None:
+    """What an eval command checks before it loads a model, cheapest first: --data is a folder (else
+    UsageError: pass ``made_by``, the set and the command that makes it), --out can be written and is
+    none of the inputs, the weights are named, then ``read_set(--data)`` takes the set (a broken set
+    is a CommandError in seconds, not after a large model loaded). Returns --out (results_file)."""
+    from tier_openclip.models import check_pretrained
+
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data} is not a folder: pass {made_by}")
+    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
+    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
+    try:
+        read_set(args.data)  # before loading a large model
+    except (FileNotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
     return out
 
 

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tier_openclip.cli_common import (add_list_flag, add_model_flags, model_inputs, refuse_overwriting_inputs,
-                                     results_file, run_evaluation)
-from tier_openclip.errors import CommandError, UsageError, input_file, output_file
+from tier_openclip.cli_common import (add_model_flags, add_run_flags, check_run_flags, model_inputs,
+                                      refuse_overwriting_inputs, results_file, run_evaluation)
+from tier_openclip.errors import CommandError, UsageError, add_list_flag, input_file, output_file
 from tier_openclip.evaluation.grounding.evaluator import add_grounding_parser
 from tier_openclip.evaluation.prompts import is_named_prompt_set, resolve_prompts
 from tier_openclip.evaluation.segmentation import add_segmentation_parser
@@ -52,14 +52,10 @@ def add_eval_parser(subparsers: Any) -> None:
                          "sentence sets, PadChest's 57 findings; tier_openclip/evaluation/authors_protocol.py).")
     zs.add_argument("--out", default=None, metavar="FILE.json",
                     help="Write results JSON here, and the markdown table next to it (same name, .md).")
-    zs.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                    help="Bootstrap resamples for the confidence intervals (default 1000; 0: no intervals).")
     zs.add_argument("--confidence", type=float, default=0.95, help="Confidence level of the intervals (default 0.95).")
-    zs.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap resampling (default 0).")
     zs.add_argument("--min-positives", type=int, default=None, metavar="N",
                     help="Skip labels with fewer positive images. Default: 10 for PadChest, 1 for CheXpert.")
-    zs.add_argument("--batch-size", type=int, default=64, help="Images per forward pass (default 64).")
-    zs.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
+    add_run_flags(zs, resampled="the images", seeded="the bootstrap resampling", batch_size=64, quiet=False)  # it draws no progress bar
     zs.set_defaults(func=run_zeroshot)
     table = tasks.add_parser(
         "paper-table",
@@ -80,8 +76,9 @@ def add_eval_parser(subparsers: Any) -> None:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     # Everything the command line alone can show wrong is checked before the model loads.
-    if args.bootstrap < 0 or not 0 < args.confidence < 1 or args.batch_size < 1 or args.workers < 0:
-        raise UsageError("--bootstrap must be >= 0, --confidence in (0, 1), --batch-size >= 1 and --workers >= 0")
+    check_run_flags(args)
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence {args.confidence}: must be in (0, 1), e.g. 0.95")
     data = Path(args.data)
     if not data.is_dir():
         raise UsageError(f"--data {data}: no such folder")

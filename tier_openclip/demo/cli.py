@@ -8,8 +8,7 @@ from pathlib import Path
 from tier_openclip.demo.design import (ARM_NAMES, CALIBRATED_RATIO, CALIBRATED_SCALE, DEFAULT_ARMS,
                                        DEFAULT_PRETRAIN_LOSS, PRETRAIN_LOSSES, SIZES, SWEEP_LAMBDAS, SWEEP_SCALES,
                                        DemoOptions, check_scale)
-from tier_openclip.cli_common import add_list_flag
-from tier_openclip.errors import UsageError, writable_folder
+from tier_openclip.errors import UsageError, add_list_flag, listed, writable_folder
 
 
 def _positive_floats(texts: list[str]) -> list[float]:
@@ -22,18 +21,10 @@ def _positive_floats(texts: list[str]) -> list[float]:
     return values
 
 
-def _words(flag: str, texts: list[str]) -> list[str]:
-    """A list flag's values; a comma means the old comma-list form, which would name one odd value."""
-    if any("," in text for text in texts):
-        raise UsageError(f"{flag} {' '.join(texts)}: give the values as separate words "
-                         f"(e.g. {flag} {' '.join(t for text in texts for t in text.split(',') if t)})")
-    return list(dict.fromkeys(texts))
-
-
 def demo(args: argparse.Namespace) -> int:
     from tier_openclip.demo.pipeline import run_demo, run_sweep
 
-    losses = _words("--losses", args.losses or list(DEFAULT_ARMS))
+    losses = listed("--losses", args.losses, DEFAULT_ARMS)
     if args.seeds is not None:
         raise UsageError(f"--seeds {args.seeds}: the demo now repeats the whole pipeline; give --starts N "
                          "(N pre-trainings, every arm fine-tuned from each)")
@@ -56,8 +47,8 @@ def demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {options.out}: cannot create it ({exc.strerror or exc})") from None
     writable_folder(options.out, f"--out {options.out}")
     if args.sweep:
-        lambdas = _positive_floats(_words("--sweep-lambdas", args.sweep_lambdas or [f"{v:g}" for v in SWEEP_LAMBDAS]))
-        scales = [check_scale(s) for s in _words("--sweep-scales", args.sweep_scales or list(SWEEP_SCALES))]
+        lambdas = _positive_floats(listed("--sweep-lambdas", args.sweep_lambdas, [f"{v:g}" for v in SWEEP_LAMBDAS]))
+        scales = [check_scale(s) for s in listed("--sweep-scales", args.sweep_scales, SWEEP_SCALES)]
         result = run_sweep(options, lambdas, scales)
         text, files = (options.out / "sweep.md").read_text(), "sweep.md, sweep.json and sweep.png"
     else:

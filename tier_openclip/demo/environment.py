@@ -23,6 +23,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from tier_openclip import openclip_adapter as adapter
+
 PINS: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # The /proc/cpuinfo flags that name a vector extension a library may dispatch on.
 VECTOR_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw",
@@ -119,12 +121,12 @@ def train_fingerprint(train_csv: Path) -> str:
     """SHA-256 over the training table in its order: each row's image file name, image bytes and caption."""
     digest = hashlib.sha256()
     with open(train_csv, newline="") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            path = Path(row["filepath"])
+        for row in csv.DictReader(handle, delimiter=adapter.TRAIN_CSV_SEPARATOR):
+            path = Path(row[adapter.TRAIN_CSV_IMAGE_KEY])
             _update_text(digest, path.name)
             digest.update(path.stat().st_size.to_bytes(8, "little"))
             _update_file(digest, path)
-            _update_text(digest, row["title"])
+            _update_text(digest, row[adapter.TRAIN_CSV_CAPTION_KEY])
     return digest.hexdigest()
 
 

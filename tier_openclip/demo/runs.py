@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 from tier_openclip.data_prep.atomic import write_csv_atomic
 from tier_openclip.demo.design import MODEL
 from tier_openclip.demo.environment import pinned_environ
+from tier_openclip import openclip_adapter as adapter
 from tier_openclip.errors import CommandError
 from tier_openclip.evaluation.segmentation import ProbeConfig
 
@@ -34,12 +34,12 @@ COMMAND_FILE, EVAL_FILE, MAPS_FILE = "demo-command.json", "demo-eval.json", "dem
 # schedule, ~7 s per checkpoint of TIER-tiny on the small preset on the shared 2-core VM.
 SEG_PROBE = ProbeConfig(epochs=10, lr=3e-2, batch_size=32)
 SEG_TRAIN_IMAGES = 1000  # the probe's labelled images: the phantom's first 1000 train samples
-STEP_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Batch \(t\): ([0-9.]+)")
 
 
 def write_training_csv(data: dict, out_dir: Path) -> Path:
-    """The train shards as open_clip's CSV layout (image files + a tab-separated table), which
-    its loader shuffles reproducibly from --seed. Rewritten only when the shards changed."""
+    """The train shards as open_clip's CSV layout (image files + a table read with
+    adapter.csv_dataset_flags()), which its loader shuffles reproducibly from --seed. Captions are
+    folded onto one line (a tab or newline would break the table). Rewritten only when the shards changed."""
     import webdataset as wds
 
     shards_dir = Path(data["train_shards"]).parent
@@ -58,18 +58,14 @@ def write_training_csv(data: dict, out_dir: Path) -> Path:
         rows.append([str(image.resolve()), " ".join(sample["txt"].decode("utf-8").split())])
     if len(rows) != data["num_train"]:
         raise CommandError(f"{data['train_shards']}: {len(rows)} samples, expected {data['num_train']}")
-    write_csv_atomic(table, ["filepath", "title"], rows, delimiter="\t", lineterminator="\n")
+    write_csv_atomic(table, [adapter.TRAIN_CSV_IMAGE_KEY, adapter.TRAIN_CSV_CAPTION_KEY], rows,
+                     delimiter=adapter.TRAIN_CSV_SEPARATOR, lineterminator="\n")
     stamp_path.write_text(json.dumps(stamp))
     return table
 
 
 def final_checkpoint(run_dir: Path, epochs: int) -> Path:
     return run_dir / "checkpoints" / f"epoch_{epochs}.pt"
-
-
-def parse_step_times(log_text: str) -> list[float]:
-    """Seconds of each logged training step (open_clip's 'Batch (t)' with --log-every-n-steps 1)."""
-    return [float(match.group(4)) for match in STEP_LINE.finditer(log_text)]
 
 
 def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inputs: list[Path],
@@ -94,14 +90,17 @@ def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inp
     ) as process:
         for line in process.stdout:
             log.write(line)
-            if progress is not None and STEP_LINE.search(line):
+            if progress is not None and adapter.is_train_step_line(line):
                 progress.update(1)
     wall = time.time() - started
     if process.returncode != 0 or not checkpoint.is_file():
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-5:]).strip()
         raise CommandError(f"training {run_dir.name} failed (exit status {process.returncode}); the end of its log, "
                            f"{log_path}:\n{tail}")
-    step_times = parse_step_times(log_path.read_text())
+    try:  # open_clip's 'Batch (t)' per step (the commands set --log-every-n-steps 1)
+        step_times = adapter.parse_step_times(log_path.read_text())
+    except adapter.OpenClipIncompatible as exc:
+        raise CommandError(f"training {run_dir.name}: {exc}") from None
     timing = {"wall_seconds": wall, "steps": len(step_times), "step_seconds": float(np.sum(step_times)),
               "mean_step_seconds": float(np.mean(step_times)) if step_times else None,
               # imports, model creation, data set-up, checkpoint writing: all but the steps themselves

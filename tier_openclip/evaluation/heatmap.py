@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from tier_openclip.cli_common import add_list_flag, add_model_flags, device_of, model_inputs, refuse_overwriting_inputs
-from tier_openclip.errors import CommandError, UsageError, input_file, output_file
+from tier_openclip.cli_common import add_model_flags, device_of, model_inputs, refuse_overwriting_inputs
+from tier_openclip.errors import CommandError, UsageError, add_list_flag, input_file, output_file
 
 
 @dataclass

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tier_openclip.cli_common import add_list_flag, add_model_flags, refuse_overwriting_inputs
-from tier_openclip.errors import CommandError, UsageError, input_file
+from tier_openclip.cli_common import add_model_flags, refuse_overwriting_inputs
+from tier_openclip.errors import CommandError, UsageError, add_list_flag, input_file
 from tier_openclip.hub.card import TOKEN_MASK_MEANING, model_card
 from tier_openclip.hub.export import check_export_folder, export_model, install_export
 from tier_openclip.hub.params import TierSettings, params_next_to, read_params

@@ -4,12 +4,13 @@ What is named here: every open_clip function and class tier-openclip calls or te
 (``SYMBOLS``), the functions it replaces (``PATCHED``, installed with ``replace``), the tower
 internals it reads to build token features (``TOWER_INTERNALS``: private methods, checked on the
 classes; ``TOWER_ATTRIBUTES``: attributes of a built tower, checked with ``check_tower`` on the
-model a feature extraction sees), and the config overrides open_clip's create_model applies
-(``apply_create_overrides``), and, in runs.py, open_clip_train's behaviour: its step count, the
-files a run writes (params.txt, checkpoints, results.jsonl) and its logging. An open_clip upgrade is
-a change to this folder, shown by tests/test_openclip_adapter.py: ``check_open_clip``
-compares the installed version and internals with what the plugin was written against (3.x)
-and fails with one clear message otherwise.
+model a feature extraction sees), the config overrides open_clip's create_model applies
+(``apply_create_overrides``) and how its validation transform resizes (``transform_resize_mode``);
+in runs.py, open_clip_train's behaviour: its step count, the CSV training table it reads, the files
+a run writes (params.txt, checkpoints, results.jsonl), its logging and its step log lines. An
+open_clip upgrade is a change to this folder, shown by tests/test_openclip_adapter.py:
+``check_open_clip`` compares the installed version and internals with what the plugin was written
+against (3.x) and fails with one clear message otherwise.
 
 Symbols are looked up by name, on first use, rather than imported at the top: importing this
 module stays free of torch and open_clip (the command line's --help and the start-up hook load
@@ -354,10 +355,30 @@ def word_groups(tokenizer: Any, token_ids: list[int]) -> list[tuple[str, list[in
     return groups
 
 
+# --- open_clip's image transform: how its validation preprocess resizes -------------------------
+# open_clip.transform.image_transform (is_train=False) builds, per resize mode: 'longest' a
+# ResizeKeepRatio with longest=1 (then CenterCropOrPad), 'squash' a torchvision Resize to (h, w),
+# 'shortest' (its default) a Resize to one int (then CenterCrop).
+KEEP_RATIO_TRANSFORM = "ResizeKeepRatio"
+
+
+def transform_resize_mode(preprocess: Any) -> str:
+    """open_clip's validation resize mode ('shortest', 'longest' or 'squash') read from its
+    transform; 'shortest' (open_clip's default) for anything else."""
+    for step in getattr(preprocess, "transforms", []) or []:
+        name = type(step).__name__
+        if name == KEEP_RATIO_TRANSFORM and getattr(step, "longest", 0):
+            return "longest"
+        if name == "Resize" and isinstance(getattr(step, "size", None), (list, tuple)) and len(step.size) == 2:
+            return "squash"
+    return "shortest"
+
+
 # The training run's behaviour (kept in runs.py for size; every name is the adapter's).
 from tier_openclip.openclip_adapter.runs import (  # noqa: E402,F401 -- re-exported; after symbol(), which runs.py calls
     CHECKPOINT_EPOCH_KEY, CHECKPOINT_WEIGHTS_KEY, CREATE_ARGS, NO_WEIGHTS_MESSAGE, PARAMS_TXT, RESULTS_JSONL,
-    TAG_PREPROCESS, TORCH_INTERNAL_LOGGERS, TRAIN_ONE_EPOCH_PARAMS, _DropNoWeightsMessage, checkpoint_epoch,
-    checkpoint_weights, create_args_from_params, create_bare_model, params_txt_line, params_txt_next_to,
-    quiet_torch_internals, read_params_txt, results_jsonl_path, resume_weights, steps_per_epoch, total_steps,
-    train_batches)
+    TAG_PREPROCESS, TORCH_INTERNAL_LOGGERS, TRAIN_CSV_CAPTION_KEY, TRAIN_CSV_IMAGE_KEY, TRAIN_CSV_SEPARATOR,
+    TRAIN_LOG_MARK, TRAIN_ONE_EPOCH_PARAMS, TRAIN_STEP_LINE, _DropNoWeightsMessage, checkpoint_epoch,
+    checkpoint_weights, create_args_from_params, create_bare_model, csv_dataset_flags, is_train_step_line,
+    params_txt_line, params_txt_next_to, parse_step_times, quiet_torch_internals, read_params_txt, results_jsonl_path,
+    resume_weights, steps_per_epoch, total_steps, train_batches)

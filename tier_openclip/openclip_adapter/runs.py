@@ -1,10 +1,12 @@
 """open_clip_train's behaviour that tier-openclip relies on: how a training run counts its steps,
-the files it writes (params.txt, checkpoints, results.jsonl) and what it logs. Part of the adapter
+the files it reads and writes (a CSV training table, params.txt, checkpoints, results.jsonl) and what it
+logs (its step lines). Part of the adapter
 (tier_openclip.openclip_adapter re-exports every name); each assumption has a test in
 tests/test_openclip_adapter.py that fails when open_clip changes it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -180,3 +182,50 @@ def quiet_torch_internals() -> list[str]:
             logger.setLevel(logging.WARNING)
             quieted.append(name)
     return quieted
+
+
+# open_clip_train's --dataset-type csv: pandas.read_csv(sep=--csv-separator) of a table whose
+# --csv-img-key column holds image paths and --csv-caption-key column the captions (data.py's
+# CsvDataset). Its defaults, which the demo's training table uses:
+TRAIN_CSV_SEPARATOR = "\t"
+TRAIN_CSV_IMAGE_KEY = "filepath"
+TRAIN_CSV_CAPTION_KEY = "title"
+
+
+def csv_dataset_flags() -> list[str]:
+    """open_clip_train's flags that read a training table in that layout (named although they are
+    its defaults, so that a command line says what it reads)."""
+    return ["--dataset-type", "csv", "--csv-separator", TRAIN_CSV_SEPARATOR, "--csv-img-key", TRAIN_CSV_IMAGE_KEY,
+            "--csv-caption-key", TRAIN_CSV_CAPTION_KEY]
+
+
+# open_clip_train/train.py's train_one_epoch logs, every --log-every-n-steps optimizer steps (and at
+# an epoch's last), one line after logging's "date | INFO | " prefix:
+#   Train Epoch: E [ N/TOTAL (P%)] Data (t): D Batch (t): B, R/s, R/s/gpu LR: ... Logit Scale: ... Loss: ...
+# B is the mean seconds per step since the previous such line (its meters are reset after each), so
+# with --log-every-n-steps 1 it is each step's time.
+TRAIN_LOG_MARK = "Train Epoch: "
+TRAIN_STEP_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \(\d+%\)\] Data \(t\): ([0-9.]+) Batch \(t\): ([0-9.]+),")
+
+
+def is_train_step_line(line: str) -> bool:
+    """Whether ``line`` is one of train_one_epoch's step lines (checked in full by parse_step_times)."""
+    return TRAIN_LOG_MARK in line
+
+
+def parse_step_times(log_text: str) -> list[float]:
+    """The 'Batch (t)' seconds of every step line of a training log, in order. A line that names a
+    train epoch in another form means open_clip changed its log line: OpenClipIncompatible, rather
+    than timings silently missing."""
+    times = []
+    for line in log_text.splitlines():
+        if not is_train_step_line(line):
+            continue
+        match = TRAIN_STEP_LINE.search(line)
+        if match is None:
+            raise _adapter.OpenClipIncompatible(
+                f"open_clip {_adapter.open_clip_version()} logs its training steps in a form tier-openclip does not "
+                f"know: {line.strip()!r} (expected {TRAIN_STEP_LINE.pattern!r}); update "
+                "tier_openclip/openclip_adapter/runs.py")
+        times.append(float(match.group(5)))
+    return times

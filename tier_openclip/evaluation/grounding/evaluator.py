@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tier_openclip.cli_common import add_model_flags
+from tier_openclip.cli_common import add_model_flags, add_run_flags
 from tier_openclip.data_prep.eval_layout import read_grounding_set, region_mask
 from tier_openclip.evaluation.grounding.baselines import (PRIOR_SOURCES, PriorMaps, chance_pointing, location_words,
                                                           random_map_metrics)
@@ -414,30 +414,15 @@ def add_grounding_parser(tasks: Any) -> None:
                              "pooled: similarity of the pooled phrase embedding; cam: the pooled phrase embedding "
                              "against the patch embeddings before normalisation (for a mean-pooled image tower, "
                              "each patch's share of the image-phrase similarity).")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="Bootstrap resamples of the phrases for the CIs (default 1000; 0: no intervals).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap and the random maps (default 0).")
-    parser.add_argument("--batch-size", type=int, default=32, help="Images per forward pass (default 32).")
-    parser.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
-    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_run_flags(parser, resampled="the phrases", seeded="the bootstrap and the random maps")
     parser.set_defaults(func=run_grounding)
 
 
 def run_grounding(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import model_inputs, results_file, run_evaluation
-    from tier_openclip.errors import CommandError, UsageError
-    from tier_openclip.models import check_pretrained
+    from tier_openclip.cli_common import check_evaluation_inputs, check_run_flags, run_evaluation
 
-    if args.bootstrap < 0 or args.batch_size < 1 or args.workers < 0:
-        raise UsageError("--bootstrap and --workers must be >= 0, --batch-size >= 1")
-    if not Path(args.data).is_dir():
-        raise UsageError(f"--data {args.data} is not a folder: pass a grounding set from `tier-openclip prep ms-cxr`")
-    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
-    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
-    try:
-        read_grounding_set(args.data)  # before loading a large model
-    except (FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+    check_run_flags(args)
+    out = check_evaluation_inputs(args, read_grounding_set, "a grounding set from `tier-openclip prep ms-cxr`")
 
     def evaluate(loaded, device: str) -> dict:
         return grounding_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, args.data, device=device,

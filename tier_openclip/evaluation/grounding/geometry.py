@@ -31,13 +31,9 @@ from tier_openclip.data_prep.eval_layout import Box
 def resize_mode_of(preprocess: Any) -> str:
     """open_clip's validation resize mode ('shortest', 'longest' or 'squash') read from its
     transform; 'shortest' (open_clip's default) for anything else."""
-    for step in getattr(preprocess, "transforms", []) or []:
-        name = type(step).__name__
-        if name == "ResizeKeepRatio" and getattr(step, "longest", 0):
-            return "longest"
-        if name == "Resize" and isinstance(getattr(step, "size", None), (list, tuple)) and len(step.size) == 2:
-            return "squash"
-    return "shortest"
+    from tier_openclip.openclip_adapter import transform_resize_mode  # open_clip's transform classes: the adapter's
+
+    return transform_resize_mode(preprocess)
 
 
 def input_frame(input_size: tuple[int, int], image_size: tuple[int, int], resize_mode: str = "shortest"):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from tier_openclip.cli_common import add_model_flags
+from tier_openclip.cli_common import add_model_flags, add_run_flags
 from tier_openclip.evaluation.segmentation.inputs import segmentation_evaluate
 from tier_openclip.evaluation.segmentation.probe import DEFAULT_SMALL_FRACTION_SEEDS, LOSSES, ProbeConfig
 from tier_openclip.evaluation.segmentation.report import segmentation_markdown
@@ -37,38 +36,26 @@ def add_segmentation_parser(tasks: Any) -> None:
     parser.add_argument("--lr", type=float, default=ProbeConfig.lr, help=f"Adam learning rate (default {ProbeConfig.lr:g}).")
     parser.add_argument("--probe-batch-size", type=int, default=ProbeConfig.batch_size,
                         help=f"Images per head step (default {ProbeConfig.batch_size}).")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="Bootstrap resamples of the test images (default 1000; 0: no intervals).")
-    parser.add_argument("--seed", type=int, default=0, help="First seed (runs use seed, seed+1, ...) and the bootstrap's.")
-    parser.add_argument("--batch-size", type=int, default=32, help="Images per forward pass of the model (default 32).")
-    parser.add_argument("--workers", type=int, default=2, help="Image loading processes (default 2).")
-    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_run_flags(parser, resampled="the test images", seeded="the bootstrap and the first run (runs use seed, seed+1, ...)")
     parser.set_defaults(func=run_segmentation)
 
 
 def run_segmentation(args: argparse.Namespace) -> int:
-    from tier_openclip.cli_common import model_inputs, results_file, run_evaluation
+    from tier_openclip.cli_common import check_evaluation_inputs, check_run_flags, run_evaluation
     from tier_openclip.data_prep.seg_sets import read_seg_set
-    from tier_openclip.errors import CommandError, UsageError
-    from tier_openclip.models import check_pretrained
+    from tier_openclip.errors import UsageError
 
     config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.probe_batch_size, loss=args.loss)
     if not 0 < args.label_fraction <= 1:
         raise UsageError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
-    if (args.seeds is not None and args.seeds < 1) or args.bootstrap < 0 or args.batch_size < 1 or args.workers < 0:
-        raise UsageError("--seeds and --batch-size must be >= 1, --bootstrap and --workers >= 0")
+    check_run_flags(args)
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: must be >= 1")
     try:
         config.check()
     except ValueError as exc:
         raise UsageError(f"--epochs, --probe-batch-size, --lr: {exc}") from None
-    if not Path(args.data).is_dir():
-        raise UsageError(f"--data {args.data} is not a folder: pass a segmentation set from `tier-openclip prep siim|rsna`")
-    out = results_file(args.out, [("--data", args.data), *model_inputs(args)])
-    check_pretrained(args.model, args.pretrained, weights_required=True)  # before reading a large set
-    try:
-        read_seg_set(args.data)  # before loading a large model
-    except (FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+    out = check_evaluation_inputs(args, read_seg_set, "a segmentation set from `tier-openclip prep siim|rsna`")
 
     def evaluate(loaded, device: str) -> dict:
         return segmentation_evaluate(loaded.model, loaded.preprocess, args.data, label_fraction=args.label_fraction,

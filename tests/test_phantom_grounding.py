@@ -63,6 +63,32 @@ def test_captions_and_phrases_name_findings_by_their_bare_terms_only():
     assert counts == {1, 2}
 
 
+def test_captions_name_present_findings_only_and_the_prompts_need_no_negation(tmp_path):
+    """No "No {term}." sentences (they kept the text tower at chance: GROUNDING_DEFAULTS), so the
+    zero-shot prompts are the captions' own sentences with no negative prompt; the located layout
+    keeps CheXzero's "{term}" vs "no {term}"."""
+    config = grounding()
+    assert config.negation_prob == 0.0
+    for i in range(200):
+        plan = phantom.plan_sample(phantom.sample_rng(0, "train", i), config)
+        sentences = [s.strip() for s in plan.caption.split(".") if s.strip()]
+        assert len(sentences) == len(plan.findings), plan.caption
+        assert not any(s.lower().startswith("no ") or " no " in s.lower() for s in sentences), plan.caption
+    prompts = phantom.prompt_set(negations=False)
+    assert prompts == {name: {"positive": phantom.positive_sentences(name, PHRASES[name].term), "negative": []}
+                       for name in FINDING_NAMES}
+    assert prompts["opacity"]["positive"] == ["Opacity.", "There is an opacity.", "Opacity is seen."]
+    assert prompts["cardiomegaly"]["positive"] == ["Cardiomegaly.", "There is cardiomegaly.", "Cardiomegaly is seen."]
+    summary = phantom.write_phantom_dataset(tmp_path, grounding(num_train=2, num_test=2), progress=False, workers=1)
+    assert summary["prompts"] == prompts
+    from tier_openclip.evaluation.prompts import load_prompt_file
+
+    assert load_prompt_file(tmp_path / "test_eval" / "prompts.json") == prompts
+    located = phantom.write_phantom_dataset(tmp_path / "located", PhantomConfig.preset("small", num_train=2, num_test=2),
+                                            progress=False, workers=1)
+    assert located["prompts"] == phantom.prompt_set() and located["prompts"]["bulla"]["negative"] == ["no bulla"]
+
+
 def test_sites_are_compatible_and_pairs_do_not_overlap():
     """Sampled sites are pairwise compatible, every grounding site occurs, and for every
     compatible pair each finding's drawing stays out of the other's box (so each phrase's

@@ -126,7 +126,7 @@ def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
     sets = [Path(data["eval_dir"]) / "labels.csv", Path(data["grounding_dir"]) / "boxes.csv",
             Path(data["seg_dir"]) / "splits.csv", Path(data["seg_dir"]) / "meta.json"]
     settings = {"checkpoint": _file_id(checkpoint), "bootstrap": bootstrap, "sets": [_file_id(p) for p in sets],
-                "probe": asdict(SEG_PROBE), "version": 3}
+                "probe": asdict(SEG_PROBE), "version": 4}
     cache = checkpoint.parent.parent / EVAL_FILE
     if cache.is_file():
         saved = json.loads(cache.read_text())
@@ -141,9 +141,9 @@ def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
 
     started = time.time()
     loaded = load_model(MODEL, str(checkpoint))
-    # The phantom's meta.json holds its prompts: "{finding}" vs "no {finding}", the captions' words.
+    # The phantom's own prompt file: the captions' words (phantom.reports.prompt_set).
     zeroshot = zeroshot_evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, data["eval_dir"],
-                                 bootstrap=bootstrap, seed=0)
+                                 prompts=Path(data["eval_dir"]) / "prompts.json", bootstrap=bootstrap, seed=0)
     # Every phrase map: "tokens" (mean over the phrase's token maps: what TIER regularises), "pooled"
     # (the phrase's own embedding, cosine per patch: BioViL's way on MS-CXR) and "cam" (the same
     # against the unnormalised patches: for this mean-pooled tower, each patch's share of the score

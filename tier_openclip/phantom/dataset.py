@@ -155,7 +155,7 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
     out = Path(out_dir)
     source = build_background(config).source  # fails early when the CR study is required but absent
     summary: dict = {"out_dir": str(out), "image_size": config.image_size, "seed": config.seed,
-                     "background": source, "grounding": config.grounding, "labels": list(FINDING_NAMES), "prompts": prompt_set()}
+                     "background": source, "grounding": config.grounding, "labels": list(FINDING_NAMES), "prompts": prompt_set(negations=config.negation_prob > 0)}
     counts = {"train": config.num_train, "test": config.num_test}
     digest = functools.partial(_plan_digest, inputs=_render_inputs(config, source))
     plans = {

@@ -294,18 +294,18 @@ _LUNG_SITES = lambda name: tuple(Site(name, side, zone) for side in SIDES for zo
 FINDINGS: tuple[FindingSpec, ...] = (
     FindingSpec("opacity", "anywhere in either lung field, inside the lung zone the caption names",
                 _LUNG_SITES("opacity"), _draw_opacity, {"patchy": (0.075, 0.095), "dense": (0.075, 0.095)},
-                (0.45, 0.65)),
+                (0.7, 0.9)),
     FindingSpec("bulla", "anywhere in either lung field, inside the lung zone the caption names",
                 _LUNG_SITES("bulla"), _draw_bulla, {None: (0.14, 0.17)}, (0.8, 1.0)),
     FindingSpec("pleural effusion", "either costophrenic angle and lung base (the side the caption names)",
                 tuple(Site("pleural effusion", side) for side in SIDES), _draw_effusion,
-                {"small": (0.11, 0.14), "moderate": (0.16, 0.20)}, (0.9, 1.0)),
+                {"small": (0.08, 0.10), "moderate": (0.11, 0.14)}, (0.9, 1.0)),
     FindingSpec("cardiomegaly", "cardiac silhouette, widened mostly towards the image right",
                 (Site("cardiomegaly"),), _draw_cardiomegaly, {"mild": (1.08, 1.14), "moderate": (1.16, 1.24)},
                 (0.9, 1.0)),
     FindingSpec("pneumothorax", "either apex and upper lateral chest wall (the side the caption names)",
                 tuple(Site("pneumothorax", side) for side in SIDES), _draw_pneumothorax,
-                {"small": (0.72, 0.80), "large": (0.60, 0.70)}, (0.85, 1.0)),
+                {"small": (0.79, 0.86), "large": (0.71, 0.78)}, (0.55, 0.75)),
 )
 FINDING_NAMES: tuple[str, ...] = tuple(spec.name for spec in FINDINGS)
 FINDINGS_BY_NAME: dict[str, FindingSpec] = {spec.name: spec for spec in FINDINGS}

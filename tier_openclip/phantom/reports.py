@@ -15,6 +15,10 @@ One bank (``PHRASES``) gives every word the benchmark uses about a finding:
   benchmarks/results/model-choice-amd-epyc-2cpu/), and a grounded phrase without location
   words can be found only by looking at the image.
 
+The grounding layout's captions never negate (``negation_prob`` 0: the negations kept the demo's
+text tower at chance, phantom.sampling.GROUNDING_DEFAULTS), so its prompts are the positive
+sentences alone (``prompt_set(negations=False)``: no "no {term}" the captions never taught).
+
 A caption states every present finding once (one positive sentence around its phrase), negates
 each absent category with probability ``negation_prob`` (mostly as "No {term}."), sometimes
 the other side of a lateralised finding ("No left pleural effusion."), in the usual order of a
@@ -90,10 +94,16 @@ NORMAL_IMPRESSIONS = (
 _SECTION = {"opacity": 0, "bulla": 0, "pleural effusion": 1, "pneumothorax": 1, "cardiomegaly": 2}
 
 
-def prompt_set() -> dict[str, dict[str, list[str]]]:
-    """Zero-shot prompts of every category, ``{label: {"positive": [term], "negative": ["no term"]}}``:
-    the format of tier_openclip.evaluation.prompts (prompt files, ``zeroshot_evaluate(prompts=...)``)."""
-    return {name: {"positive": [p.term], "negative": [f"no {p.term}"]} for name, p in PHRASES.items()}
+def prompt_set(negations: bool = True) -> dict[str, dict[str, list[str]]]:
+    """Zero-shot prompts of every category in the format of tier_openclip.evaluation.prompts (prompt files,
+    ``zeroshot_evaluate(prompts=...)``): with ``negations`` (captions that negate absent findings)
+    CheXzero's ``{"positive": [term], "negative": ["no term"]}``; without, the sentences that state
+    the finding in the captions (``positive_sentences`` of the bare term) and no negative prompt,
+    so a label is scored by the image's cosine with them alone: "no {term}" would be a text the
+    captions never taught."""
+    if negations:
+        return {name: {"positive": [p.term], "negative": [f"no {p.term}"]} for name, p in PHRASES.items()}
+    return {name: {"positive": positive_sentences(name, p.term), "negative": []} for name, p in PHRASES.items()}
 
 
 @dataclass(frozen=True)

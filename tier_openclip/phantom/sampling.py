@@ -48,6 +48,11 @@ GROUNDING_DEFAULTS: dict[str, object] = {
                         "pneumothorax": 0.25},
     # Patient positioning varies more: every finding's place varies with it.
     "max_shift": 0.05, "max_scale": 0.05, "max_rotation_deg": 4.0,
+    # Captions name the present findings only. With "No {term}." sentences for absent ones (at 0.6,
+    # or even 0.15), the tiny text tower sat at the chance loss ln 32 for 3-8 of the pre-training's
+    # epochs and a start's zero-shot AUCs swung by up to 0.5 with its seed; without them the loss
+    # left chance within 2 epochs (benchmarks/results/phantom-negation-2026-12-05/).
+    "negation_prob": 0.0,
 }
 
 

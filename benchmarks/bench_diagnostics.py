@@ -43,11 +43,12 @@ def main() -> None:
     import open_clip
     import torch
 
-    from tier_openclip.diagnostics import gradient_ratio_of_terms, lambda_for_ratio, manipulation_check, tier_call
-    from tier_openclip.diagnostics import token_map_stats
     from tier_openclip.features import enable_token_outputs
     from tier_openclip.loss import TierLoss
     from tier_openclip.models import register_model_configs
+    from tier_openclip.training.diagnostics import (gradient_ratio_of_terms, lambda_for_ratio, manipulation_check,
+                                                    tier_call)
+    from tier_openclip.training.diagnostics import token_map_stats
 
     register_model_configs()
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ For one preset (default: the demo's "small") it writes the dataset into ``--out`
 folder by default), timing the writer, then measures:
 
 - the image-free prior baseline of the pointing game (train boxes -> test boxes) at TIER-tiny's
-  8x8 patch grid and per pixel (as tier_openclip.grounding computes its prior); the issue's
+  8x8 patch grid and per pixel (as tier_openclip.evaluation.grounding computes its prior); the issue's
   goal is <= 0.35;
 - learnability: per category, a logistic regression (scikit-learn, L2, C=0.003) on the raw
   64-px training pixels (each pixel standardised over the training set), ROC AUC on the test

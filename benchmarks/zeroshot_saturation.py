@@ -2,7 +2,7 @@
 
 The old score was softmax(logit_scale · [sim_pos, sim_neg])[0] in float32, which rounds to 1.0 once
 sim_pos − sim_neg passes ~0.166 at logit scale 100; tied images lower the AUC. The score now is
-sim_pos − sim_neg (tier_openclip.evaluate.zeroshot_scores), whose AUC is CheXzero's computed exactly.
+sim_pos − sim_neg (tier_openclip.evaluation.zeroshot.zeroshot_scores), whose AUC is CheXzero's computed exactly.
 
 Synthetic CLIP-like embeddings (128-d, unit norm): per label a positive and a negative prompt
 embedding; each image embedding leans towards the positive prompt when the label is present, by a
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tier_openclip.bootstrap import auc_report
+from tier_openclip.evaluation.bootstrap import auc_report
 
 SEED, IMAGES, LABELS, DIM, SCALE = 0, 2000, 14, 128, 100.0
 STRENGTHS = {"weak": 0.1, "medium": 0.3, "strong": 0.6}

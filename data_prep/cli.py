@@ -14,15 +14,14 @@ import os
 import sys
 from pathlib import Path
 
-from tier_openclip.cli_common import add_list_flag, listed
-from tier_openclip.errors import print_error
+from tier_openclip.errors import add_list_flag, listed, print_error
 
 from .errors import PrepError
 from .limits import DEFAULT_MAX_PIXELS, IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, SAMPLE_TIMEOUT_MAX
 from .reports import TEXT_MODES
 
 MIMIC_SPLITS = ("train", "validate", "test")
-# the list flags' defaults (lists are words after the flag, as in every tier-openclip command: cli_common)
+# the list flags' defaults (lists are words after the flag, as in every tier-openclip command: tier_openclip.errors)
 MIMIC_VIEWS = ("PA", "AP")
 PADCHEST_PROJECTIONS = ("PA", "AP", "AP_horizontal")
 MS_CXR_SPLITS = ("all",)

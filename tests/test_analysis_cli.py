@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from helpers import write_shards
-from tier_openclip.analyze import accumulate_similarity_stats, top_k_values
-from tier_openclip.cli import SUBCOMMANDS, build_parser, main
+from tier_openclip.commands.cli import SUBCOMMANDS, build_parser, main
+from tier_openclip.evaluation.analyze import accumulate_similarity_stats, top_k_values
 
 
 def _tiny_checkpoint(directory, seed: int) -> str:
@@ -97,9 +97,9 @@ def test_heatmap_maps_are_the_token_patch_similarities(tmp_path, checkpoint):
     import torch.nn.functional as F
     from PIL import Image
 
+    from tier_openclip.evaluation.grounding import grid_shape
+    from tier_openclip.evaluation.heatmap import similarity_maps
     from tier_openclip.features import token_features
-    from tier_openclip.grounding import grid_shape
-    from tier_openclip.heatmap import similarity_maps
     from tier_openclip.models import load_model
 
     loaded = load_model("TIER-tiny", checkpoint)
@@ -124,7 +124,7 @@ def test_heatmap_maps_are_the_token_patch_similarities(tmp_path, checkpoint):
 def test_heatmap_reads_a_real_dicom(tmp_path, checkpoint):
     from pydicom.data import get_testdata_file
 
-    from tier_openclip.heatmap import load_image
+    from tier_openclip.evaluation.heatmap import load_image
 
     image = load_image(get_testdata_file("RG1_UNCI.dcm"))
     assert image.size == (1841, 1955) and image.mode == "RGB"
@@ -170,7 +170,7 @@ def test_analyze_command_with_baseline_and_boxes(tmp_path, checkpoint, other_che
     assert set(results) == {"tier", "baseline"}
     assert results["tier"]["pairs"] == 10
     # each checkpoint's figures are its own: what the library computes for it on the same pairs
-    from tier_openclip.analyze import shard_batches
+    from tier_openclip.evaluation.analyze import shard_batches
     from tier_openclip.models import load_model
 
     for label, path in (("tier", checkpoint), ("baseline", other_checkpoint)):
@@ -190,7 +190,7 @@ def test_analyze_command_with_baseline_and_boxes(tmp_path, checkpoint, other_che
 def test_heatmap_panels_are_words_and_cover_the_whole_stored_image(tmp_path, checkpoint):
     from PIL import Image
 
-    from tier_openclip.heatmap import over_stored_image, similarity_maps
+    from tier_openclip.evaluation.heatmap import over_stored_image, similarity_maps
     from tier_openclip.models import load_model
 
     loaded = load_model("TIER-tiny", checkpoint)

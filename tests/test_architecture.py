@@ -34,9 +34,9 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
-def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Modules of the package that ``name`` imports anywhere in its file (module level or inside
-    functions): ``from a import b`` counts as importing a.b when that is a module, else a."""
+def _import_targets(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every module ``name`` imports anywhere in its file (module level or inside functions),
+    relative imports resolved: ``from a import b`` counts as importing a.b when that is a module, else a."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
@@ -50,10 +50,15 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         else:
             continue
-        # A module's own packages are initialised before it runs, so naming one (`from
-        # tier_openclip.demo import __doc__` in demo/cli.py) starts no import: not an edge.
-        found.update(t for t in targets if t in known and t != name and not name.startswith(t + "."))
+        found.update(targets)
     return found
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of the package that ``name`` imports (``_import_targets`` within the package)."""
+    # A module's own packages are initialised before it runs, so naming one (`from
+    # tier_openclip.demo import __doc__` in demo/cli.py) starts no import: not an edge.
+    return {t for t in _import_targets(name, path, known) if t in known and t != name and not name.startswith(t + ".")}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -95,8 +100,8 @@ def test_find_cycle_finds_a_cycle_and_only_a_cycle():
 
 def test_the_import_graph_sees_module_and_function_level_imports():
     graph = import_graph()
-    assert "tier_openclip.openclip_adapter" in graph["tier_openclip.models"]  # module level
-    assert "tier_openclip.features" in graph["tier_openclip.analyze"]  # inside a function
+    assert "tier_openclip.openclip_adapter" in graph["tier_openclip.models"]  # module level, a package's __init__
+    assert "tier_openclip.features" in graph["tier_openclip.evaluation.analyze"]  # inside a function
     assert "tier_openclip.kernels.reference" in graph["tier_openclip.entropy"]
     assert "tier_openclip.data_prep.images" in graph["tier_openclip.phantom.anatomy"]  # relative import
     assert "tier_openclip.demo" not in graph["tier_openclip.demo.cli"]  # its own package
@@ -107,11 +112,118 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def _dangling(targets: set[str], known: set[str]) -> set[str]:
+    return {t for t in targets if (t == "tier_openclip" or t.startswith("tier_openclip.")) and t not in known}
+
+
+def test_every_import_of_the_package_names_a_module_that_exists():
+    """A module moved or renamed leaves no import behind, in the package, the tests or the
+    benchmarks (a checkout's): many of them run only in a function, which a test may never reach."""
+    modules = _modules()
+    known = set(modules)
+    files = {name: path for name, path in modules.items()}
+    checkout = Path(tier_openclip.__file__).resolve().parents[1]
+    for folder in (Path(__file__).parent, checkout / "benchmarks"):
+        for path in sorted(folder.rglob("*.py")) if folder.is_dir() else ():
+            files[f"{folder.name}/{path.relative_to(folder).as_posix()}"] = path  # absolute imports only
+    dangling = {name: sorted(missing) for name, path in files.items() if (missing := _dangling(
+        _import_targets(name if name in modules else "_outside_", path, known), known))}
+    assert not dangling, dangling
+
+
 def test_only_the_start_up_hook_and_the_entry_point_import_the_training_plugin():
-    importers = {name for name, imported in import_graph().items() if "tier_openclip.plugin" in imported}
+    importers = {name for name, imported in import_graph().items() if "tier_openclip.training.plugin" in imported}
     # The wheel installs _startup.py as the top-level _tier_openclip_startup (the .pth hook), so in
     # an installed package it is not in tier_openclip's graph; in a checkout it is.
     assert importers - {"tier_openclip._startup"} == {"tier_openclip.train"}
+
+
+# --- the layout: folder names tell the architecture (issue 23, item 4) ----------------------------
+
+# The top level holds the entry points, the method and what every part shares; nothing else.
+TOP_LEVEL_MODULES = {
+    "__init__", "__main__", "train",  # the package, `python -m tier_openclip`, `python -m tier_openclip.train`
+    "_startup",  # the start-up hook (installed as the top-level module _tier_openclip_startup)
+    "loss", "entropy", "filip", "local_uniformity", "sentences", "features",  # the method
+    "errors", "cli_common",  # the one-line errors, and the flags every command shares
+}
+# Everything else, by job. model_configs/ (JSON, no code) and, in a wheel, kernels/ and data_prep/
+# sit beside them.
+SUBPACKAGES = {
+    "training",  # the open_clip plugin: --loss tier inside open_clip's training loop
+    "models",  # registering and loading models, and the towers our configs name
+    "evaluation",  # zero-shot, grounding, segmentation, analyze, heatmap
+    "commands",  # the tier-openclip command line
+    "hub",  # tier-openclip push
+    "demo", "phantom",  # the CPU demo and its synthetic radiographs
+    "openclip_adapter",  # every open_clip name and behaviour the package relies on
+}
+# The method reads without the rest: its modules import each other, these and nothing else.
+METHOD = {"tier_openclip." + name for name in ("loss", "entropy", "filip", "local_uniformity", "sentences", "features")}
+METHOD_MAY_IMPORT = ("tier_openclip.errors", "tier_openclip.openclip_adapter", "tier_openclip.kernels")
+
+
+def _top_level() -> tuple[set[str], set[str]]:
+    """(modules, packages) directly in tier_openclip's folder, as a checkout or a wheel holds them."""
+    root = Path(tier_openclip.__file__).parent
+    modules = {path.stem for path in root.glob("*.py")}
+    packages = {path.parent.name for path in root.glob("*/__init__.py")} - {"kernels", "data_prep"}
+    return modules, packages
+
+
+def test_the_top_level_holds_only_the_entry_points_the_method_and_what_is_shared():
+    modules, packages = _top_level()
+    assert modules - TOP_LEVEL_MODULES == set(), "put a new module in the subpackage of its job (tests/test_architecture.py)"
+    # _startup.py is not in a wheel (pyproject installs it as _tier_openclip_startup); all else is
+    assert TOP_LEVEL_MODULES - {"_startup"} <= modules, TOP_LEVEL_MODULES - modules
+    assert packages == SUBPACKAGES, packages ^ SUBPACKAGES
+
+
+def unit_of(module: str) -> str:
+    """The part of the package a module belongs to: its subpackage of tier_openclip (kernels and
+    data_prep count as ones), or the top-level module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def unit_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Import edges between the package's parts (subpackages and top-level modules), inner edges dropped."""
+    units: dict[str, set[str]] = {}
+    for name, imported in graph.items():
+        units.setdefault(unit_of(name), set()).update(unit_of(i) for i in imported if unit_of(i) != unit_of(name))
+    return units
+
+
+def test_unit_graph_joins_a_subpackages_modules():
+    graph = {"tier_openclip.a.x": {"tier_openclip.a.y", "tier_openclip.b"}, "tier_openclip.a.y": set(),
+             "tier_openclip.b": {"tier_openclip.a.y"}}
+    assert unit_graph(graph) == {"tier_openclip.a": {"tier_openclip.b"}, "tier_openclip.b": {"tier_openclip.a"}}
+    assert find_cycle(unit_graph(graph)) == ["tier_openclip.a", "tier_openclip.b", "tier_openclip.a"]
+
+
+def test_no_import_circle_between_the_subpackages():
+    """A module-level cycle is caught above; this also catches a circle through two modules each
+    (evaluation.zeroshot -> training.x while training.plugin -> evaluation.zeroshot)."""
+    units = unit_graph(import_graph())
+    assert "tier_openclip.evaluation" in units["tier_openclip.training"]  # the graph sees the plugin's evaluators
+    cycle = find_cycle(units)
+    assert cycle is None, "import circle between parts of the package: " + " -> ".join(cycle)
+
+
+def test_the_method_imports_none_of_the_rest():
+    graph = import_graph()
+    for name in sorted(METHOD):
+        outside = {i for i in graph[name] if i not in METHOD and not i.startswith(METHOD_MAY_IMPORT)}
+        assert not outside, f"{name} imports {sorted(outside)}: the method must read without training, models or commands"
+
+
+def test_only_the_entry_point_imports_the_command_line():
+    """The subcommands' parsers live with their code and are gathered by commands.cli; nothing
+    but ``python -m tier_openclip`` goes the other way."""
+    importers = {name for name, imported in import_graph().items()
+                 if unit_of(name) != "tier_openclip.commands"
+                 and any(unit_of(i) == "tier_openclip.commands" for i in imported)}
+    assert importers == {"tier_openclip.__main__"}, importers
 
 
 # --- one owner per data contract (issue 12, item 1) ----------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from biovil_fixtures import TEXT_LAYERS, make_biovil_image, make_cxr_bert_specialized
-from tier_openclip.cli import main
+from tier_openclip.commands.cli import main
 from tier_openclip.errors import CommandError, UsageError
 
 TEXTS = ["left pleural effusion", "no acute cardiopulmonary process", "mild cardiomegaly with small effusion"]
@@ -93,7 +93,7 @@ def test_authors_freezing_is_the_documented_flag_combination(converted):
 
 
 def test_every_source_key_is_mapped_or_refused_by_name(sources, tmp_path):
-    from tier_openclip.convert import convert_biovil
+    from tier_openclip.models.convert import convert_biovil
 
     image_path, _, text_dir, _ = sources
     state = torch.load(image_path, weights_only=True)
@@ -110,7 +110,7 @@ def test_every_source_key_is_mapped_or_refused_by_name(sources, tmp_path):
 
 
 def test_general_cxr_bert_is_refused(sources, tmp_path, tiny_bert_dir):
-    from tier_openclip.convert import convert_biovil
+    from tier_openclip.models.convert import convert_biovil
 
     with pytest.raises(CommandError, match="not CXR-BERT-specialized"):
         convert_biovil(sources[0], str(tiny_bert_dir), tmp_path / "out")

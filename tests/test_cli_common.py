@@ -7,8 +7,7 @@ import argparse
 
 import pytest
 
-from tier_openclip.cli_common import add_list_flag, listed
-from tier_openclip.errors import UsageError
+from tier_openclip.errors import UsageError, add_list_flag, listed
 
 
 def _parser(**kwargs) -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def test_a_words_list_flag_is_checked_by_the_parser(capsys):
 @pytest.mark.parametrize("task, batch_size, quiet", [("zeroshot", 64, False), ("grounding", 32, True),
                                                      ("segmentation", 32, True)])
 def test_every_eval_command_has_the_run_flags_with_its_documented_defaults(task, batch_size, quiet, capsys):
-    from tier_openclip.cli import build_parser
+    from tier_openclip.commands.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", task, "--help"])
@@ -71,7 +70,7 @@ def test_every_eval_command_has_the_run_flags_with_its_documented_defaults(task,
                                                   ("--batch-size", "0", "--batch-size 0: must be >= 1"),
                                                   ("--workers", "-2", "--workers -2: must be >= 0")])
 def test_run_flags_out_of_range_are_refused_before_anything_is_read(task, flag, value, message, tmp_path, capsys):
-    from tier_openclip import cli
+    from tier_openclip.commands import cli
 
     required = ["--dataset", "chexpert"] if task == "zeroshot" else []
     missing = str(tmp_path / "no-such-set")  # refused on the flag, before --data is looked at
@@ -84,7 +83,7 @@ def test_run_flags_out_of_range_are_refused_before_anything_is_read(task, flag, 
 def test_cli_errors_are_one_line_with_the_right_status(task, set_file, header, tmp_path, capsys):
     """check_evaluation_inputs, as grounding and segmentation run it: exit 2 for a --data that is no
     folder, 1 for a set that cannot be read, checked before the weights are."""
-    from tier_openclip.cli import main
+    from tier_openclip.commands.cli import main
 
     assert main(["eval", task, "--model", "TIER-tiny", "--data", str(tmp_path / "none")]) == 2
     assert "is not a folder" in capsys.readouterr().err

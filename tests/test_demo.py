@@ -418,7 +418,7 @@ def test_local_cosines_are_the_mean_within_sample_cosines(monkeypatch):
 def _probe_result(informative: bool, seed: int) -> dict:
     """A real probe_evaluate result on small synthetic patch features: they carry the mask's
     patch (informative) or only noise."""
-    from tier_openclip.segmentation import ProbeConfig, probe_evaluate
+    from tier_openclip.evaluation.segmentation import ProbeConfig, probe_evaluate
 
     generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(24, 16, 16, dtype=torch.bool)
@@ -479,9 +479,9 @@ def _fake_maps(checkpoint: str, scales) -> dict:
 def _fake_pipeline(tmp_path, monkeypatch) -> None:
     """The demo's pipeline with its data, trainings and (worker) evaluations faked; every start's
     TIER/CLIP gradient ratio at λ 1 is 0.02 (so a calibrated λ for 10% is 5)."""
-    from tier_openclip import analyze
     from tier_openclip.demo import environment, pipeline
     from tier_openclip.demo.runs import ratio_key
+    from tier_openclip.evaluation import analyze
 
     monkeypatch.setattr(pipeline, "prepare_data", lambda options, progress: (
         {"num_train": 64, "num_test": 8, "train_csv": str(tmp_path / "train.csv"), "grounding_dir": "g", "prompts": {},
@@ -623,7 +623,7 @@ def test_every_checkpoint_evaluation_has_the_probe_and_the_collapse_measure(tmp_
 
 def test_list_flags_take_words_and_refuse_the_comma_form(tmp_path, capsys, monkeypatch):
     """`--losses clip tier` as every command gives lists; `clip,tier` would name one unknown arm."""
-    from tier_openclip import cli
+    from tier_openclip.commands import cli
     from tier_openclip.demo import pipeline
 
     seen = {}

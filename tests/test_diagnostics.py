@@ -1,4 +1,4 @@
-"""tier_openclip.diagnostics against loop-by-loop definitions and autograd run another way."""
+"""tier_openclip.training.diagnostics against loop-by-loop definitions and autograd run another way."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tier_openclip import TierLoss
-from tier_openclip.diagnostics import (
+from tier_openclip.training.diagnostics import (
     gradient_norm_ratio, gradient_ratio_of_terms, lambda_for_ratio, manipulation_check, token_map_stats,
 )
 
@@ -198,7 +198,7 @@ def test_auto_lambda_hits_the_target_ratio_once_and_records_it(tmp_path, directi
     import argparse
     import json
 
-    from tier_openclip.auto_lambda import RECORD, AutoLambda, recorded_lambda
+    from tier_openclip.training.auto_lambda import RECORD, AutoLambda, recorded_lambda
 
     (tmp_path / "params.txt").write_text("loss: tier\n")
     args = argparse.Namespace(rank=0, checkpoint_path=str(tmp_path / "checkpoints"), resume=None)

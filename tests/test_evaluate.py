@@ -22,9 +22,10 @@ from sklearn.metrics import roc_auc_score
 
 import tier_openclip
 from helpers import Recorder, save_training_checkpoint, write_shards
-from tier_openclip import eval_cli, evaluate
-from tier_openclip.bootstrap import auc_report, bootstrap_aucs, resample_counts, weighted_aucs
-from tier_openclip.prompts import default_prompts, load_prompt_file, resolve_prompts
+from tier_openclip.commands import eval_cli
+from tier_openclip.evaluation import zeroshot as evaluate
+from tier_openclip.evaluation.bootstrap import auc_report, bootstrap_aucs, resample_counts, weighted_aucs
+from tier_openclip.evaluation.prompts import default_prompts, load_prompt_file, resolve_prompts
 
 NAN = math.nan
 CHEXPERT_LABELS = [
@@ -524,7 +525,7 @@ def test_an_interval_on_a_handful_of_images_is_warned_about(caplog):
 
     import numpy as np
 
-    from tier_openclip.bootstrap import MIN_IMAGES_FOR_INTERVAL, auc_report
+    from tier_openclip.evaluation.bootstrap import MIN_IMAGES_FOR_INTERVAL, auc_report
 
     rng = np.random.default_rng(0)
     few = np.array([[1.0, 0], [0, 1], [1, 0], [0, 1], [0, 0]])  # label a: 2 positives; label b: 2 positives

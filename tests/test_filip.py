@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from helpers import refused
 
-from tier_openclip import plugin
 from tier_openclip.demo.design import DemoOptions, pretrain_flags, run_name, training_command
 from tier_openclip.errors import UsageError
 from tier_openclip.filip import FilipTerms, token_wise_similarity
 from tier_openclip.loss import ContrastiveTokenLoss
+from tier_openclip.training import plugin
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -19,8 +19,8 @@ from helpers import Recorder, save_training_checkpoint
 from PIL import Image
 
 from helpers import interpolate, loop_region
-from tier_openclip import grounding
-from tier_openclip.grounding import (
+from tier_openclip.evaluation import grounding
+from tier_openclip.evaluation.grounding import (
     CNR_EPS, PriorMaps, grounding_meta, grounding_metrics, read_grounding_set, region_mask, write_boxes_csv,
     write_prior_boxes_csv,
 )
@@ -207,7 +207,7 @@ def test_prior_is_the_mean_box_map_of_training_boxes_or_of_the_other_images(tmp_
 
 
 def test_location_words_are_the_phrases_words_that_say_where():
-    from tier_openclip.grounding.baselines import location_words
+    from tier_openclip.evaluation.grounding.baselines import location_words
 
     assert location_words("Small LEFT pleural effusion") == ("left",)
     assert location_words("opacity in the right upper zone") == ("right", "upper")
@@ -415,7 +415,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_cli_writes_json_and_markdown_with_the_apis_numbers(bright_set, tiny_checkpoint, tmp_path, capsys):
-    from tier_openclip.cli import main
+    from tier_openclip.commands.cli import main
     from tier_openclip.models import load_model
 
     out = tmp_path / "eval" / "results.json"
@@ -483,7 +483,7 @@ def test_a_failing_evaluation_is_logged_and_does_not_stop_training(bright_set, t
 
 
 def test_plugin_flag_reaches_the_hook_after_each_epoch(bright_set, monkeypatch):
-    from tier_openclip import plugin
+    from tier_openclip.training import plugin
 
     parsed, _ = plugin.build_plugin_parser().parse_known_args(["--tier-grounding", str(bright_set)])
     assert parsed.tier_grounding == str(bright_set)

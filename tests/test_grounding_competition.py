@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_grounding import BrightnessModel, bright, brightness_features, loop_region, make_set
 
-from tier_openclip import grounding
-from tier_openclip.grounding import competitors, own_lesion, own_lesion_chance, own_lesion_summary
+from tier_openclip.evaluation import grounding
+from tier_openclip.evaluation.grounding import competitors, own_lesion, own_lesion_chance, own_lesion_summary
 
 
 def loop_own_lesion(saliency, own, other):

@@ -1,4 +1,4 @@
-"""The patch-grid geometry (tier_openclip.grounding.geometry) against its specifications: patch
+"""The patch-grid geometry (tier_openclip.evaluation.grounding.geometry) against its specifications: patch
 centres worked out by hand in every resize mode, the upsampling against F.interpolate and
 open_clip's transforms, box membership and the pointing game's rule against loops; then each
 command that draws or scores a patch map through it (analyze, heatmap, the demo's figures, the
@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from helpers import interpolate, loop_region
-from tier_openclip import grounding, phantom
-from tier_openclip.grounding import (
+from tier_openclip import phantom
+from tier_openclip.evaluation import grounding
+from tier_openclip.evaluation.grounding import (
     MapGeometry, chance_pointing, grid_shape, patch_pointing, phrase_maps, pointing_share, points_in_boxes,
     region_mask, upsample_maps,
 )
@@ -198,7 +199,7 @@ def test_analyze_points_through_every_resize_mode_with_half_open_boxes(tmp_path,
     own resize mode (it knew only 'shortest'), in half-open boxes (it had closed ones)."""
     from open_clip.transform import image_transform
 
-    from tier_openclip.analyze import BoxRow, pointing_game
+    from tier_openclip.evaluation.analyze import BoxRow, pointing_game
 
     monkeypatch.setattr("tier_openclip.features.token_features", one_hot_features)
     Image.new("RGB", (64, 32)).save(tmp_path / "x.png")
@@ -220,7 +221,7 @@ def test_heatmap_draws_a_model_whose_input_is_not_square(monkeypatch):
     """A 32×64 input makes a 4×8 grid (heatmap refused every grid but a square one)."""
     from open_clip.transform import image_transform
 
-    from tier_openclip.heatmap import over_stored_image, similarity_maps
+    from tier_openclip.evaluation.heatmap import over_stored_image, similarity_maps
 
     grid = np.random.default_rng(6).normal(size=(4, 8))
 

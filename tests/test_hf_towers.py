@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tier_openclip import hf_towers
-from tier_openclip.cli import main
+from tier_openclip.commands.cli import main
 from tier_openclip.errors import CommandError
+from tier_openclip.models import hf_towers
 
 REPO = "microsoft/BiomedVLP-CXR-BERT-specialized"
 
@@ -77,7 +77,7 @@ def test_command_line_exit_1_one_line(empty_cache, tmp_path, capsys):
 def test_training_stops_before_building(empty_cache, capsys):
     from open_clip_train import params
 
-    from tier_openclip.plugin import activate
+    from tier_openclip.training.plugin import activate
 
     activate()
     with pytest.raises(SystemExit) as stop:

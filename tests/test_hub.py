@@ -193,7 +193,7 @@ def test_run_settings_that_change_the_model_are_carried_into_the_config(tmp_path
 
 
 def test_card_holds_the_evaluation_tables(tmp_path):
-    from tier_openclip.evaluate import results_markdown
+    from tier_openclip.evaluation.zeroshot import results_markdown
 
     results = {"dataset": "chexpert", "num_images": 500, "bootstrap": 1000, "seed": 0, "confidence": 0.95,
                "labels": {"Edema": {"auc": 0.875, "ci": [0.8, 0.9], "positives": 40, "negatives": 400}},

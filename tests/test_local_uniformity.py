@@ -317,7 +317,7 @@ def test_a_model_delivers_the_ids_and_the_loss_pools_its_report_sentences(tmp_pa
 
 @pytest.fixture(scope="module")
 def params():
-    from tier_openclip import plugin
+    from tier_openclip.training import plugin
 
     plugin.activate(strict=True)
     import open_clip_train.params
@@ -326,7 +326,7 @@ def params():
 
 
 def plugin_loss(params, *flags):
-    from tier_openclip.plugin import build_loss
+    from tier_openclip.training.plugin import build_loss
 
     args = params.parse_args(["--model", "TIER-tiny", *flags])
     args.distill, args.rank, args.world_size, args.horovod, args.device = False, 0, 1, False, "cpu"

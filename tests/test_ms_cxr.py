@@ -14,7 +14,7 @@ from PIL import Image
 
 from tier_openclip.data_prep import cli, images
 from tier_openclip.data_prep.ms_cxr import box_to_stored
-from tier_openclip.grounding import read_grounding_set, region_mask
+from tier_openclip.evaluation.grounding import read_grounding_set, region_mask
 
 MS_CXR_HEADER = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width",
                  "image_height", "split"]

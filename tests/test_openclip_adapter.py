@@ -42,7 +42,7 @@ def test_train_one_epoch_takes_the_parameters_the_plugin_wraps():
 
     original = getattr(train.train_one_epoch, "__tier_openclip_wrapped__", train.train_one_epoch)
     assert adapter.train_one_epoch_params(original) == adapter.TRAIN_ONE_EPOCH_PARAMS
-    from tier_openclip.plugin import wrap_train_one_epoch
+    from tier_openclip.training.plugin import wrap_train_one_epoch
 
     assert adapter.train_one_epoch_params(wrap_train_one_epoch(original)) == adapter.TRAIN_ONE_EPOCH_PARAMS
 
@@ -131,7 +131,7 @@ def test_open_clip_appends_its_evaluation_to_checkpoints_results_jsonl(tmp_path)
     args = argparse.Namespace(save_logs=True, checkpoint_path=str(tmp_path))
     assert adapter.results_jsonl_path(args) == str(tmp_path / "results.jsonl")
     assert adapter.results_jsonl_path(argparse.Namespace(save_logs=False, checkpoint_path=str(tmp_path))) is None
-    from tier_openclip.validation_log import append_results
+    from tier_openclip.evaluation.validation_log import append_results
 
     append_results({"epoch": 1, "auc": 0.5}, args)
     assert json.loads((tmp_path / "results.jsonl").read_text()) == {"epoch": 1, "auc": 0.5}

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from test_evaluate import CHEXPERT_LABELS, run_cli, training_args, write_eval_set
-from tier_openclip import evaluate
-from tier_openclip.authors_protocol import (
-    AUTHORS_CHEXPERT_LABELS, CHEXPERT_SENTENCES, NO_FINDING_SENTENCES, PADCHEST_FINDINGS, authors_prompts,
-)  # fmt: skip
 from tier_openclip.data_prep.chexpert import CHEXPERT_COMPETITION_LABELS
 from tier_openclip.errors import CommandError, UsageError
-from tier_openclip.prompts import resolve_prompts
+from tier_openclip.evaluation import zeroshot as evaluate
+from tier_openclip.evaluation.authors_protocol import (
+    AUTHORS_CHEXPERT_LABELS, CHEXPERT_SENTENCES, NO_FINDING_SENTENCES, PADCHEST_FINDINGS, authors_prompts,
+)  # fmt: skip
+from tier_openclip.evaluation.prompts import resolve_prompts
 
 
 @pytest.fixture(scope="module")

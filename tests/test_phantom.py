@@ -90,7 +90,7 @@ def test_layout_and_metadata(written):
     assert meta["box_format"] == "x0, y0, x1, y1 in pixels of the stored image, half-open"
     assert meta["prompts"] == phantom.prompt_set()
     assert json.loads((out / "test_eval" / "prompts.json").read_text()) == phantom.prompt_set()
-    from tier_openclip.evaluate import read_eval_set  # the zero-shot evaluator reads it as is
+    from tier_openclip.evaluation.zeroshot import read_eval_set  # the zero-shot evaluator reads it as is
 
     eval_set = read_eval_set(out / "test_eval")
     assert eval_set.labels == list(FINDING_NAMES) and len(eval_set.images) == 8
@@ -119,7 +119,7 @@ def test_layout_and_metadata(written):
     assert meta["summary_excludes"] == ["cardiomegaly"] and meta["grounding_layout"] is False
     assert summary["background"] == meta["background"] == "procedural" and summary["grounding"] is False
 
-    from tier_openclip.grounding import read_grounding_set  # and so does the grounding evaluator
+    from tier_openclip.evaluation.grounding import read_grounding_set  # and so does the grounding evaluator
 
     grounding = read_grounding_set(out / "test_eval")
     assert [(p.finding, p.phrase) for p in grounding.phrases] == [(b["finding"], b["phrase"]) for b in boxes]
@@ -397,7 +397,7 @@ def test_lesions_sit_on_their_side_and_in_their_zone_at_random_places():
 def test_image_free_prior_baseline_is_low_on_the_default_config():
     """The pointing game of "point where the finding usually is", from train boxes onto test
     boxes of the default (small) config: at most 0.35 at TIER-tiny's 8x8 patch grid and at the
-    pixel level, where tier_openclip.grounding computes its prior (fewer samples than the preset
+    pixel level, where tier_openclip.evaluation.grounding computes its prior (fewer samples than the preset
     to stay fast; the full preset measures 0.32 / 0.33)."""
     config = PhantomConfig.preset("small")
     train, test = phantom.split_boxes(config, "train", 400), phantom.split_boxes(config, "test", 200)
@@ -444,7 +444,7 @@ def sentences(caption: str) -> list[str]:
 
 
 def test_prompts_are_the_phrase_banks_and_the_evaluators_defaults():
-    from tier_openclip.prompts import resolve_prompts, validate_prompts
+    from tier_openclip.evaluation.prompts import resolve_prompts, validate_prompts
 
     prompts = phantom.prompt_set()
     assert validate_prompts(prompts) == prompts == resolve_prompts(FINDING_NAMES)  # "{x}" vs "no {x}"

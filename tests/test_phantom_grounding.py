@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tier_openclip import phantom
-from tier_openclip.grounding import location_words
+from tier_openclip.evaluation.grounding import location_words
 from tier_openclip.phantom import FINDING_NAMES, PHRASES, PhantomConfig, PlannedFinding
 
 LUNG = ("opacity", "bulla")
@@ -81,7 +81,7 @@ def test_captions_name_present_findings_only_and_the_prompts_need_no_negation(tm
     assert prompts["cardiomegaly"]["positive"] == ["Cardiomegaly.", "There is cardiomegaly.", "Cardiomegaly is seen."]
     summary = phantom.write_phantom_dataset(tmp_path, grounding(num_train=2, num_test=2), progress=False, workers=1)
     assert summary["prompts"] == prompts
-    from tier_openclip.prompts import load_prompt_file
+    from tier_openclip.evaluation.prompts import load_prompt_file
 
     assert load_prompt_file(tmp_path / "test_eval" / "prompts.json") == prompts
     located = phantom.write_phantom_dataset(tmp_path / "located", PhantomConfig.preset("small", num_train=2, num_test=2),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tier_openclip import openclip_adapter as adapter
-from tier_openclip import plugin
+from tier_openclip.training import plugin
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_auto_lambda_is_measured_once_or_read_back_on_resume(params, tmp_path):
 
     import open_clip
 
-    from tier_openclip.auto_lambda import RECORD, AutoLambda
+    from tier_openclip.training.auto_lambda import RECORD, AutoLambda
 
     args = _args(params, "--loss", "tier", "--tier-lambda-image", "auto", "--tier-lambda-text", "0.3")
     args.checkpoint_path, args.resume = str(tmp_path), None
@@ -239,7 +239,7 @@ def test_a_diagnostic_that_cannot_be_measured_is_skipped_with_a_warning(tmp_path
 def test_a_warmup_at_least_the_runs_steps_is_warned_once(monkeypatch, caplog):
     from types import SimpleNamespace
 
-    from tier_openclip import plugin
+    from tier_openclip.training import plugin
 
     data = {"train": SimpleNamespace(dataloader=SimpleNamespace(num_batches=30))}
     args = argparse.Namespace(warmup=10000, accum_freq=1, epochs=4, lr=5e-4, rank=0)
@@ -264,7 +264,7 @@ def test_one_rule_recognises_the_plugin_flags_and_the_start_up_hook_copies_it():
     import open_clip_train.params as params
 
     from helpers import startup_hook_source
-    from tier_openclip import plugin_args
+    from tier_openclip.training import plugin_args
 
     # The hook's function, read from its file: importing the module would install a second finder.
     source = startup_hook_source()
@@ -287,7 +287,7 @@ def test_one_rule_recognises_the_plugin_flags_and_the_start_up_hook_copies_it():
 
 def test_check_tier_scale_is_the_one_scale_check():
     from tier_openclip.errors import UsageError
-    from tier_openclip.plugin_args import MAX_TIER_SCALE, check_tier_scale
+    from tier_openclip.training.plugin_args import MAX_TIER_SCALE, check_tier_scale
 
     for fine in ("logit", 1.0, MAX_TIER_SCALE, None):
         check_tier_scale(fine)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from helpers import register_config, tower_configs, write_shards
 from tier_openclip import hub
-from tier_openclip.cli import main
+from tier_openclip.commands.cli import main
 
 REPO = "tier-lab/tier-test"
 
@@ -210,7 +210,7 @@ def test_a_file_of_the_set_that_is_not_an_image(files, tmp_path, capsys, workers
 
 
 def test_out_that_is_a_folder_is_refused_before_the_evaluation_runs(files, tmp_path, capsys, monkeypatch):
-    from tier_openclip import eval_cli
+    from tier_openclip.commands import eval_cli
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("evaluated although --out cannot be written")
@@ -565,8 +565,8 @@ def test_push_refuses_results_of_another_shape_in_one_line(files, tmp_path, caps
 @pytest.mark.parametrize("flags", [["--tier-scale", "1000"], ["--sweep", "--sweep-scales", "1", "1000"]])
 def test_demo_refuses_a_tier_scale_training_would_refuse(tmp_path, capsys, monkeypatch, flags):
     from tier_openclip.demo import pipeline
-    from tier_openclip.plugin_args import check_tier_scale
     from tier_openclip.errors import UsageError
+    from tier_openclip.training.plugin_args import check_tier_scale
 
     monkeypatch.setattr(pipeline, "run_demo", _must_not_run)
     monkeypatch.setattr(pipeline, "run_sweep", _must_not_run)

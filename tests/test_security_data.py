@@ -219,7 +219,7 @@ def test_padchest_image_dir_escaping_images_leaves_the_source_untouched(tmp_path
 
 @pytest.mark.parametrize("image", ["../secret.png", "/SECRET", "images/../../secret.png", ""])
 def test_evaluation_refuses_image_paths_outside_its_folder(tmp_path, image):
-    from tier_openclip.evaluate import read_eval_set
+    from tier_openclip.evaluation.zeroshot import read_eval_set
 
     secret = tmp_path / "secret.png"
     Image.new("L", (8, 8), 100).save(secret)
@@ -233,7 +233,7 @@ def test_evaluation_refuses_image_paths_outside_its_folder(tmp_path, image):
 
 
 def test_evaluation_still_reads_a_good_set(tmp_path):
-    from tier_openclip.evaluate import read_eval_set
+    from tier_openclip.evaluation.zeroshot import read_eval_set
 
     folder = tmp_path / "set"
     (folder / "images").mkdir(parents=True)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tier_openclip import plugin
-from tier_openclip.plugin_args import MAX_TIER_SCALE
+from tier_openclip.training import plugin
+from tier_openclip.training.plugin_args import MAX_TIER_SCALE
 
 LABELS = ["Cardiomegaly", "Edema"]
 
@@ -320,7 +320,7 @@ def test_with_the_hook_disabled_plugin_flags_stop_and_name_the_explicit_entry(tm
             "except SystemExit as stop:\n"
             "    print('exit', stop.code)\n"
             "print(p.parse_args(['--loss-dist-impl', 'gather']).loss_dist_impl)\n"
-            "from tier_openclip import plugin\n"
+            "from tier_openclip.training import plugin\n"
             "plugin.activate(strict=True)\n"
             "print(p.parse_args(['--loss', 'tier', '--tier-lambda-text', '0.3']).tier_lambda_text)\n")
     result = run_python(["-c", code], tmp_path, TIER_OPENCLIP_DISABLE="1")
@@ -397,7 +397,7 @@ def test_the_models_own_checkpoint_resumes(params, training_checkpoints):
 
 
 def test_a_resume_with_other_loss_settings_warns_once_and_every_epoch_is_recorded(epoch, tmp_path, caplog):
-    from tier_openclip import loss_history
+    from tier_openclip.training import loss_history
 
     epoch.args.__dict__.update(logs=str(tmp_path), name="run", loss="tier", tier_lambda_text=0.1, tier_lambda_image=0.1,
                                tier_scale=1.0, tier_token_mask="valid", tier_zeroshot_chexpert=None)
@@ -421,8 +421,8 @@ def test_a_resume_with_other_loss_settings_warns_once_and_every_epoch_is_recorde
 def test_the_model_card_tells_each_epochs_loss_settings(tmp_path, capsys):
     import open_clip
 
-    from tier_openclip import loss_history
-    from tier_openclip.cli import main
+    from tier_openclip.commands.cli import main
+    from tier_openclip.training import loss_history
 
     run_dir = tmp_path / "logs" / "run"
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -13,9 +13,9 @@ import torch
 from helpers import save_training_checkpoint
 from PIL import Image
 
-from tier_openclip import segmentation as seg
 from tier_openclip.data_prep.seg_sets import SegSetWriter
-from tier_openclip.bootstrap import resample_counts
+from tier_openclip.evaluation import segmentation as seg
+from tier_openclip.evaluation.bootstrap import resample_counts
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -214,7 +214,7 @@ def test_evaluate_uses_the_frozen_towers_patch_embeddings(bright_seg_set):
 
 
 def test_cli_writes_json_and_markdown_with_the_apis_numbers(bright_seg_set, tiny_checkpoint, tmp_path, capsys):
-    from tier_openclip.cli import main
+    from tier_openclip.commands.cli import main
     from tier_openclip.models import load_model
 
     out = tmp_path / "eval" / "results.json"
@@ -237,7 +237,7 @@ def test_cli_writes_json_and_markdown_with_the_apis_numbers(bright_seg_set, tiny
 
 
 def test_cli_errors_are_one_line_with_the_right_status(tmp_path, capsys):
-    from tier_openclip.cli import main
+    from tier_openclip.commands.cli import main
 
     # a missing folder and a broken set: tests/test_cli_common.py (grounding and segmentation alike)
     assert main(["eval", "segmentation", "--model", "TIER-tiny", "--data", str(tmp_path), "--label-fraction", "0"]) == 2

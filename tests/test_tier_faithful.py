@@ -81,7 +81,7 @@ def test_token_mask_all_keeps_the_clip_start_token_that_valid_drops(tower_models
 def test_tier_scale_flag():
     import argparse
 
-    from tier_openclip.plugin import build_plugin_parser
+    from tier_openclip.training.plugin import build_plugin_parser
 
     parser = build_plugin_parser()
     assert parser.parse_args(["--tier-scale", "logit"]).tier_scale == "logit"

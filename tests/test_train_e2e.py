@@ -197,7 +197,7 @@ def test_converted_biovil_trains_with_the_authors_freezing(tmp_path, data):
     from safetensors.torch import load_file
 
     from biovil_fixtures import make_biovil_image, make_cxr_bert_specialized
-    from tier_openclip.cli import main as cli_main
+    from tier_openclip.commands.cli import main as cli_main
 
     image, _ = make_biovil_image(tmp_path / "biovil")
     text_dir, _ = make_cxr_bert_specialized(tmp_path / "cxr-bert")

@@ -1,5 +1,5 @@
 import sys
 
-from tier_openclip.cli import main
+from tier_openclip.commands.cli import main
 
 sys.exit(main())

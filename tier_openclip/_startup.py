@@ -23,7 +23,7 @@ def _register_model_configs(_module):
 
 
 def _activate(_module):
-    from tier_openclip.plugin import activate
+    from tier_openclip.training.plugin import activate
 
     activate()
 
@@ -83,7 +83,7 @@ def _run_hook(hook, module):
 def _plugin_flag(arg):
     """Whether a command-line argument is (an abbreviation of) a tier-openclip flag: --loss, --los,
     --tier-*, --lu-*, --filip-*. open_clip has no flag of these names; its --loss-dist-impl is left alone.
-    A copy of tier_openclip.plugin_args.is_plugin_flag, the rule's owner (this hook may import
+    A copy of tier_openclip.training.plugin_args.is_plugin_flag, the rule's owner (this hook may import
     nothing of tier_openclip); tests/test_plugin.py checks the two agree."""
     name = arg.split("=", 1)[0]
     return name in ("--loss", "--los") or name.startswith(("--tier", "--lu-", "--filip"))
@@ -94,7 +94,7 @@ def _guard_parse_args(params, why):
     original = params.parse_args
 
     def parse_args(args):
-        plugin = sys.modules.get("tier_openclip.plugin")
+        plugin = sys.modules.get("tier_openclip.training.plugin")
         if not (plugin is not None and plugin.is_active()):  # python -m tier_openclip.train activates it
             names = []
             for arg in args:

@@ -1,9 +1,6 @@
 """What the model commands (eval zeroshot|grounding|segmentation, heatmap, analyze, push) share
-on the command line: the model flags, the one way to give a list, and the run of an evaluation.
-
-Lists are given as separate words after the flag (``--labels Edema "Pleural Effusion"``), and
-repeating the flag adds more — in every command, ``prep`` and ``demo`` included: ``add_list_flag``,
-``list_word`` and ``listed`` below are the one definition of that form.
+on the command line: the model flags, the run flags and the run of an evaluation. The one way to
+give a list (``add_list_flag``, ``listed``) is tier_openclip.errors', which ``prep`` uses too.
 """
 
 from __future__ import annotations
@@ -11,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 from tier_openclip.errors import CommandError, UsageError, output_file
 
@@ -37,38 +34,6 @@ def add_model_flags(parser: argparse.ArgumentParser, pretrained_required: bool =
         parser.add_argument("--pretrained", required=pretrained_required, default=None, help=pretrained_help)
     if device:
         parser.add_argument("--device", default=None, help="torch device. Default: cuda if available, else cpu.")
-
-
-def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, *, words: bool = False,
-                  **kwargs: Any) -> None:
-    """A list flag: ``--flag A B C``; repeating the flag adds more. With ``words`` the parser itself
-    refuses a value holding a comma (``list_word``), for lists of names where ``A,B`` can only be the
-    old comma form; phrases and file names may hold commas and are left alone. Leave ``default``
-    unset (or ``[]``: argparse would add the given values to any other) and resolve it with ``listed``."""
-    if words:
-        kwargs.setdefault("type", list_word)
-    parser.add_argument(flag, nargs="+", action="extend", metavar=metavar, help=help, **kwargs)
-
-
-def list_word(value: str) -> str:
-    """One value of a ``words`` list flag (argparse ``type``), stripped. A comma is refused rather
-    than matched as part of a value (which would silently select nothing)."""
-    item = value.strip()
-    if not item or "," in item:
-        raise argparse.ArgumentTypeError(f"{value!r}: give the values as separate words (e.g. PA AP), not a "
-                                         "comma-separated list")
-    return item
-
-
-def listed(flag: str, values: Sequence[str] | None, default: Sequence[str] = ()) -> list[str]:
-    """A list flag's values in order, duplicates dropped, or ``default`` when it was not given.
-    A value with a comma (a list flag the parser does not check) is the old comma-list form, which
-    would name one odd value: UsageError."""
-    texts = list(values or default)
-    if any("," in text for text in texts):
-        raise UsageError(f"{flag} {' '.join(texts)}: give the values as separate words "
-                         f"(e.g. {flag} {' '.join(t for text in texts for t in text.split(',') if t)})")
-    return list(dict.fromkeys(texts))
 
 
 def add_run_flags(parser: argparse.ArgumentParser, *, resampled: str, seeded: str, batch_size: int = 32,

@@ -1,6 +1,6 @@
 """The two error types a ``tier-openclip`` command reports to the person running it.
 
-Raise them where the problem is found, worded to say what was wrong and what to do; ``cli.main``
+Raise them where the problem is found, worded to say what was wrong and what to do; ``commands.cli.main``
 prints ``tier-openclip <command>: <message>`` (no traceback) and exits with the type's status:
 
 - ``UsageError`` (exit 2): the command line itself is wrong, found before anything is loaded —
@@ -12,14 +12,22 @@ prints ``tier-openclip <command>: <message>`` (no traceback) and exits with the 
 
 Both are plain exceptions, so the Python API (``load_model``, ``export_model`` ...) raises them too
 and callers may catch them; nothing here exits the interpreter.
+
+The checks of a command line that raise them live here too, where every command (``prep``, in
+data_prep, included) can use them: paths (``input_file``, ``output_file``, ``writable_folder``) and
+the one form of a list flag. Lists are given as separate words after the flag (``--labels Edema
+"Pleural Effusion"``), and repeating the flag adds more: ``add_list_flag``, ``list_word`` and
+``listed`` are the one definition of that form.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Sequence
 
 
 class TierOpenclipError(Exception):
@@ -93,3 +101,35 @@ def writable_folder(folder: str | os.PathLike, what: str) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a writable place") from None
+
+
+def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, *, words: bool = False,
+                  **kwargs: Any) -> None:
+    """A list flag: ``--flag A B C``; repeating the flag adds more. With ``words`` the parser itself
+    refuses a value holding a comma (``list_word``), for lists of names where ``A,B`` can only be the
+    old comma form; phrases and file names may hold commas and are left alone. Leave ``default``
+    unset (or ``[]``: argparse would add the given values to any other) and resolve it with ``listed``."""
+    if words:
+        kwargs.setdefault("type", list_word)
+    parser.add_argument(flag, nargs="+", action="extend", metavar=metavar, help=help, **kwargs)
+
+
+def list_word(value: str) -> str:
+    """One value of a ``words`` list flag (argparse ``type``), stripped. A comma is refused rather
+    than matched as part of a value (which would silently select nothing)."""
+    item = value.strip()
+    if not item or "," in item:
+        raise argparse.ArgumentTypeError(f"{value!r}: give the values as separate words (e.g. PA AP), not a "
+                                         "comma-separated list")
+    return item
+
+
+def listed(flag: str, values: Sequence[str] | None, default: Sequence[str] = ()) -> list[str]:
+    """A list flag's values in order, duplicates dropped, or ``default`` when it was not given.
+    A value with a comma (a list flag the parser does not check) is the old comma-list form, which
+    would name one odd value: UsageError."""
+    texts = list(values or default)
+    if any("," in text for text in texts):
+        raise UsageError(f"{flag} {' '.join(texts)}: give the values as separate words "
+                         f"(e.g. {flag} {' '.join(t for text in texts for t in text.split(',') if t)})")
+    return list(dict.fromkeys(texts))

@@ -25,7 +25,7 @@ How each tower's tokens reach the shared space:
   uses it, as the authors' code uses BERT's [CLS].
 - Hugging Face text towers: ``last_hidden_state`` through the tower's ``proj``; valid tokens are
   those of the attention mask (padding excluded; [CLS] and [SEP] kept). CXR-BERT-specialized
-  (tier_openclip.cxr_bert) returns its ``cls_projection_head`` on every token as
+  (tier_openclip.models.cxr_bert) returns its ``cls_projection_head`` on every token as
   ``last_hidden_state``, with ``proj`` the identity, as the TIER authors project words.
 """
 
@@ -78,7 +78,7 @@ def _resnet_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
 def _timm_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     trunk = visual.trunk
     forward_tokens = getattr(trunk, "forward_tokens", None)
-    if forward_tokens is not None:  # a trunk that pools its own projected cells (tier_openclip.biovil)
+    if forward_tokens is not None:  # a trunk that pools its own projected cells (tier_openclip.models.biovil)
         pooled, tokens = forward_tokens(images)
         return visual.head(pooled), visual.head(tokens)
     features = trunk.forward_features(images)

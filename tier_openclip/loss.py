@@ -6,7 +6,7 @@ entropies (``--loss tier``). Each is called like open_clip's ``ClipLoss`` — ``
 on a model whose forward also returns ``image_tokens``, ``text_tokens``, ``text_mask`` and the
 token ids ``text_ids`` (``tier_openclip.features.enable_token_outputs``). The returned dict holds
 loss terms only, because open_clip's training loop sums every value; raw entropies go to
-``metrics_hook``. ``diagnostics_hook`` sees the loss terms and TIER's inputs (tier_openclip.diagnostics).
+``metrics_hook``. ``diagnostics_hook`` sees the loss terms and TIER's inputs (tier_openclip.training.diagnostics).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class ContrastiveTokenLoss(nn.Module):
         )
         self.metrics_hook: MetricsHook | None = None
         self.diagnostics_hook: DiagnosticsHook | None = None
-        # (loss, contrastive term, mean h_text, mean h_image) -> None; sets lambda_* (tier_openclip.auto_lambda)
+        # (loss, contrastive term, mean h_text, mean h_image) -> None; sets lambda_* (tier_openclip.training.auto_lambda)
         self.lambda_calibration: Callable[..., None] | None = None
 
     def forward(

@@ -9,8 +9,8 @@ from __future__ import annotations
 import runpy
 import sys
 
-from tier_openclip import plugin
 from tier_openclip.errors import error_line
+from tier_openclip.training import plugin
 
 
 def main(argv: list[str] | None = None) -> None:

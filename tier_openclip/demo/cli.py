@@ -8,8 +8,7 @@ from pathlib import Path
 from tier_openclip.demo.design import (ARM_NAMES, CALIBRATED_RATIO, CALIBRATED_SCALE, DEFAULT_ARMS,
                                        DEFAULT_PRETRAIN_LOSS, PRETRAIN_LOSSES, SIZES, SWEEP_LAMBDAS, SWEEP_SCALES,
                                        DemoOptions, check_scale)
-from tier_openclip.cli_common import add_list_flag, listed
-from tier_openclip.errors import UsageError, writable_folder
+from tier_openclip.errors import UsageError, add_list_flag, listed, writable_folder
 
 
 def _positive_floats(texts: list[str]) -> list[float]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tier_openclip.errors import UsageError
-from tier_openclip.plugin_args import check_tier_scale
+from tier_openclip.training.plugin_args import check_tier_scale
 
 # A CNN, not TIER-tiny's ViT: a cell sees only its neighbourhood, so plain CLIP's maps localise at all
 # (model_configs/README.md has the measurement).

@@ -1,5 +1,5 @@
 """The demo's manipulation check: did a TIER arm's token→patch maps move, and how hard does TIER
-pull against CLIP on the start checkpoint? Thin wrappers over tier_openclip.diagnostics for a
+pull against CLIP on the start checkpoint? Thin wrappers over tier_openclip.training.diagnostics for a
 checkpoint and the demo's data.
 
 - ``map_stats``: the token→patch softmax's entropy, top-1 and top-k mass at a given scale (a TIER
@@ -28,11 +28,11 @@ def resolve_scale(model: Any, scale: str) -> float:
 
 
 def map_stats(model: Any, batches: Iterable[tuple], scales: Sequence[str], top_k: int = TOP_K) -> dict[str, dict]:
-    """scale -> tier_openclip.diagnostics.token_map_stats over all ``batches`` (images, texts) at once."""
+    """scale -> tier_openclip.training.diagnostics.token_map_stats over all ``batches`` (images, texts) at once."""
     import torch
 
-    from tier_openclip.diagnostics import token_map_stats
     from tier_openclip.features import token_features
+    from tier_openclip.training.diagnostics import token_map_stats
 
     model.eval()
     texts, images, masks = [], [], []
@@ -56,8 +56,8 @@ def gradient_ratio(model: Any, batches: Iterable[tuple], scale: str, tier_lambda
                    max_batches: int = RATIO_BATCHES) -> dict:
     """The mean over the first ``max_batches`` batches of TIER's (λ both directions, ``scale``)
     gradient norm over CLIP's on the trainable parameters; {"ratio", "ratios", "lambda", "scale"}."""
-    from tier_openclip.diagnostics import manipulation_check
     from tier_openclip.loss import TierLoss
+    from tier_openclip.training.diagnostics import manipulation_check
 
     loss = TierLoss(lambda_text=tier_lambda, lambda_image=tier_lambda,
                     scale="logit" if scale == "logit" else float(scale), impl="torch")
@@ -75,7 +75,7 @@ def gradient_ratio(model: Any, batches: Iterable[tuple], scale: str, tier_lambda
 
 def calibrated_lambda(target: float, measured: dict) -> float:
     """λ giving ``target`` ratio (diagnostics.lambda_for_ratio), to two significant digits."""
-    from tier_openclip.diagnostics import lambda_for_ratio
+    from tier_openclip.training.diagnostics import lambda_for_ratio
 
     value = lambda_for_ratio(target, measured["ratio"], measured["lambda"])
     return float(f"{value:.2g}")

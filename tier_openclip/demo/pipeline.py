@@ -239,7 +239,7 @@ def _finish(trained: dict, out: Path, stem: str) -> None:
 
 def run_demo(options: DemoOptions) -> dict:
     """The default demo: report.md, demo.json, sparsity.png and heatmaps/ in options.out."""
-    from tier_openclip.analyze import plot_rank_curves
+    from tier_openclip.evaluation.analyze import plot_rank_curves
 
     arms = options.arms()
     result = train_and_evaluate(options, arms)

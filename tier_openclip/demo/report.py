@@ -240,8 +240,8 @@ def draw_heatmaps(checkpoints: Mapping[str, str], grounding_dir: str, out_dir: P
     from matplotlib.patches import Rectangle
     from PIL import Image
 
+    from tier_openclip.evaluation.grounding import model_geometry, phrase_embeddings, phrase_maps, read_grounding_set
     from tier_openclip.features import token_features
-    from tier_openclip.grounding import model_geometry, phrase_embeddings, phrase_maps, read_grounding_set
     from tier_openclip.models import load_model
 
     gset = read_grounding_set(grounding_dir)

@@ -27,7 +27,7 @@ from tier_openclip.demo.design import MODEL
 from tier_openclip.demo.environment import pinned_environ
 from tier_openclip import openclip_adapter as adapter
 from tier_openclip.errors import CommandError
-from tier_openclip.segmentation import ProbeConfig
+from tier_openclip.evaluation.segmentation import ProbeConfig
 
 COMMAND_FILE, EVAL_FILE, MAPS_FILE = "demo-command.json", "demo-eval.json", "demo-maps.json"
 # The linear segmentation probe of every checkpoint (label fraction 1.0, one seed): a short
@@ -132,12 +132,12 @@ def evaluate_checkpoint(checkpoint: Path, data: dict, bootstrap: int) -> dict:
         saved = json.loads(cache.read_text())
         if saved.get("settings") == settings:
             return saved["result"]
-    from tier_openclip.analyze import accumulate_similarity_stats, shard_batches
     from tier_openclip.demo.collapse import local_cosines
-    from tier_openclip.evaluate import zeroshot_evaluate
-    from tier_openclip.grounding import grounding_evaluate
+    from tier_openclip.evaluation.analyze import accumulate_similarity_stats, shard_batches
+    from tier_openclip.evaluation.grounding import grounding_evaluate
+    from tier_openclip.evaluation.segmentation import segmentation_evaluate
+    from tier_openclip.evaluation.zeroshot import zeroshot_evaluate
     from tier_openclip.models import load_model
-    from tier_openclip.segmentation import segmentation_evaluate
 
     started = time.time()
     loaded = load_model(MODEL, str(checkpoint))
@@ -189,7 +189,7 @@ def checkpoint_diagnostics(checkpoint: Path, data: dict, map_scales: list[str], 
     missing = [scale for scale in map_scales if scale not in saved["maps"]]
     missing_ratios = [r for r in ratios if ratio_key(r["scale"], r["lambda"]) not in saved["ratios"]]
     if missing or missing_ratios:
-        from tier_openclip.analyze import shard_batches
+        from tier_openclip.evaluation.analyze import shard_batches
         from tier_openclip.models import load_model
 
         loaded = load_model(MODEL, str(checkpoint))

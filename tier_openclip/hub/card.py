@@ -53,8 +53,8 @@ def model_card(repo_id: str, model_name: str, epoch: int | None, settings: TierS
                loss_segments: Sequence[tuple[int, int, Mapping[str, Any]]] = ()) -> str:
     """README.md for the Hub: what the model is, how it was trained, its results and how to load it.
     ``loss_segments`` (loss_history.segments): the settings by epoch, shown when they changed."""
-    from tier_openclip import loss_history
-    from tier_openclip.evaluate import results_markdown
+    from tier_openclip.evaluation.zeroshot import results_markdown
+    from tier_openclip.training import loss_history
 
     params = params or {}
     front = ["---", "library_name: open_clip", "pipeline_tag: zero-shot-image-classification"]

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tier_openclip.cli_common import add_list_flag, add_model_flags, refuse_overwriting_inputs
-from tier_openclip.errors import CommandError, UsageError, input_file
+from tier_openclip.cli_common import add_model_flags, refuse_overwriting_inputs
+from tier_openclip.errors import CommandError, UsageError, add_list_flag, input_file
 from tier_openclip.hub.card import TOKEN_MASK_MEANING, model_card
 from tier_openclip.hub.export import check_export_folder, export_model, install_export
 from tier_openclip.hub.params import TierSettings, params_next_to, read_params
@@ -122,7 +122,7 @@ def _check_results_shape(path: Path, result: Any) -> None:
     """CommandError unless ``result`` is what the card's table is drawn from: the table is drawn
     now, by the function that reads the results format (evaluate.results_markdown), so another
     shape ({"mean_auc": 0.5}, [1, 2]) fails here in one line, before the export."""
-    from tier_openclip.evaluate import results_markdown
+    from tier_openclip.evaluation.zeroshot import results_markdown
 
     if not isinstance(result, dict):
         found = type(result).__name__
@@ -135,7 +135,7 @@ def _check_results_shape(path: Path, result: Any) -> None:
 
 
 def _export(args: argparse.Namespace, params: dict, results: list, out_dir: Path) -> None:
-    from tier_openclip import loss_history
+    from tier_openclip.training import loss_history
 
     exported = export_model(args.checkpoint, args.model, out_dir, args.repo_id, params)
     run_dir = Path(args.checkpoint).resolve().parent.parent  # logs/NAME for logs/NAME/checkpoints/epoch_N.pt

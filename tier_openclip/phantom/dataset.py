@@ -142,8 +142,8 @@ def write_phantom_dataset(out_dir: str | Path, config: PhantomConfig, progress: 
 
     Returns ``{"train_shards", "test_shards"`` (brace patterns for open_clip's ``--train-data``),
     ``"num_train", "num_test", "eval_dir"`` (test_eval), ``"grounding_dir"`` (the same folder:
-    ``tier_openclip.grounding``'s input), ``"labels"`` (the categories), ``"prompts"``
-    ({label: {"positive": [...], "negative": [...]}}, the format of tier_openclip.prompts),
+    ``tier_openclip.evaluation.grounding``'s input), ``"labels"`` (the categories), ``"prompts"``
+    ({label: {"positive": [...], "negative": [...]}}, the format of tier_openclip.evaluation.prompts),
     ``"counts"`` (positives and negatives per category in the test split),
     ``"prior_pointing_game"`` (:func:`prior_pointing` of the train boxes on the test boxes, at
     the 8x8 patch grid; its "overall" without ``SUMMARY_EXCLUDES``), ``"grounding"`` (the

@@ -95,7 +95,7 @@ _SECTION = {"opacity": 0, "bulla": 0, "pleural effusion": 1, "pneumothorax": 1, 
 
 
 def prompt_set(negations: bool = True) -> dict[str, dict[str, list[str]]]:
-    """Zero-shot prompts of every category in the format of tier_openclip.prompts (prompt files,
+    """Zero-shot prompts of every category in the format of tier_openclip.evaluation.prompts (prompt files,
     ``zeroshot_evaluate(prompts=...)``): with ``negations`` (captions that negate absent findings)
     CheXzero's ``{"positive": [term], "negative": ["no term"]}``; without, the sentences that state
     the finding in the captions (``positive_sentences`` of the bare term) and no negative prompt,

@@ -286,7 +286,7 @@ def prior_pointing(train: Iterable[tuple[str, Box]], test: Iterable[tuple[str, B
     the most ``train`` boxes of that category contain; a ``test`` box is hit when it contains
     that patch's centre (half-open boxes, as everywhere here). When patches tie, the share of
     them that the box contains (the expected hit of picking one at random), as
-    tier_openclip.grounding scores tied maxima. A category without training boxes has no prior:
+    tier_openclip.evaluation.grounding scores tied maxima. A category without training boxes has no prior:
     its test boxes count as misses. ``grid=image_size`` points at pixels instead of patches.
 
     Returns {"overall": hit rate over the test boxes of every category not in ``exclude``,
@@ -294,7 +294,7 @@ def prior_pointing(train: Iterable[tuple[str, Box]], test: Iterable[tuple[str, B
     "overall", "grid": grid, "excluded": the categories left out of "overall"}; "overall" is None
     without such test boxes.
     """
-    from ..grounding.geometry import MapGeometry, patch_pointing, points_in_boxes  # here: generating needs none of it
+    from ..evaluation.grounding.geometry import MapGeometry, patch_pointing, points_in_boxes  # here: generating needs none of it
 
     exclude = sorted(set(exclude))
     square = (image_size, image_size)

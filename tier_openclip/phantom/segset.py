@@ -6,7 +6,7 @@ either lung. Rows are the same samples the shards hold: the first ``max_train`` 
 (all of them by default) as ``train``, the whole test split as ``test``; images are the shards'
 PNGs as written, masks are the finding's pixel footprint at the stored size
 (``PhantomSample.masks``; empty for an image without it). The probe of
-``tier_openclip.segmentation`` trains on train and reports on test.
+``tier_openclip.evaluation.segmentation`` trains on train and reports on test.
 
 Masks exist only while a sample is rendered, and data_prep's shard writer keeps finished shards
 without rendering them, so the samples with the target are rendered again here (a sample is a

@@ -1,7 +1,7 @@
 import sys, json, torch
 torch.set_num_threads(2)
+from tier_openclip.evaluation.grounding import grounding_evaluate
 from tier_openclip.models import load_model
-from tier_openclip.grounding import grounding_evaluate
 ck = sys.argv[1]; gdir = sys.argv[2]
 loaded = load_model("TIER-tiny", ck)
 for mode in sys.argv[3:]:

@@ -13,9 +13,9 @@ if not (logs / name / "checkpoints" / f"epoch_{epochs}.pt").exists():
     subprocess.run(cmd, check=True, stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
 print("train s", round(time.time() - t))
 import torch; torch.set_num_threads(2)
+from tier_openclip.evaluation.grounding import grounding_evaluate
+from tier_openclip.evaluation.zeroshot import zeroshot_evaluate
 from tier_openclip.models import load_model
-from tier_openclip.grounding import grounding_evaluate
-from tier_openclip.evaluate import zeroshot_evaluate
 ck = str(logs / name / "checkpoints" / f"epoch_{epochs}.pt")
 L = load_model(model, ck)
 z = zeroshot_evaluate(L.model, L.preprocess, L.tokenizer, "/work/demo-final/data/test_eval", bootstrap=20, seed=0)

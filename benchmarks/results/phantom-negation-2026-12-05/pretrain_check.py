@@ -37,8 +37,8 @@ losses = [float(x) for x in re.findall(r"Contrastive_loss: ([0-9.]+) \(", text)]
 step_t = [float(x) for x in re.findall(r"Batch \(t\): ([0-9.]+)", text)]
 import numpy as np, torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-from tier_openclip.evaluate import zeroshot_evaluate
-from tier_openclip.grounding import grounding_evaluate
+from tier_openclip.evaluation.grounding import grounding_evaluate
+from tier_openclip.evaluation.zeroshot import zeroshot_evaluate
 from tier_openclip.models import load_model
 m = load_model(design.MODEL, str(ck))
 ev = DATA / "test_eval"

@@ -3,9 +3,9 @@ import json, sys
 from pathlib import Path
 import numpy as np, torch
 from sklearn.metrics import roc_auc_score
-from tier_openclip.models import load_model
 from tier_openclip.data_prep.eval_layout import read_eval_set
-from tier_openclip.evaluate import zeroshot_scores
+from tier_openclip.evaluation.zeroshot import zeroshot_scores
+from tier_openclip.models import load_model
 torch.set_num_threads(2)
 data = Path(sys.argv[1]); ckpts = sys.argv[2:]
 ev = read_eval_set(data)

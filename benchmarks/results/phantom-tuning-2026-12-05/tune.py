@@ -57,8 +57,8 @@ if not checkpoint.exists():
 train_s = time.time() - started
 
 torch.set_num_threads(2)
-from tier_openclip.evaluate import zeroshot_evaluate  # noqa: E402
-from tier_openclip.grounding import grounding_evaluate  # noqa: E402
+from tier_openclip.evaluation.grounding import grounding_evaluate  # noqa: E402
+from tier_openclip.evaluation.zeroshot import zeroshot_evaluate  # noqa: E402
 from tier_openclip.models import load_model  # noqa: E402
 
 loaded = load_model(design.MODEL, str(checkpoint))

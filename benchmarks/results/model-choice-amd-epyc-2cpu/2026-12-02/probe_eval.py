@@ -2,9 +2,9 @@
 import sys, json
 import torch; torch.set_num_threads(2)
 import tier_openclip.features as F
+from tier_openclip.evaluation.grounding import grounding_evaluate
+from tier_openclip.evaluation.zeroshot import zeroshot_evaluate
 from tier_openclip.models import load_model
-from tier_openclip.grounding import grounding_evaluate
-from tier_openclip.evaluate import zeroshot_evaluate
 from tier_openclip.phantom.reports import PHRASES, prompt_set
 model, ck, data = sys.argv[1], sys.argv[2], sys.argv[3]
 L = load_model(model, ck)

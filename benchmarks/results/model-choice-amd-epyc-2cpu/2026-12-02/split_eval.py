@@ -1,8 +1,8 @@
 import sys, numpy as np, torch
 torch.set_num_threads(2)
+from tier_openclip.evaluation.grounding import grounding_evaluate
+from tier_openclip.evaluation.grounding.baselines import location_words
 from tier_openclip.models import load_model
-from tier_openclip.grounding import grounding_evaluate
-from tier_openclip.grounding.baselines import location_words
 L = load_model("TIER-tiny-ResNet", sys.argv[1])
 for mode in ("cam", "pooled", "tokens"):
     r = grounding_evaluate(L.model, L.preprocess, L.tokenizer, sys.argv[2], phrase_mode=mode, bootstrap=0)

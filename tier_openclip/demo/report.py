@@ -104,7 +104,7 @@ def format_report(result: Mapping) -> str:
     probe = seg["probe_config"]
     lines += [
         "",
-        f"Grounding (tier_openclip.grounding) on the {result['grounding_phrases']} phrases of the test set, with "
+        f"Grounding (tier_openclip.evaluation.grounding) on the {result['grounding_phrases']} phrases of the test set, with "
         "three phrase maps: token maps (the mean of the phrase's token→patch cosine similarities, the maps TIER "
         "regularises), pooled-phrase maps (the cosine of the phrase's own embedding with every patch; BioViL's "
         "way on MS-CXR) and CAM maps (the phrase's embedding against the patch embeddings before their "
@@ -123,7 +123,7 @@ def format_report(result: Mapping) -> str:
         f"{result['start']['patches']} patches (at most ln {result['start']['patches']} = {max_entropy:.3f}); "
         "lower means sparser token→patch maps.",
         "",
-        f"Linear probe (tier_openclip.segmentation: frozen image tower, a 1×1 convolution on the projected patch "
+        f"Linear probe (tier_openclip.evaluation.segmentation: frozen image tower, a 1×1 convolution on the projected patch "
         f"embeddings, upsampled bilinearly) segmenting {seg['target']}: trained on {seg['train_images']} train "
         f"images (label fraction 1.0, one probe seed, {probe['epochs']} epochs at lr {probe['lr']:g}, batch "
         f"{probe['batch_size']}, {probe['loss']}), Dice and mIoU over the pixels of the {seg['test_images']} test "

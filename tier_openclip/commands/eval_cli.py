@@ -47,7 +47,8 @@ def add_eval_parser(subparsers: Any) -> None:
                   help="Evaluate only these labels (quote names with spaces). Default: all labels of the set.")
     zs.add_argument("--prompts", default=None, metavar="FILE|authors",
                     help='JSON prompt file {label: {"positive": [...], "negative": [...]}}; each list is an '
-                         "ensemble. Labels it does not name use '{label}' vs 'no {label}' (CheXzero's, the "
+                         "ensemble; an empty negative list scores by the positive prompts alone. Labels it "
+                         "does not name use '{label}' vs 'no {label}' (CheXzero's, the "
                          "default). 'authors': the TIER authors' protocol (CheXpert's 5 labels with their "
                          "sentence sets, PadChest's 57 findings; tier_openclip/evaluation/authors_protocol.py).")
     zs.add_argument("--out", default=None, metavar="FILE.json",

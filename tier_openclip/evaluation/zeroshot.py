@@ -107,7 +107,8 @@ def zeroshot_scores(
 
 def zeroshot_probability(scores: Any, logit_scale: float) -> Any:
     """CheXzero's probability softmax(logit_scale · [sim_pos, sim_neg])[0] from zeroshot_scores'
-    differences: sigmoid(logit_scale · difference), in float64 (well-defined for any score)."""
+    differences: sigmoid(logit_scale · difference), in float64 (well-defined for any score). Only
+    for labels with negative prompts: a positive-only score is a cosine, not a difference."""
     import numpy as np
 
     # sigmoid(x) = (1 + tanh(x / 2)) / 2: no overflow for any x (exp(-x) would overflow below -709).

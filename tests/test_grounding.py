@@ -494,3 +494,23 @@ def test_plugin_flag_reaches_the_hook_after_each_epoch(bright_set, monkeypatch):
     assert wrapped("model", {}, None, 4, None, None, None, None, args) == "trained"
     assert calls == [5]
     assert grounding.check_training_dir(str(bright_set)) is None
+
+
+def test_an_image_the_loader_cannot_read_is_one_message(bright_set, monkeypatch):
+    from open_clip.transform import image_transform
+
+    from tier_openclip.evaluation.image_files import ImageFiles
+
+    monkeypatch.setattr("tier_openclip.features.token_features", brightness_features)
+    real = ImageFiles.__getitem__
+    bad = bright_set / "images" / "3.png"
+
+    def broken_on_loading(self, i):  # readable when the set was read, broken by the time it is loaded
+        if self.paths[i] == bad:
+            bad.write_text("not an image")
+        return real(self, i)
+
+    monkeypatch.setattr(ImageFiles, "__getitem__", broken_on_loading)
+    with pytest.raises(ValueError, match=r"3\.png is not a readable image \(UnidentifiedImageError"):
+        grounding.grounding_evaluate(BrightnessModel(), image_transform(64, is_train=False),
+                                     lambda texts: torch.zeros(len(texts), 3), bright_set, bootstrap=0, random_draws=1)

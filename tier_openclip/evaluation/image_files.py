@@ -34,3 +34,11 @@ def stack_or_errors(items: list):
 
     errors = [item for item in items if isinstance(item, str)]
     return errors if errors else torch.stack(items)
+
+
+def checked_batch(batch):
+    """A stack_or_errors batch as its tensor; ValueError with the first unreadable image's message
+    (raised here, in the main process, so the user reads one line and no worker traceback)."""
+    if isinstance(batch, list):
+        raise ValueError(batch[0] + (f" (and {len(batch) - 1} more in this batch)" if len(batch) > 1 else ""))
+    return batch

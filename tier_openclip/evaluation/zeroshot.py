@@ -38,7 +38,7 @@ from tier_openclip.evaluation.authors_protocol import AUTHORS_CHEXPERT_LABELS, P
 from tier_openclip.evaluation.bootstrap import auc_report
 # The evaluation sets' layout (labels.csv, meta.json) is written and read by data_prep.eval_layout.
 from tier_openclip.data_prep.eval_layout import read_eval_set
-from tier_openclip.evaluation.image_files import ImageFiles, stack_or_errors
+from tier_openclip.evaluation.image_files import ImageFiles, checked_batch, stack_or_errors
 from tier_openclip.evaluation.prompts import PromptsArg, PromptSet, resolve_prompts
 from tier_openclip.evaluation.validation_log import eval_transforms, log_validation_metrics
 
@@ -97,8 +97,7 @@ def zeroshot_scores(
         classes = prompt_embeddings(model, tokenizer, prompt_sets, device).cpu().double()
         scores = []
         for batch in loader:
-            if isinstance(batch, list):
-                raise ValueError(batch[0] + (f" (and {len(batch) - 1} more in this batch)" if len(batch) > 1 else ""))
+            batch = checked_batch(batch)
             features = model.encode_image(batch.to(device=device, dtype=dtype), normalize=True).cpu().double()
             similarities = torch.einsum("ne,lke->nlk", features, classes)
             scores.append(similarities[..., 0] - similarities[..., 1])

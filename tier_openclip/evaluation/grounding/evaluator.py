@@ -20,6 +20,7 @@ from tier_openclip.evaluation.grounding.competition import OWN_LESION, competito
 from tier_openclip.evaluation.grounding.geometry import MapGeometry, grid_shape, resize_mode_of, upsample_maps
 from tier_openclip.evaluation.grounding.metrics import (CNR_EPS, METRICS, THRESHOLDS, bootstrap_means, grounding_metrics,
                                                         own_lesion, own_lesion_chance)
+from tier_openclip.evaluation.image_files import ImageFiles, checked_batch, stack_or_errors
 
 PHRASE_MODES = ("tokens", "pooled", "cam")
 # Maps whose patches are not L2-normalised: "cam" keeps each patch's length, its weight in the mean.
@@ -70,22 +71,6 @@ def _by_location_words(rows: Sequence[Mapping[str, Any]], priors: Sequence[str],
                                     for name in ("random", *priors) if all(name in row for row in subset)}
             out[kind] = overall
     return out
-
-
-class _Images:
-    """Map-style dataset: (index, preprocessed image) of the set's images."""
-
-    def __init__(self, paths: Sequence[Path], preprocess: Callable):
-        self.paths, self.preprocess = list(paths), preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as image:
-            return i, self.preprocess(image.convert("RGB"))
 
 
 def phrase_embeddings(model: Any, tokenizer: Callable, texts: Sequence[str], phrase_mode: str, device: str,
@@ -168,17 +153,21 @@ def grounding_evaluate(
     per_phrase: list[dict[str, Any] | None] = [None] * len(gset.phrases)
     geometry = None
 
-    loader = torch.utils.data.DataLoader(_Images([gset.path(i) for i in images], preprocess), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
+    loader = torch.utils.data.DataLoader(ImageFiles([gset.path(i) for i in images], preprocess), batch_size=batch_size,
+                                         num_workers=num_workers, shuffle=False, collate_fn=stack_or_errors)
     with torch.inference_mode():
         embedded = dict(zip(texts, phrase_embeddings(model, tokenizer, texts, phrase_mode, device)))
         bar = tqdm(total=len(images), unit="img", desc="grounding", disable=not progress, dynamic_ncols=True)
-        for indices, pixels in loader:
+        first = 0  # the batch's first image (the loader keeps the set's order)
+        for batch in loader:
+            pixels = checked_batch(batch)
+            indices = range(first, first + len(pixels))
+            first += len(pixels)
             patches = token_features(model, images=pixels.to(device=device, dtype=dtype),
                                      normalize=phrase_mode not in _RAW_PATCH_MODES)["image_tokens"].float()
             input_size = tuple(pixels.shape[-2:])
             grid = grid_shape(patches.shape[1], input_size)
-            for n, image_index in enumerate(indices.tolist()):
+            for n, image_index in enumerate(indices):
                 image = images[image_index]
                 geometry = MapGeometry(grid, input_size, gset.image_sizes[image], resize_mode)
                 phrase_indices = by_image[image]

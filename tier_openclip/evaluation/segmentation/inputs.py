@@ -23,7 +23,7 @@ def extract_features(model: Any, preprocess: Callable, paths: Sequence[Path], *,
 
     from tier_openclip import openclip_adapter as adapter
     from tier_openclip.evaluation.grounding import grid_shape
-    from tier_openclip.evaluation.image_files import ImageFiles, stack_or_errors
+    from tier_openclip.evaluation.image_files import ImageFiles, checked_batch, stack_or_errors
     from tier_openclip.features import token_features
 
     model = adapter.unwrap_model(model)
@@ -33,8 +33,7 @@ def extract_features(model: Any, preprocess: Callable, paths: Sequence[Path], *,
     chunks, input_size = [], None
     with torch.inference_mode():
         for batch in tqdm(loader, total=len(loader), unit="batch", desc=desc, disable=not progress, dynamic_ncols=True):
-            if isinstance(batch, list):
-                raise ValueError(batch[0] + (f" (and {len(batch) - 1} more in this batch)" if len(batch) > 1 else ""))
+            batch = checked_batch(batch)
             tokens = token_features(model, images=batch.to(device=device, dtype=dtype))["image_tokens"].float()
             input_size = tuple(batch.shape[-2:])
             rows, cols = grid_shape(tokens.shape[1], input_size)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from tier_openclip import openclip_adapter as adapter
 from tier_openclip.errors import UsageError
 from tier_openclip.training.plugin_args import check_tier_scale
 
@@ -242,8 +243,7 @@ def training_command(data: dict, batch_size: int, stage: Stage, seed: int, logs:
     module = "tier_openclip.train" if os.environ.get("TIER_OPENCLIP_DISABLE") else "open_clip_train.main"
     command = [
         sys.executable, "-m", module, "--model", MODEL,
-        "--train-data", str(data["train_csv"]), "--dataset-type", "csv", "--csv-separator", "\t",
-        "--csv-img-key", "filepath", "--csv-caption-key", "title", "--train-num-samples", str(data["num_train"]),
+        "--train-data", str(data["train_csv"]), *adapter.csv_dataset_flags(), "--train-num-samples", str(data["num_train"]),
         "--batch-size", str(batch_size), "--epochs", str(stage.epochs), "--lr", f"{stage.lr:g}", "--wd", "0.1",
         "--warmup", str(stage.warmup), "--seed", str(seed), f"--logs={logs}", "--name", name,
         # fp32 and no loader workers: on a small CPU, bf16 autocast and a worker process competing

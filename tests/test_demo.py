@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -138,6 +139,70 @@ def test_a_training_logging_steps_in_an_unknown_form_stops_the_demo_with_one_mes
     command, run_dir = _fake_training(tmp_path / "changed", line.replace("Batch (t)", "Step (t)"))
     with pytest.raises(CommandError, match="training clip: open_clip .* logs its training steps in a form"):
         run_training(command, run_dir, epochs=1, steps=1, inputs=[])
+
+
+def test_children_run_on_one_thread_with_the_pins_and_a_run_made_on_other_threads_is_not_reused(tmp_path, monkeypatch):
+    from tier_openclip.demo import runs
+    from tier_openclip.demo.environment import PINS, child_environ
+
+    env = child_environ(PINS)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1" and all(env[k] == v for k, v in PINS.items())
+    assert {k: child_environ(None).get(k) for k in PINS} == {k: os.environ.get(k) for k in PINS}
+    line = "2026-12-05,09:20:29 | INFO | Train Epoch: 0 [  32/2000 (2%)] Data (t): 0.024 Batch (t): 0.133, 240.2/s"
+    command, run_dir = _fake_training(tmp_path, line)
+    assert not runs.run_training(command, run_dir, epochs=1, steps=1, inputs=[])["reused"]
+    assert runs.run_training(command, run_dir, epochs=1, steps=1, inputs=[])["reused"]
+    monkeypatch.setattr(runs, "CHILD_THREADS", {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
+    assert not runs.run_training(command, run_dir, epochs=1, steps=1, inputs=[])["reused"]
+
+
+def test_concurrent_jobs_keep_their_order_stay_within_twice_the_cores_and_a_failure_is_raised(monkeypatch):
+    import threading
+
+    from tier_openclip.demo import runs
+
+    monkeypatch.setattr(runs, "usable_cpus", lambda: 2)
+    assert [runs.concurrency(n) for n in (0, 1, 3, 4, 9)] == [1, 1, 3, 4, 4]
+    together = threading.Barrier(4, timeout=30)  # broken (and the test failed) unless 4 jobs run at once
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def job(value):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        together.wait()
+        with lock:
+            running[0] -= 1
+        return value * 10
+
+    assert runs.run_concurrently([lambda v=v: job(v) for v in range(8)]) == [v * 10 for v in range(8)]
+    assert peak[0] == 4
+
+    def failing(value):
+        if value == 5:
+            raise CommandError("run 5 failed")
+        return value
+
+    with pytest.raises(CommandError, match="run 5 failed"):
+        runs.run_concurrently([lambda v=v: failing(v) for v in range(9)])
+
+
+def test_evaluations_split_over_workers_come_back_in_the_items_order(monkeypatch, tmp_path):
+    from tier_openclip.demo import runs
+
+    monkeypatch.setattr(runs, "usable_cpus", lambda: 2)
+    calls = []
+
+    def fake_worker(items, data, bootstrap, pins, work_dir):
+        calls.append([item["checkpoint"] for item in items])
+        return {"process": {"torch_threads": 1}, "results": [{"evaluation": item["checkpoint"]} for item in items]}
+
+    monkeypatch.setattr(runs, "evaluate_in_worker", fake_worker)
+    items = [{"checkpoint": f"c{i}"} for i in range(9)]
+    done = runs.evaluate_in_workers(items, {}, 0, None, tmp_path)
+    assert [r["evaluation"] for r in done["results"]] == [f"c{i}" for i in range(9)]
+    assert len(calls) == 4 and sorted(c for part in calls for c in part) == sorted(f"c{i}" for i in range(9))
+    assert done["process"] == {"torch_threads": 1}
 
 
 # --- the paired design ------------------------------------------------------------------------
@@ -479,7 +544,7 @@ def _fake_maps(checkpoint: str, scales) -> dict:
 def _fake_pipeline(tmp_path, monkeypatch) -> None:
     """The demo's pipeline with its data, trainings and (worker) evaluations faked; every start's
     TIER/CLIP gradient ratio at λ 1 is 0.02 (so a calibrated λ for 10% is 5)."""
-    from tier_openclip.demo import environment, pipeline
+    from tier_openclip.demo import environment, pipeline, runs
     from tier_openclip.demo.runs import ratio_key
     from tier_openclip.evaluation import analyze
 
@@ -504,7 +569,7 @@ def _fake_pipeline(tmp_path, monkeypatch) -> None:
                                         for r in item["ratios"]}} for item in items]}
 
     monkeypatch.setattr(pipeline, "run_training", fake_training)
-    monkeypatch.setattr(pipeline, "evaluate_in_worker", fake_worker)
+    monkeypatch.setattr(runs, "evaluate_in_worker", fake_worker)
     monkeypatch.setattr(analyze, "plot_rank_curves", lambda summaries, path: None)
     monkeypatch.setattr(pipeline.report, "draw_heatmaps", lambda *args: [])
     return seen
@@ -518,7 +583,8 @@ def test_calibrated_arm_trains_at_its_start_lambda_and_gets_a_reading(tmp_path, 
     out = tmp_path / "demo"
     run_demo(DemoOptions(out=out, starts=3, progress=False))  # the default arms
     names = [name for name, _, _ in seen]
-    assert names[:3] == ["pretrain-filip-start0", "pretrain-filip-start1", "pretrain-filip-start2"]
+    # the starts train concurrently, so in any order, and all before any fine-tune
+    assert sorted(names[:3]) == ["pretrain-filip-start0", "pretrain-filip-start1", "pretrain-filip-start2"]
     assert all(_flag(command, "--loss") == "filip" for _, command, _ in seen[:3])  # the default pre-training (issue 20)
     assert len(names) == 3 + 3 * 3 and all(pins == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2",
                                                     "ONEDNN_MAX_CPU_ISA": "AVX2"} for _, _, pins in seen)

@@ -64,10 +64,12 @@ class Preset:
 # Chosen from measurements on the 2-core dev VM (benchmarks/README.md, "The demo's schedule"):
 # at batch 32 CLIP's zero-shot AUC rises for ~1000 steps at lr 2e-3 and then levels off, and
 # a lr of 5e-3 left the loss at chance. Fine-tuning is short: it starts from a trained model.
-# The small preset pre-trains 14 epochs (868 steps): with 16 the default demo took 10.4 minutes
-# on the 2-core AMD EPYC VM, 322 s of it pre-training (benchmarks/README.md, "Three starts").
+# The small preset pre-trains 16 epochs (992 steps). With one two-thread training at a time 16 took
+# the default demo 10.4 minutes on the 2-core AMD EPYC VM and 14 were used; one-thread runs side by
+# side (runs.run_concurrently) pre-train three starts of 16 epochs in about 245 s, and 16 epochs
+# left fewer findings' zero-shot AUCs outside 0.70-0.95 than 14 (benchmarks/README.md, "Three starts").
 SIZES: dict[str, Preset] = {
-    "small": Preset("small", 32, pretrain=Stage(14, 2e-3, 100), finetune=Stage(2, 1e-3, 10)),
+    "small": Preset("small", 32, pretrain=Stage(16, 2e-3, 100), finetune=Stage(2, 1e-3, 10)),
     "medium": Preset("medium", 64, pretrain=Stage(20, 2e-3, 200), finetune=Stage(2, 1e-3, 20)),
     "large": Preset("medium", 64, pretrain=Stage(20, 2e-3, 400), finetune=Stage(2, 1e-3, 40),
                     phantom_overrides=(("num_train", 20000),)),

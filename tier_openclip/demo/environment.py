@@ -29,14 +29,22 @@ PINS: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONED
 # The /proc/cpuinfo flags that name a vector extension a library may dispatch on.
 VECTOR_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw",
                 "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-# The fields two runs must share to give the same numbers (cores: torch's default thread count).
+# The fields two runs must share to give the same numbers (torch_threads: the children's, CHILD_THREADS).
 ENVIRONMENT_KEYS = ("package", "torch", "numpy", "open_clip", "python", "cpu", "vector_extensions", "torch_threads",
                     "cpu_capability", "pins")
 
 
-def pinned_environ(pins: Mapping[str, str] | None) -> dict[str, str]:
-    """os.environ with ``pins`` set (the child processes' environment); None: unchanged."""
-    return {**os.environ, **(pins or {})}
+#: Every training and evaluation process of the demo runs on one thread, several at once
+#: (runs.run_concurrently): a run's numbers then do not depend on how many cores the machine has
+#: (torch's default thread count is the core count, and the thread count changes the bits), and on
+#: 2 cores two one-thread trainings made 1.28x the steps per second of one two-thread training
+#: (benchmarks/results/parallel-runs-amd-epyc-2cpu-2026-12-05/).
+CHILD_THREADS: dict[str, str] = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def child_environ(pins: Mapping[str, str] | None) -> dict[str, str]:
+    """The child processes' environment: os.environ with CHILD_THREADS and ``pins`` (None: no pins) set."""
+    return {**os.environ, **CHILD_THREADS, **(pins or {})}
 
 
 def cpu_description(cpuinfo: str | None = None) -> dict:

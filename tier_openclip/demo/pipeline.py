@@ -1,14 +1,15 @@
 """The demo from end to end: phantom data, N CLIP pre-trainings (the starts), every arm
 fine-tuned from every start, evaluation, report. ``run_demo`` (the default arms) and ``run_sweep``
 (TIER's λ × scale) share every step; in one output folder they share the data, the pre-trainings
-and the clip controls too. Trainings and evaluations run in child processes with the code-path
-pins of environment.PINS (``DemoOptions.pin``)."""
+and the clip controls too. Trainings and evaluations run in one-thread child processes, several at
+once (runs.run_concurrently), with the code-path pins of environment.PINS (``DemoOptions.pin``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -17,8 +18,8 @@ from tier_openclip.demo import environment, report, summary
 from tier_openclip.demo.design import (Arm, DemoOptions, pretrain_flags, run_name, steps_per_epoch, sweep_arms,
                                        training_command)
 from tier_openclip.demo.manipulation import calibrated_lambda
-from tier_openclip.demo.runs import (SEG_TRAIN_IMAGES, evaluate_in_worker, ratio_key, run_training,
-                                     write_training_csv)
+from tier_openclip.demo.runs import (SEG_TRAIN_IMAGES, evaluate_in_workers, ratio_key, run_concurrently,
+                                     run_training, write_training_csv)
 from tier_openclip.errors import UsageError
 
 #: the token→patch map statistics the manipulation check pairs (diagnostics.token_map_stats keys)
@@ -81,20 +82,24 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
     stages: dict[str, float] = {"phantom data + training CSV": data_seconds, "data fingerprint": fingerprint_seconds}
     with tqdm(total=total, desc="training", unit="step", disable=not options.progress, dynamic_ncols=True) as bar:
         clock = time.time()
-        for seed in range(options.starts):
-            bar.set_postfix_str(f"pre-training start {seed}")
-            name = run_name("pretrain", seed, options.pretrain_loss)
-            flags = pretrain_flags(options.pretrain_loss)
-            timings[name] = run_training(training_command(data, preset.batch_size, pre, seed, logs, name, flags),
-                                         logs / name, pre.epochs, per_epoch * pre.epochs, [train_csv], bar, pins)
+        progress = _LockedProgress(bar)
+        bar.set_postfix_str(f"pre-training {options.starts} starts")
+        names = [run_name("pretrain", seed, options.pretrain_loss) for seed in range(options.starts)]
+        flags = pretrain_flags(options.pretrain_loss)
+        done = run_concurrently([
+            lambda seed=seed, name=name: run_training(
+                training_command(data, preset.batch_size, pre, seed, logs, name, flags),
+                logs / name, pre.epochs, per_epoch * pre.epochs, [train_csv], progress, pins)
+            for seed, name in enumerate(names)])
+        timings.update(zip(names, done))
         stages["pre-training"] = time.time() - clock
         # The starts: evaluation, their maps at every TIER arm's scale, TIER's gradient ratio at λ 1
         # per scale (the ratio is proportional to λ: diagnostics.lambda_for_ratio).
         clock = time.time()
         checkpoints = [timings[run_name("pretrain", s, options.pretrain_loss)]["checkpoint"] for s in range(options.starts)]
         ratio_specs = [{"scale": scale, "lambda": 1.0} for scale in scales]
-        evaluated = evaluate_in_worker([{"checkpoint": c, "map_scales": scales, "ratios": ratio_specs} for c in checkpoints],
-                                       data, options.bootstrap, pins, logs)
+        evaluated = evaluate_in_workers([{"checkpoint": c, "map_scales": scales, "ratios": ratio_specs} for c in checkpoints],
+                                        data, options.bootstrap, pins, logs)
         stages["evaluation of the starts"] = time.time() - clock
         starts = []
         for seed, (checkpoint, item) in enumerate(zip(checkpoints, evaluated["results"])):
@@ -105,20 +110,23 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
                            "precondition": summary.precondition(evaluation)})
         runs_by_start = [{arm.name: _resolve(arm, start) for arm in arms} for start in starts]
         clock = time.time()
+        bar.set_postfix_str(f"fine-tuning {len(arms)} arms x {options.starts} starts")
+        jobs, names = [], []
         for seed, start in enumerate(starts):
             for arm in arms:
-                bar.set_postfix_str(f"{arm.name}, start {seed}")
                 name = run_name(arm.slug, seed, options.pretrain_loss)
-                resolved = runs_by_start[seed][arm.name]
-                command = training_command(data, preset.batch_size, fine, seed, logs, name, resolved.flags(),
-                                           start=Path(start["checkpoint"]))
-                timings[name] = run_training(command, logs / name, fine.epochs, per_epoch * fine.epochs,
-                                             [train_csv, Path(start["checkpoint"])], bar, pins)
+                command = training_command(data, preset.batch_size, fine, seed, logs, name,
+                                           runs_by_start[seed][arm.name].flags(), start=Path(start["checkpoint"]))
+                inputs = [train_csv, Path(start["checkpoint"])]
+                names.append(name)
+                jobs.append(lambda command=command, name=name, inputs=inputs: run_training(
+                    command, logs / name, fine.epochs, per_epoch * fine.epochs, inputs, progress, pins))
+        timings.update(zip(names, run_concurrently(jobs)))
         stages["fine-tuning"] = time.time() - clock
     clock = time.time()
     names = [(arm, seed, run_name(arm.slug, seed, options.pretrain_loss)) for seed in range(options.starts) for arm in arms]
-    finished = evaluate_in_worker([{"checkpoint": timings[name]["checkpoint"], "map_scales": scales, "ratios": []}
-                                   for _, _, name in names], data, options.bootstrap, pins, logs)
+    finished = evaluate_in_workers([{"checkpoint": timings[name]["checkpoint"], "map_scales": scales, "ratios": []}
+                                    for _, _, name in names], data, options.bootstrap, pins, logs)
     stages["evaluation of the fine-tunes"] = time.time() - clock
     results: dict[str, list[dict]] = {arm.name: [] for arm in arms}
     for (arm, seed, name), item in zip(names, finished["results"]):
@@ -155,6 +163,17 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
                     "mean_overhead_seconds": _mean([t["overhead_seconds"] for t in trained]),
                     "mean_eval_seconds": _mean([r["eval_seconds"] for runs in results.values() for r in runs])},
     }
+
+
+class _LockedProgress:
+    """The progress bar as the concurrent trainings update it: one update at a time."""
+
+    def __init__(self, bar) -> None:
+        self._bar, self._lock = bar, threading.Lock()
+
+    def update(self, steps: int) -> None:
+        with self._lock:
+            self._bar.update(steps)
 
 
 def _resolve(arm: Arm, start: dict) -> Arm:

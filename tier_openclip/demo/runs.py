@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 
 from tier_openclip.data_prep.atomic import write_csv_atomic
 from tier_openclip.demo.design import MODEL
-from tier_openclip.demo.environment import pinned_environ
+from tier_openclip.demo.environment import CHILD_THREADS, child_environ
 from tier_openclip import openclip_adapter as adapter
 from tier_openclip.errors import CommandError
 from tier_openclip.evaluation.segmentation import ProbeConfig
@@ -75,7 +77,8 @@ def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inp
     checkpoint = final_checkpoint(run_dir, epochs)
     stamp = run_dir / COMMAND_FILE
     log_path = run_dir.parent / f"{run_dir.name}.stdout.log"
-    made_by = {"command": command[1:], "inputs": [_file_id(path) for path in inputs], "pins": dict(pins or {})}
+    made_by = {"command": command[1:], "inputs": [_file_id(path) for path in inputs], "pins": dict(pins or {}),
+               "threads": CHILD_THREADS}
     if checkpoint.is_file() and stamp.is_file() and _made_by(json.loads(stamp.read_text())) == made_by:
         if progress is not None:
             progress.update(steps)
@@ -86,7 +89,7 @@ def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inp
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(log_path, "w") as log, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=pinned_environ(pins)
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=child_environ(pins)
     ) as process:
         for line in process.stdout:
             log.write(line)
@@ -110,7 +113,8 @@ def run_training(command: list[str], run_dir: Path, epochs: int, steps: int, inp
 
 
 def _made_by(saved: dict) -> dict:
-    return {"command": saved.get("command"), "inputs": saved.get("inputs"), "pins": saved.get("pins", {})}
+    return {"command": saved.get("command"), "inputs": saved.get("inputs"), "pins": saved.get("pins", {}),
+            "threads": saved.get("threads")}
 
 
 def _file_id(path: Path) -> list:
@@ -215,11 +219,52 @@ def evaluate_in_worker(items: list[dict], data: dict, bootstrap: int, pins: Mapp
         job.write_text(json.dumps({"data": {k: v for k, v in data.items() if k != "prompts"}, "bootstrap": bootstrap,
                                    "items": items}))
         done = subprocess.run([sys.executable, "-m", "tier_openclip.demo.worker", str(job), str(out)],
-                              env=pinned_environ(pins), capture_output=True, text=True)
+                              env=child_environ(pins), capture_output=True, text=True)
         if done.returncode != 0 or not out.is_file():
             tail = "\n".join(done.stderr.strip().splitlines()[-5:])
             raise CommandError(f"evaluating {len(items)} checkpoints failed (exit status {done.returncode}):\n{tail}")
         return json.loads(out.read_text())
+
+
+def evaluate_in_workers(items: list[dict], data: dict, bootstrap: int, pins: Mapping[str, str] | None,
+                        work_dir: Path) -> dict:
+    """evaluate_in_worker over consecutive slices of ``items``, run concurrently; the results in the
+    items' order, the first worker's "process"."""
+    slices = [list(part) for part in np.array_split(np.arange(len(items)), concurrency(len(items))) if len(part)]
+    done = run_concurrently([lambda part=part: evaluate_in_worker([items[i] for i in part], data, bootstrap, pins, work_dir)
+                             for part in slices])
+    return {"process": done[0]["process"], "results": [result for part in done for result in part["results"]]}
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def concurrency(runs: int) -> int:
+    """How many one-thread child processes (environment.CHILD_THREADS) run at once: all of a stage's
+    runs up to twice the usable cores. Three starts on 2 cores all at once finish together; two at
+    a time would leave a core idle while the third runs alone."""
+    return max(1, min(runs, 2 * usable_cpus()))
+
+
+T = TypeVar("T")
+
+
+def run_concurrently(jobs: list[Callable[[], T]]) -> list[T]:
+    """Every job in a thread (each starts and waits for its child process), ``concurrency`` at a time;
+    their results in order. The first failure is raised once the jobs already started have ended;
+    jobs not yet started are dropped."""
+    with ThreadPoolExecutor(concurrency(len(jobs))) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 @contextlib.contextmanager

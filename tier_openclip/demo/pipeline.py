@@ -96,7 +96,7 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
         # The starts: evaluation, their maps at every TIER arm's scale, TIER's gradient ratio at λ 1
         # per scale (the ratio is proportional to λ: diagnostics.lambda_for_ratio).
         clock = time.time()
-        checkpoints = [timings[run_name("pretrain", s, options.pretrain_loss)]["checkpoint"] for s in range(options.starts)]
+        checkpoints = [run["checkpoint"] for run in done]
         ratio_specs = [{"scale": scale, "lambda": 1.0} for scale in scales]
         evaluated = evaluate_in_workers([{"checkpoint": c, "map_scales": scales, "ratios": ratio_specs} for c in checkpoints],
                                         data, options.bootstrap, pins, logs)
@@ -111,17 +111,17 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
         runs_by_start = [{arm.name: _resolve(arm, start) for arm in arms} for start in starts]
         clock = time.time()
         bar.set_postfix_str(f"fine-tuning {len(arms)} arms x {options.starts} starts")
-        jobs, names = [], []
+        jobs, finetune_names = [], []
         for seed, start in enumerate(starts):
             for arm in arms:
                 name = run_name(arm.slug, seed, options.pretrain_loss)
                 command = training_command(data, preset.batch_size, fine, seed, logs, name,
                                            runs_by_start[seed][arm.name].flags(), start=Path(start["checkpoint"]))
                 inputs = [train_csv, Path(start["checkpoint"])]
-                names.append(name)
+                finetune_names.append(name)
                 jobs.append(lambda command=command, name=name, inputs=inputs: run_training(
                     command, logs / name, fine.epochs, per_epoch * fine.epochs, inputs, progress, pins))
-        timings.update(zip(names, run_concurrently(jobs)))
+        timings.update(zip(finetune_names, run_concurrently(jobs)))
         stages["fine-tuning"] = time.time() - clock
     clock = time.time()
     names = [(arm, seed, run_name(arm.slug, seed, options.pretrain_loss)) for seed in range(options.starts) for arm in arms]

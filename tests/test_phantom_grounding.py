@@ -57,7 +57,9 @@ def test_captions_and_phrases_name_findings_by_their_bare_terms_only():
         assert location_words(plan.caption) == (), plan.caption
         for finding in plan.findings:
             assert finding.phrase == PHRASES[finding.name].term and finding.phrase in plan.caption.lower()
-            assert finding.zone is None and (finding.name == "cardiomegaly") == (finding.side is None)
+            assert (finding.name == "cardiomegaly") == (finding.side is None)
+            # a zone only for a lung lesion beside an enlarged heart, and never said
+            assert finding.zone is None or (finding.zone == "upper" and "cardiomegaly" in names), plan
         # No place-naming negation either ("The costophrenic angles are sharp.", "No left ...").
         assert "costophrenic" not in plan.caption and "Heart size" not in plan.caption
     assert counts == {1, 2}
@@ -99,7 +101,7 @@ def test_sites_are_compatible_and_pairs_do_not_overlap():
         sites = phantom.sample_sites(phantom.sample_rng(0, "train", i), config)
         assert all(phantom.compatible(a, b) for a, b in itertools.combinations(sites, 2))
         seen |= set(sites)
-    assert seen == set(GROUNDING_SITES) and len(GROUNDING_SITES) == 2 + 2 + 2 + 1 + 2
+    assert seen == set(GROUNDING_SITES) and len(GROUNDING_SITES) == 4 + 4 + 2 + 1 + 2  # lesions: lung or upper zone
     background = phantom.build_background(config)
     plan = phantom.plan_sample(phantom.sample_rng(3, "train", 0), config)
     empty = render(config, background, plan).image.astype(int)
@@ -112,6 +114,41 @@ def test_sites_are_compatible_and_pairs_do_not_overlap():
             assert diff[oy0:oy1, ox0:ox1].sum() <= 0.1 * diff.sum(), (s, other)
     assert not phantom.compatible(phantom.Site("opacity", "left"), phantom.Site("cardiomegaly"))
     assert not phantom.compatible(phantom.Site("bulla", "right"), phantom.Site("opacity", "right"))
+
+
+def test_a_lung_lesion_may_join_every_category_and_moves_up_only_beside_an_enlarged_heart():
+    """Placements: a lung lesion shares an image with every other category, anywhere in its lung
+    except beside an enlarged heart (its upper zone there); an effusion never meets an enlarged
+    heart (the heart's box spans both bases)."""
+    order = lambda *names: tuple(sorted(names, key=FINDING_NAMES.index))  # noqa: E731
+    for lesion in LUNG:
+        assert {sites for sites in phantom.grounding_placements((lesion,))} == {
+            (phantom.Site(lesion, side),) for side in phantom.SIDES}
+        for other in FINDING_NAMES:
+            if other == lesion:
+                continue
+            placements = phantom.grounding_placements(order(lesion, other))
+            zones = {s.zone for sites in placements for s in sites if s.name == lesion}
+            sides = {s.side for sites in placements for s in sites if s.name == lesion}
+            assert zones == ({"upper"} if other == "cardiomegaly" else {None}), (lesion, other, placements)
+            assert sides == set(phantom.SIDES), (lesion, other)
+    assert phantom.grounding_placements(("pleural effusion", "cardiomegaly")) == ()
+
+
+def test_a_lung_lesions_absence_does_not_tell_of_an_enlarged_heart():
+    """The label table: most images with an enlarged heart hold a lung lesion too (when the two
+    never met, every such image was lesion-free and "no lung lesion" predicted cardiomegaly), and
+    a pair is as common whichever of its categories is drawn first (cardiomegaly with opacity as
+    with bulla, which share a weight)."""
+    labels = phantom.split_labels(grounding(num_train=3000), "train")
+    column = {name: labels[:, i].astype(bool) for i, name in enumerate(FINDING_NAMES)}
+    lesion = column["opacity"] | column["bulla"]
+    heart = column["cardiomegaly"]
+    assert heart.sum() >= 150
+    assert lesion[heart].mean() >= 0.6, lesion[heart].mean()
+    with_opacity, with_bulla = (heart & column["opacity"]).sum(), (heart & column["bulla"]).sum()
+    assert abs(with_opacity - with_bulla) <= 0.25 * max(with_opacity, with_bulla), (with_opacity, with_bulla)
+    assert not (heart & column["pleural effusion"]).any()
 
 
 def test_lung_lesions_sit_anywhere_in_either_lung():

@@ -14,7 +14,7 @@ patient's; the patient's right is on the image left).
 
 ``PhantomConfig.preset(size, grounding=True)`` is the grounding layout: every finding named by
 its bare term (no word in a caption or phrase says where), opacity and bulla anywhere in either
-lung, one or two different findings per image (each phrase has a competitor lesion for
+lung (beside an enlarged heart, in that lung's upper zone), one or two different findings per image (each phrase has a competitor lesion for
 tier_openclip.evaluation.grounding's own-lesion rate); cardiomegaly, which never moves, is left out of the
 grounding summaries (``SUMMARY_EXCLUDES``).
 
@@ -45,6 +45,7 @@ from .findings import (
     PlannedFinding,
     Site,
     compatible,
+    grounding_placements,
     sites_of,
 )
 from .reports import (
@@ -83,7 +84,7 @@ __all__ = [
     "FINDINGS", "FINDINGS_BY_NAME", "FINDING_NAMES", "Finding", "FindingSpec", "GROUNDING_DEFAULTS", "GROUNDING_SITES", "LUNG_LESIONS", "NORMAL_IMPRESSIONS",
     "PHRASES", "PhantomConfig", "PhantomSample", "PlannedFinding", "ReportSentence", "SIDES", "SITES", "SUMMARY_EXCLUDES",
     "SamplePlan",
-    "Site", "ZONES", "build_background", "compatible", "make_sample", "negative_sentences", "other_side_sentence",
+    "Site", "ZONES", "build_background", "compatible", "grounding_placements", "make_sample", "negative_sentences", "other_side_sentence",
     "phrase_options", "plan_sample", "positive_sentences", "prior_pointing", "prior_pointing_baseline",
     "prompt_set", "real_anatomy_path", "render_sample", "report_sentences", "sample_finding_names", "sample_rng",
     "sample_sites", "sites_of", "split_boxes", "split_labels", "write_phantom_dataset",

@@ -9,17 +9,22 @@ opacity             faint ill-defined consolidation (radius 7.5-9.5% of the imag
                     place in one lung zone (either lung, upper/middle/lower third)
 bulla               round 5-6 cm air space without lung markings, hairline wall, at a random
                     place in one lung zone, cut by the pleura where it reaches it
-pleural effusion    meniscus at either costophrenic angle, hiding that hemidiaphragm
-cardiomegaly        cardiac silhouette widened 8-24%, mostly towards the image right
+pleural effusion    meniscus at either costophrenic angle, fading that hemidiaphragm's outline
+cardiomegaly        cardiac silhouette widened 6-18%, mostly towards the image right
 pneumothorax        apical rim of air without lung markings at either apex, visceral pleural line
 ==================  ==============================================================================
 
 In the grounding layout (``PhantomConfig.grounding``) opacity and bulla sit anywhere in either
-lung (``GROUNDING_SITES``: zone None) and captions do not say where.
+lung (``GROUNDING_SITES``: zone None), or in its upper zone beside an enlarged heart
+(:func:`grounding_placements`), and captions do not say where.
 
 Sizes and densities were set on 2026-12-05 from CLIP pre-trainings on the grounding layout
 (benchmarks/results/phantom-tuning-2026-12-05/): before, opacity, bulla and cardiomegaly sat at
-zero-shot AUC >= 0.99 and the effusion was barely visible on the procedural chest.
+zero-shot AUC >= 0.99 and the effusion was barely visible on the procedural chest. Once a lung
+lesion could share an image with an enlarged heart, the effusion (smaller and fainter) and the
+enlarged heart (narrower) were made subtler: at the earlier sizes their AUCs sat at 0.95-0.97
+(benchmarks/results/phantom-layout-2026-12-05/; a fainter effusion alone did not move its AUC,
+a smaller one did).
 
 Random positions inside each region make the place of a finding something a model must find in
 the image: pointing at the training boxes' most often covered patch, without looking, is the
@@ -34,6 +39,8 @@ the mask's box.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -299,9 +306,9 @@ FINDINGS: tuple[FindingSpec, ...] = (
                 _LUNG_SITES("bulla"), _draw_bulla, {None: (0.14, 0.17)}, (0.8, 1.0)),
     FindingSpec("pleural effusion", "either costophrenic angle and lung base (the side the caption names)",
                 tuple(Site("pleural effusion", side) for side in SIDES), _draw_effusion,
-                {"small": (0.08, 0.10), "moderate": (0.11, 0.14)}, (0.9, 1.0)),
+                {"small": (0.06, 0.08), "moderate": (0.085, 0.11)}, (0.6, 0.8)),
     FindingSpec("cardiomegaly", "cardiac silhouette, widened mostly towards the image right",
-                (Site("cardiomegaly"),), _draw_cardiomegaly, {"mild": (1.08, 1.14), "moderate": (1.16, 1.24)},
+                (Site("cardiomegaly"),), _draw_cardiomegaly, {"mild": (1.06, 1.11), "moderate": (1.12, 1.18)},
                 (0.9, 1.0)),
     FindingSpec("pneumothorax", "either apex and upper lateral chest wall (the side the caption names)",
                 tuple(Site("pneumothorax", side) for side in SIDES), _draw_pneumothorax,
@@ -311,17 +318,40 @@ FINDING_NAMES: tuple[str, ...] = tuple(spec.name for spec in FINDINGS)
 FINDINGS_BY_NAME: dict[str, FindingSpec] = {spec.name: spec for spec in FINDINGS}
 SITES: tuple[Site, ...] = tuple(site for spec in FINDINGS for site in spec.sites)
 #: The sites of the grounding layout (``PhantomConfig.grounding``): a lung lesion anywhere in
-#: either lung (zone None), the other categories where they always are.
+#: either lung (zone None) or, only where that could meet another finding's box, in its lung's
+#: upper zone (:func:`grounding_placements`); the other categories where they always are.
 GROUNDING_SITES: dict[str, tuple[Site, ...]] = {
-    spec.name: (tuple(Site(spec.name, side) for side in SIDES) if spec.name in LUNG_LESIONS else spec.sites)
+    spec.name: (tuple(Site(spec.name, side) for side in SIDES) + tuple(Site(spec.name, side, "upper") for side in SIDES)
+                if spec.name in LUNG_LESIONS else spec.sites)
     for spec in FINDINGS
 }
 
 
 def sites_of(name: str, grounding: bool = False) -> tuple[Site, ...]:
     """Where a finding of category ``name`` may be drawn (in a zone, or with ``grounding``
-    anywhere in a lung)."""
+    anywhere in a lung or, as a fallback, in its upper zone)."""
     return GROUNDING_SITES[name] if grounding else FINDINGS_BY_NAME[name].sites
+
+
+def _zoned_lesions(sites: Sequence[Site]) -> int:
+    return sum(site.name in LUNG_LESIONS and site.zone is not None for site in sites)
+
+
+@functools.lru_cache(maxsize=None)
+def grounding_placements(names: tuple[str, ...]) -> tuple[tuple[Site, ...], ...]:
+    """Every way the categories ``names`` may share an image in the grounding layout: the
+    pairwise compatible choices of their ``GROUNDING_SITES`` that keep the most lung lesions free
+    to sit anywhere in their lung; () when they cannot share one.
+
+    A lung lesion beside an enlarged heart (which covers the medial lower lung on both sides) sits
+    in its lung's upper zone, out of the heart's box, instead of never sharing an image with it:
+    when the two never met, "no lung lesion" predicted cardiomegaly and the zero-shot AUCs measured
+    that co-occurrence as much as the findings
+    (benchmarks/results/phantom-negation-2026-12-05/README.md, third section)."""
+    options = [sites for sites in itertools.product(*(GROUNDING_SITES[name] for name in names))
+               if all(compatible(a, b) for a, b in itertools.combinations(sites, 2))]
+    fewest = min(map(_zoned_lesions, options), default=0)
+    return tuple(sites for sites in options if _zoned_lesions(sites) == fewest)
 
 
 def compatible(a: Site, b: Site) -> bool:

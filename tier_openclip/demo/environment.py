@@ -138,10 +138,16 @@ def train_fingerprint(train_csv: Path) -> str:
     return digest.hexdigest()
 
 
+#: JSON keys that record how a file was made, not the data: a segmentation set's meta.json keeps
+#: the digest of the code that wrote it (to know when to rewrite), so a docstring edit changed the
+#: fingerprint of the same bytes.
+PROVENANCE_KEYS = frozenset({"inputs_digest"})
+
+
 def folder_fingerprint(folders: Sequence[Path]) -> str:
     """SHA-256 over every file under ``folders`` (in this order, files by relative path): the
     relative path, the size and the bytes. JSON files are hashed with their absolute paths cut to
-    the name, since they record where the data were written."""
+    the name, since they record where the data were written, and without ``PROVENANCE_KEYS``."""
     digest = hashlib.sha256()
     for folder in folders:
         folder = Path(folder)
@@ -156,10 +162,11 @@ def folder_fingerprint(folders: Sequence[Path]) -> str:
 
 
 def _without_paths(value, folder: Path):
-    """A JSON value with strings naming a path under the data folder's parent made relative to it."""
+    """A JSON value with strings naming a path under the data folder's parent made relative to it
+    and ``PROVENANCE_KEYS`` left out."""
     root = str(folder.resolve().parent)
     if isinstance(value, dict):
-        return {key: _without_paths(item, folder) for key, item in value.items()}
+        return {key: _without_paths(item, folder) for key, item in value.items() if key not in PROVENANCE_KEYS}
     if isinstance(value, list):
         return [_without_paths(item, folder) for item in value]
     if isinstance(value, str) and value.startswith(root):

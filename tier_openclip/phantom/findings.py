@@ -370,7 +370,8 @@ def compatible(a: Site, b: Site) -> bool:
             continue
         if lesion.zone is None or (other.name in LUNG_LESIONS and other.zone is None):
             # Anywhere in its lung (the grounding layout): only the other lung is safe, and never
-            # beside an enlarged heart, which covers the medial lower lung on both sides.
+            # beside an enlarged heart, which covers the medial lower lung on both sides (there
+            # grounding_placements takes the upper-zone site instead).
             return other.name != "cardiomegaly" and lesion.side != other.side
         zone = ZONES.index(lesion.zone)
         if other.name in LUNG_LESIONS:  # a lesion may reach into the neighbouring zone

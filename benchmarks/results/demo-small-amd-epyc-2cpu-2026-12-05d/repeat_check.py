@@ -1,8 +1,12 @@
-"""python repeat_check.py demo-eccf8c9.json demo.json: two default demos of the same data on this
-VM, at eccf8c9 and e02f7cd (which changed only how the data fingerprint treats the segmentation
-set's code digest, so `demo_goals.py --compare` calls them different data). Compares every number
-in the two records except timings, the environment, the fingerprint and paths; prints the count
-of equal numbers and every difference."""
+"""python repeat_check.py A.json B.json: two default demos of the same data on this VM at
+different commits. Compares every number in the two records except timings, the environment, the
+fingerprint and paths; prints the count of equal numbers and every difference.
+
+demo-eccf8c9.json vs demo.json (e02f7cd): e02f7cd changed only how the data fingerprint treats the
+segmentation set's code digest, so `demo_goals.py --compare` calls those two different data.
+demo.json vs demo-dc2e49a.json: commits that changed documentation and a comment only;
+`demo_goals.py --compare` finds the same data there (compare-dc2e49a.txt).
+"""
 import json
 import sys
 

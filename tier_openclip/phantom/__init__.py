@@ -14,9 +14,10 @@ patient's; the patient's right is on the image left).
 
 ``PhantomConfig.preset(size, grounding=True)`` is the grounding layout: every finding named by
 its bare term (no word in a caption or phrase says where), opacity and bulla anywhere in either
-lung (beside an enlarged heart, in that lung's upper zone), one or two different findings per image (each phrase has a competitor lesion for
-tier_openclip.evaluation.grounding's own-lesion rate); cardiomegaly, which never moves, is left out of the
-grounding summaries (``SUMMARY_EXCLUDES``).
+lung (beside an enlarged heart, in that lung's upper zone), one or two different findings per
+image (each phrase has a competitor lesion for tier_openclip.evaluation.grounding's own-lesion
+rate); cardiomegaly, which never moves, is left out of the grounding summaries
+(``SUMMARY_EXCLUDES``).
 
 The background is the same procedural chest on every install (``anatomy``'s docstring says why).
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
 from tier_openclip.errors import add_list_flag, listed, print_error
 
 from .errors import PrepError
-from .limits import DEFAULT_MAX_PIXELS, IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, SAMPLE_TIMEOUT_MAX
+from .limits import DEFAULT_MAX_PIXELS, IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, SAMPLE_TIMEOUT_MAX, usable_cpus
 from .reports import TEXT_MODES
 
 MIMIC_SPLITS = ("train", "validate", "test")
@@ -25,13 +24,6 @@ MIMIC_SPLITS = ("train", "validate", "test")
 MIMIC_VIEWS = ("PA", "AP")
 PADCHEST_PROJECTIONS = ("PA", "AP", "AP_horizontal")
 MS_CXR_SPLITS = ("all",)
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _positive(value: str) -> int:
@@ -80,7 +72,7 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resize", choices=("pad", "crop"), default="pad",
                        help="pad: long side to --image-size, short side padded with black (CheXzero; "
                        "keeps the whole film); crop: short side to --image-size, long side centre-cropped (BioViL)")
-    group.add_argument("--workers", type=_positive, default=_default_workers(), metavar="N",
+    group.add_argument("--workers", type=_positive, default=usable_cpus(), metavar="N",
                        help="worker processes; the default is the number of CPUs this process may use, here")
     group.add_argument("--sample-timeout", type=_seconds, default=600.0, metavar="SECONDS",
                        help="a sample whose worker gives no result for this long (a worker killed by a crash in "

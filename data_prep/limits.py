@@ -4,6 +4,7 @@ argument types and the Python API check the same numbers)."""
 from __future__ import annotations
 
 import math
+import os
 
 from .errors import PrepError
 
@@ -24,3 +25,12 @@ def check_render_limits(image_size: int, sample_timeout: float, max_pixels: int)
                         f"got {sample_timeout}")  # fmt: skip
     if not max_pixels >= 1:
         raise PrepError(f"--max-megapixels must be above 0, got {max_pixels / 1e6:g}")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, else the machine's count): the default
+    number of prep workers and of the demo's concurrent runs."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

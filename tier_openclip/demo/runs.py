@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Callable, Mapping, TypeVar
 import numpy as np
 
 from tier_openclip.data_prep.atomic import write_csv_atomic
+from tier_openclip.data_prep.limits import usable_cpus
 from tier_openclip.demo.design import MODEL
 from tier_openclip.demo.environment import CHILD_THREADS, child_environ
 from tier_openclip import openclip_adapter as adapter
@@ -234,13 +234,6 @@ def evaluate_in_workers(items: list[dict], data: dict, bootstrap: int, pins: Map
     done = run_concurrently([lambda part=part: evaluate_in_worker([items[i] for i in part], data, bootstrap, pins, work_dir)
                              for part in slices])
     return {"process": done[0]["process"], "results": [result for part in done for result in part["results"]]}
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def concurrency(runs: int) -> int:

@@ -111,25 +111,24 @@ def train_and_evaluate(options: DemoOptions, arms: Sequence[Arm]) -> dict:
         runs_by_start = [{arm.name: _resolve(arm, start) for arm in arms} for start in starts]
         clock = time.time()
         bar.set_postfix_str(f"fine-tuning {len(arms)} arms x {options.starts} starts")
-        jobs, finetune_names = [], []
-        for seed, start in enumerate(starts):
-            for arm in arms:
-                name = run_name(arm.slug, seed, options.pretrain_loss)
-                command = training_command(data, preset.batch_size, fine, seed, logs, name,
-                                           runs_by_start[seed][arm.name].flags(), start=Path(start["checkpoint"]))
-                inputs = [train_csv, Path(start["checkpoint"])]
-                finetune_names.append(name)
-                jobs.append(lambda command=command, name=name, inputs=inputs: run_training(
-                    command, logs / name, fine.epochs, per_epoch * fine.epochs, inputs, progress, pins))
-        timings.update(zip(finetune_names, run_concurrently(jobs)))
+        finetunes = [(arm, seed, run_name(arm.slug, seed, options.pretrain_loss))
+                     for seed in range(options.starts) for arm in arms]
+        jobs = []
+        for arm, seed, name in finetunes:
+            start = Path(starts[seed]["checkpoint"])
+            command = training_command(data, preset.batch_size, fine, seed, logs, name,
+                                       runs_by_start[seed][arm.name].flags(), start=start)
+            jobs.append(lambda command=command, name=name, inputs=[train_csv, start]: run_training(
+                command, logs / name, fine.epochs, per_epoch * fine.epochs, inputs, progress, pins))
+        finetuned = run_concurrently(jobs)
+        timings.update((name, run) for (_, _, name), run in zip(finetunes, finetuned))
         stages["fine-tuning"] = time.time() - clock
     clock = time.time()
-    names = [(arm, seed, run_name(arm.slug, seed, options.pretrain_loss)) for seed in range(options.starts) for arm in arms]
-    finished = evaluate_in_workers([{"checkpoint": timings[name]["checkpoint"], "map_scales": scales, "ratios": []}
-                                    for _, _, name in names], data, options.bootstrap, pins, logs)
+    finished = evaluate_in_workers([{"checkpoint": run["checkpoint"], "map_scales": scales, "ratios": []}
+                                    for run in finetuned], data, options.bootstrap, pins, logs)
     stages["evaluation of the fine-tunes"] = time.time() - clock
     results: dict[str, list[dict]] = {arm.name: [] for arm in arms}
-    for (arm, seed, name), item in zip(names, finished["results"]):
+    for (arm, seed, _), item in zip(finetunes, finished["results"]):
         resolved = runs_by_start[seed][arm.name]
         results[arm.name].append({"start": seed, "start_checkpoint": starts[seed]["checkpoint"],
                                   "tier_lambda": resolved.tier_lambda, "maps": item["maps"], **item["evaluation"]})
